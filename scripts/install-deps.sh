@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what netslate needs on Debian 12: apt packages, uv, and the locked Python environment.
+# Idempotent: only missing packages are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  dnsmasq ipxe ovmf qemu-system-x86 qemu-utils
+  libvirt-daemon-system libvirt-dev pkg-config gcc python3-dev
+  busybox-static linux-image-amd64 kmod cpio zstd
+  squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
+  pxelinux syslinux-common iproute2 curl ca-certificates util-linux e2fsprogs
+)
+UV_VERSION=0.13.9
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing apt packages: ${missing[*]}"
+  [ "$(id -u)" = 0 ] || { echo "error: installing apt packages needs root" >&2; exit 2; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | awk '{print $2}')" != "$UV_VERSION" ]; then
+  echo "installing uv $UV_VERSION"
+  python3 -m pip install -q --root-user-action=ignore "uv==$UV_VERSION"
+fi
+
+uv sync --frozen -q

@@ -1,0 +1,3 @@
+from netslate.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `netslate` command: Typer sub-apps per noun, Rich output, --json everywhere."""

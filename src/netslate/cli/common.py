@@ -1,0 +1,93 @@
+"""Shared CLI plumbing: global options, local-or-remote selection, JSON/table output, progress."""
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from netslate.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class CliState:
+    data_dir: str | None = None
+    database_url: str | None = None
+    server: str | None = None
+    token: str | None = None
+    _ctx: Any = field(default=None, repr=False)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.server)
+
+    def context(self):
+        """The local installation (data dir + database), initialised on first use."""
+        if self.remote:
+            raise UserError("this command works on the local data directory only; drop --server")
+        if self._ctx is None:
+            from netslate.context import Context
+
+            self._ctx = Context(self.data_dir, self.database_url).init()
+        return self._ctx
+
+    def api(self):
+        from netslate.cli.remote import ApiClient
+
+        return ApiClient(self.server, self.token)
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if obj is None:
+        obj = CliState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
+    """Print `data` as JSON with --json, else through `render` (Rich)."""
+    if as_json or render is None:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        render(data)
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    console.print(t)
+
+
+def human_bytes(n: int | float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def byte_progress(description: str, total: int | None, enabled: bool = True) -> Progress:
+    """A Rich progress bar for byte-sized work; silent when stdout is not a terminal or with --json."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not enabled or not err_console.is_terminal or os.environ.get("CI") == "true",
+        transient=True,
+    )

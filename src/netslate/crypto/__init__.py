@@ -1,0 +1,1 @@
+"""Signing (server side, `cryptography`) and verification (stdlib-only, usable on booting machines)."""

@@ -1,0 +1,36 @@
+"""The ASGI app. Routers are included here; each lives in netslate/server/routers/<noun>.py."""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from netslate import __version__
+from netslate.context import Context
+from netslate.errors import Conflict, NotFound, UserError
+
+
+def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
+    ctx.init()
+    app = FastAPI(
+        title="netslate",
+        version=__version__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    app.state.options = options or {}
+    app.state.health = {}  # part name -> callable returning a dict; /healthz reports each
+
+    @app.exception_handler(UserError)
+    async def user_error(_request: Request, exc: UserError):
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    from netslate.server.routers import health, images, keys, tokens
+
+    app.include_router(health.router)
+    app.include_router(keys.router)
+    app.include_router(tokens.router)
+    app.include_router(images.api)
+    app.include_router(images.serving)
+    return app

@@ -1,0 +1,13 @@
+"""Imports every part's models so that Base.metadata is complete (for Alembic checks and tests)."""
+
+import importlib
+
+MODEL_MODULES = [
+    "netslate.store.models",
+    "netslate.images.models",
+]
+
+
+def import_all_models() -> None:
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
