@@ -9,7 +9,9 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-dev pkg-config gcc python3-dev
   busybox-static linux-image-amd64 kmod cpio zstd
   squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
+  dnsperf bind9-utils
   pxelinux syslinux-common iproute2 curl ca-certificates util-linux e2fsprogs
+  wrk
 )
 UV_VERSION=0.13.9
 

@@ -5,6 +5,9 @@ import importlib
 MODEL_MODULES = [
     "netslate.store.models",
     "netslate.images.models",
+    "netslate.boot.models",
+    "netslate.discovery.models",
+    "netslate.config.models",
 ]
 
 

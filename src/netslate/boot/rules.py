@@ -1,0 +1,310 @@
+"""Boot rules, pure: selector validation, matching, specificity, tie detection, compiled rule sets.
+
+A rule maps selectors to a profile. Among matching rules the highest priority wins, then the most
+specific (the most selectors; each label counts as one). Two rules with the same priority and the
+same specificity that could both match one machine are a *tie*; ties are refused when a rule is
+saved, so at boot at most one rule of the best (priority, specificity) can ever match.
+
+Selectors (all values exact, compared case-insensitively; a machine matches a rule when every
+selector of the rule matches):
+
+    mac           the MAC the machine booted from (aa:bb:cc:dd:ee:ff)
+    uuid          SMBIOS UUID
+    serial        SMBIOS serial number
+    manufacturer  SMBIOS manufacturer
+    product       SMBIOS product name
+    arch          iPXE ${buildarch}: i386, x86_64, arm64, ...
+    platform      iPXE ${platform}: pcbios or efi ("bios" is accepted as pcbios)
+    label         {key: value, ...}; every listed label must be set on the machine to that value
+    group         a tree path (/site/cluster/pool); matches the machine's tree path or anything below
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from netslate.errors import UserError
+
+SCALAR_SELECTORS = ("mac", "uuid", "serial", "manufacturer", "product", "arch", "platform")
+SELECTORS = SCALAR_SELECTORS + ("label", "group")
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# SMBIOS strings: printable, no characters that mean something to iPXE, a shell or a URL parser.
+TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,()+/:@-]{1,128}$")
+WORD_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:@/-]{0,63}$")
+GROUP_RE = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})*)?$")
+PLATFORMS = {"pcbios": "pcbios", "bios": "pcbios", "efi": "efi", "uefi": "efi"}
+
+
+def normalize_mac(value: str) -> str:
+    """aa:bb:.., AA-BB-.., aabb.ccdd.eeff or aabbccddeeff → aa:bb:cc:dd:ee:ff; anything else is refused."""
+    raw = str(value).strip().lower().replace("-", "").replace(":", "").replace(".", "")
+    if not re.fullmatch(r"[0-9a-f]{12}", raw):
+        raise UserError(f"invalid MAC address {_shown(value)}")
+    return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
+
+
+def normalize_uuid(value: str) -> str:
+    v = str(value).strip().lower()
+    if not UUID_RE.match(v):
+        raise UserError(f"invalid UUID {_shown(value)}")
+    return v
+
+
+def normalize_text(value: str, what: str) -> str:
+    v = str(value).strip()
+    if not TEXT_RE.match(v):
+        raise UserError(f"invalid {what} {_shown(value)}: 1-128 of letters, digits, space and ._,()+/:@-")
+    return v
+
+
+def normalize_platform(value: str) -> str:
+    v = str(value).strip().lower()
+    if v not in PLATFORMS:
+        raise UserError(f"invalid platform {_shown(value)}: use bios (pcbios) or efi")
+    return PLATFORMS[v]
+
+
+def normalize_group(value: str) -> str:
+    v = str(value).strip()
+    if len(v) > 1 and v.endswith("/"):
+        v = v[:-1]
+    if not GROUP_RE.match(v) or ".." in v or len(v) > 512:
+        raise UserError(f"invalid group {_shown(value)}: a tree path like /site/cluster/pool")
+    return v
+
+
+def check_label(key: str, value: str) -> tuple[str, str]:
+    if not LABEL_KEY_RE.match(str(key)) or ".." in str(key):
+        raise UserError(f"invalid label key {_shown(key)}")
+    if not LABEL_VALUE_RE.match(str(value)) or ".." in str(value):
+        raise UserError(f"invalid label value {_shown(value)} for {key}")
+    return str(key), str(value)
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = text[:80] + ("..." if len(text) > 80 else "")
+    return repr(text.encode("unicode_escape").decode("ascii"))
+
+
+def normalize_selectors(selectors: dict[str, Any]) -> dict[str, Any]:
+    """Validate and canonicalise a rule's selectors (raises UserError on anything unknown or malformed)."""
+    out: dict[str, Any] = {}
+    for key, value in selectors.items():
+        if key not in SELECTORS:
+            raise UserError(f"unknown selector {key!r}: use one of {', '.join(SELECTORS)}")
+        if key == "mac":
+            out[key] = normalize_mac(value)
+        elif key == "uuid":
+            out[key] = normalize_uuid(value)
+        elif key in ("serial", "manufacturer", "product"):
+            out[key] = normalize_text(value, key)
+        elif key == "arch":
+            v = str(value).strip().lower()
+            if not WORD_RE.match(v):
+                raise UserError(f"invalid arch {_shown(value)}")
+            out[key] = v
+        elif key == "platform":
+            out[key] = normalize_platform(value)
+        elif key == "group":
+            out[key] = normalize_group(value)
+        elif key == "label":
+            if not isinstance(value, dict) or not value:
+                raise UserError("selector 'label' wants KEY=VALUE pairs")
+            out[key] = dict(sorted(check_label(k, v) for k, v in value.items()))
+    return out
+
+
+def parse_selector_args(items: Iterable[str]) -> dict[str, Any]:
+    """CLI form: ["mac=aa:..", "label=rack=r1", "label=role=gpu", "group=/lab"] → selectors dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"selector {item!r} wants KEY=VALUE")
+        key = key.strip()
+        if key == "label":
+            lk, lsep, lv = value.partition("=")
+            if not lsep:
+                raise UserError(f"label selector {item!r} wants label=KEY=VALUE")
+            out.setdefault("label", {})[lk] = lv
+        else:
+            if key in out:
+                raise UserError(f"selector {key!r} given twice")
+            out[key] = value
+    return normalize_selectors(out)
+
+
+def specificity(selectors: dict[str, Any]) -> int:
+    """How specific a rule is: one point per selector, one per label."""
+    return sum(len(v) if k == "label" else 1 for k, v in selectors.items())
+
+
+def _group_contains(group: str, path: str) -> bool:
+    return group == "/" or path == group or path.startswith(group + "/")
+
+
+def _ci(a: Any, b: Any) -> bool:
+    return str(a).lower() == str(b).lower()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known about one booting machine: what iPXE sent plus the inventory."""
+
+    mac: str | None = None
+    uuid: str | None = None
+    serial: str | None = None
+    manufacturer: str | None = None
+    product: str | None = None
+    arch: str | None = None
+    platform: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    group: str = "/"
+
+
+def selector_matches(key: str, want: Any, facts: Facts) -> bool:
+    if key == "label":
+        return all(facts.labels.get(k) == v for k, v in want.items())
+    if key == "group":
+        return _group_contains(want, facts.group or "/")
+    have = getattr(facts, key)
+    return have is not None and _ci(have, want)
+
+
+def explain_rule(selectors: dict[str, Any], facts: Facts) -> list[dict[str, Any]]:
+    """Per selector: wanted value, the machine's value, and whether it matched."""
+    out = []
+    for key, want in selectors.items():
+        have: Any = facts.labels if key == "label" else getattr(facts, key)
+        if key == "label":
+            have = {k: facts.labels.get(k) for k in want}
+        out.append({"selector": key, "want": want, "have": have, "match": selector_matches(key, want, facts)})
+    return out
+
+
+def could_overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Could one machine match both selector sets? Only selectors present in both can exclude each other."""
+    for key in set(a) & set(b):
+        if key == "label":
+            for lk in set(a["label"]) & set(b["label"]):
+                if a["label"][lk] != b["label"][lk]:
+                    return False
+        elif key == "group":
+            if not (_group_contains(a[key], b[key]) or _group_contains(b[key], a[key])):
+                return False
+        elif not _ci(a[key], b[key]):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    priority: int
+    selectors: dict[str, Any]
+    profile: str
+
+    @property
+    def specificity(self) -> int:
+        return specificity(self.selectors)
+
+
+def find_ties(rule: Rule, others: Iterable[Rule]) -> list[Rule]:
+    """Rules that tie with `rule`: same priority, same specificity, and one machine could match both."""
+    return [
+        o
+        for o in others
+        if o.name != rule.name
+        and o.priority == rule.priority
+        and o.specificity == rule.specificity
+        and could_overlap(rule.selectors, o.selectors)
+    ]
+
+
+def check_no_ties(rule: Rule, others: Iterable[Rule]) -> None:
+    ties = find_ties(rule, others)
+    if ties:
+        names = ", ".join(repr(t.name) for t in ties)
+        raise UserError(
+            f"rule {rule.name!r} ties with {names}: same priority {rule.priority}, same specificity "
+            f"{rule.specificity}, and one machine could match both; change the priority or the selectors"
+        )
+
+
+class CompiledRules:
+    """An immutable, pre-sorted rule set for the boot path. First match in (priority, specificity) order wins.
+
+    Rules that select one MAC or UUID are also indexed, so 10,000 per-machine rules cost a dict lookup.
+    """
+
+    def __init__(self, rules: Iterable[Rule], version: int = 0):
+        self.version = version
+        self.rules = sorted(rules, key=lambda r: (-r.priority, -r.specificity, r.name))
+        self._order = {r.name: i for i, r in enumerate(self.rules)}
+        self._by_mac: dict[str, list[Rule]] = {}
+        self._by_uuid: dict[str, list[Rule]] = {}
+        self._general: list[Rule] = []
+        for r in self.rules:
+            if "mac" in r.selectors:
+                self._by_mac.setdefault(r.selectors["mac"], []).append(r)
+            elif "uuid" in r.selectors:
+                self._by_uuid.setdefault(r.selectors["uuid"], []).append(r)
+            else:
+                self._general.append(r)
+
+    def candidates(self, facts: Facts) -> list[Rule]:
+        cands = list(self._general)
+        if facts.mac:
+            cands += self._by_mac.get(facts.mac.lower(), ())
+        if facts.uuid:
+            cands += self._by_uuid.get(facts.uuid.lower(), ())
+        cands.sort(key=lambda r: self._order[r.name])
+        return cands
+
+    def match(self, facts: Facts) -> Rule | None:
+        for r in self.candidates(facts):
+            if all(selector_matches(k, v, facts) for k, v in r.selectors.items()):
+                return r
+        return None
+
+    def explain(self, facts: Facts) -> dict[str, Any]:
+        """Every rule in evaluation order with per-selector results, and the winner."""
+        winner = self.match(facts)
+        return {
+            "rule_set_version": self.version,
+            "matched": winner.name if winner else None,
+            "rules": [
+                {
+                    "name": r.name,
+                    "priority": r.priority,
+                    "specificity": r.specificity,
+                    "profile": r.profile,
+                    "matches": all(selector_matches(k, v, facts) for k, v in r.selectors.items()),
+                    "selectors": explain_rule(r.selectors, facts),
+                }
+                for r in self.rules
+            ],
+        }
+
+
+def diff_rule_sets(active: Iterable[Rule], working: Iterable[Rule]) -> dict[str, list]:
+    """Added / removed / changed rules from active to working."""
+    a = {r.name: r for r in active}
+    w = {r.name: r for r in working}
+    as_dict = lambda r: {"name": r.name, "priority": r.priority, "selectors": r.selectors, "profile": r.profile}  # noqa: E731
+    return {
+        "added": [as_dict(w[n]) for n in sorted(set(w) - set(a))],
+        "removed": [as_dict(a[n]) for n in sorted(set(a) - set(w))],
+        "changed": [
+            {"name": n, "from": as_dict(a[n]), "to": as_dict(w[n])}
+            for n in sorted(set(a) & set(w))
+            if as_dict(a[n]) != as_dict(w[n])
+        ],
+    }

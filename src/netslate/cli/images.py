@@ -1,0 +1,206 @@
+"""`netslate image ...`: the image library."""
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from netslate.cli.common import byte_progress, console, emit, err_console, human_bytes, state, table
+from netslate.errors import UserError
+
+app = typer.Typer(help="Versioned, content-addressed, signed OS images.", no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def split_ref(spec: str, default: str = "latest") -> tuple[str, str]:
+    name, _, ref = spec.partition("@")
+    return name, (ref or default)
+
+
+def _progress_cb(progress, tasks: dict):
+    def cb(artifact: str, done: int, total: int):
+        if artifact not in tasks:
+            tasks[artifact] = progress.add_task(f"chunking {artifact}", total=total)
+        progress.update(tasks[artifact], completed=done, total=total)
+
+    return cb
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    name: str,
+    rootfs: Optional[Path] = typer.Option(None, "--rootfs", help="Directory, tarball or filesystem image."),
+    kernel: Optional[Path] = typer.Option(None, "--kernel"),
+    initrd: Optional[Path] = typer.Option(None, "--initrd"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Point this tag at the new version."),
+    note: str = typer.Option("", "--note"),
+    json_: bool = JSON,
+):
+    """Make a new version of NAME from a rootfs (and optionally kernel/initrd)."""
+    st = state(ctx)
+    with byte_progress("import", None, enabled=not json_) as progress:
+        cb = _progress_cb(progress, {})
+        if st.remote:
+            from netslate.cli.remote_images import remote_import
+
+            result = remote_import(st.api(), name, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, note=note, progress=cb)
+        else:
+            result = st.context().library.import_files(
+                name, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, note=note, progress=cb,
+                warn=lambda m: err_console.print(m),
+            )
+    emit(result, json_, lambda r: console.print(
+        f"{r['name']}@{r['version']}: {human_bytes(r['bytes_total'])} total, {human_bytes(r['bytes_new'])} new"
+        + (f", tagged {r['tag']}" if r.get("tag") else "")))
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_: bool = JSON):
+    """List images with their versions and tags."""
+    st = state(ctx)
+    data = st.api().get("/api/v1/images") if st.remote else st.context().library.list_images()
+    emit(data, json_, lambda d: table(
+        ["image", "versions", "latest", "tags", "size (latest)"],
+        [[i["name"], len(i["versions"]), i["latest"], ", ".join(f"{t}→{v}" for t, v in i["tags"].items()), human_bytes(i["bytes_latest"])] for i in d]))
+
+
+@app.command("versions")
+def versions(ctx: typer.Context, name: str, json_: bool = JSON):
+    """List the versions of one image."""
+    st = state(ctx)
+    data = st.api().get(f"/api/v1/images/{name}/versions") if st.remote else st.context().library.list_versions(name)
+    emit(data, json_, lambda d: table(
+        ["version", "created", "tags", "size", "new", "note"],
+        [[v["version"], v["created_at"], ", ".join(v["tags"]), human_bytes(v["bytes_total"]), human_bytes(v["bytes_new"]), v["note"]] for v in d]))
+
+
+@app.command("show")
+def show(ctx: typer.Context, spec: str = typer.Argument(..., metavar="NAME[@VER|@TAG]"), json_: bool = JSON):
+    """Show one version: artifacts, sizes, digest, tags and tag history."""
+    st = state(ctx)
+    name, ref = split_ref(spec)
+    data = st.api().get(f"/api/v1/images/{name}/{ref}") if st.remote else st.context().library.show(name, ref)
+
+    def render(v):
+        console.print(f"[bold]{v['name']}@{v['version']}[/bold]  tags: {', '.join(v['tags']) or '-'}")
+        console.print(f"created {v['created_at']} by {v['created_by']}  parent: {v['parent_version'] or '-'}")
+        console.print(f"source: {v['source']}\nnote: {v['note'] or '-'}\nmanifest: {v['manifest_digest']}")
+        table(["artifact", "size", "chunks", "sha256"], [[k, human_bytes(a["size"]), a["chunks"], a["sha256"][:16]] for k, a in v["artifacts"].items()])
+
+    emit(data, json_, render)
+
+
+@app.command("tag")
+def tag(
+    ctx: typer.Context,
+    name: str,
+    version: int,
+    tag_name: str = typer.Argument(..., metavar="TAG"),
+    reason: str = typer.Option("", "--reason", "-m", help="Why (recorded with who and when)."),
+    json_: bool = JSON,
+):
+    """Point TAG at VERSION (promote or roll back)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().put(f"/api/v1/images/{name}/tags/{tag_name}", json={"version": version, "reason": reason})
+    else:
+        data = st.context().library.set_tag(name, version, tag_name, reason=reason)
+    emit(data, json_, lambda d: console.print(f"{d['name']}:{d['tag']} → {d['version']}"))
+
+
+@app.command("diff")
+def diff(ctx: typer.Context, name: str, a: str, b: str, json_: bool = JSON):
+    """Chunks and bytes shared and new between versions A and B."""
+    st = state(ctx)
+    data = st.api().get(f"/api/v1/images/{name}/diff", params={"a": a, "b": b}) if st.remote else st.context().library.diff(name, a, b)
+    emit(data, json_, lambda d: console.print(
+        f"{name} {d['from']} → {d['to']}: shared {d['chunks_shared']} chunks ({human_bytes(d['bytes_shared'])}), "
+        f"new {d['chunks_new']} chunks ({human_bytes(d['bytes_new'])}, {d['new_fraction']:.1%} of {human_bytes(d['bytes_total'])})"))
+
+
+@app.command("rm")
+def rm(ctx: typer.Context, spec: str = typer.Argument(..., metavar="NAME@VER")):
+    """Remove one version (refused while a tag or a machine uses it). Chunks go at the next gc."""
+    st = state(ctx)
+    name, ref = split_ref(spec, default="")
+    if not ref.isdigit():
+        raise UserError("give NAME@VERSION (a number)")
+    if st.remote:
+        st.api().delete(f"/api/v1/images/{name}/versions/{ref}")
+    else:
+        st.context().library.remove_version(name, int(ref))
+    console.print(f"removed {name}@{ref}")
+
+
+@app.command("gc")
+def gc(
+    ctx: typer.Context,
+    grace: float = typer.Option(3600, "--grace", help="Spare unreferenced chunks younger than this many seconds."),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    json_: bool = JSON,
+):
+    """Delete chunks no version references (never those of an import in progress)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().post("/api/v1/images/gc", params={"grace_seconds": grace, "dry_run": dry_run})
+    else:
+        data = st.context().library.gc(grace_seconds=grace, dry_run=dry_run)
+    emit(data, json_, lambda d: console.print(f"removed {d['chunks_removed']} chunks, freed {human_bytes(d['bytes_freed'])}"
+                                              + (" (dry run)" if d["dry_run"] else "")))
+
+
+@app.command("verify")
+def verify(ctx: typer.Context, spec: Optional[str] = typer.Argument(None, metavar="[NAME[@VER]]"), json_: bool = JSON):
+    """Re-hash stored chunks and report every corrupt or missing one. Exit 1 if any."""
+    st = state(ctx)
+    name, ref = (split_ref(spec, default="") if spec else (None, ""))
+    if st.remote:
+        data = st.api().post("/api/v1/images/verify", params={k: v for k, v in (("name", name), ("ref", ref)) if v})
+    else:
+        with byte_progress("verify", None, enabled=not json_) as progress:
+            task = progress.add_task("verifying chunks", total=None)
+            data = st.context().library.verify(name, ref or None, progress=lambda d, t: progress.update(task, completed=d, total=t))
+
+    def render(d):
+        if d["ok"]:
+            console.print(f"ok: {d['chunks_checked']} chunks of {d['versions_checked']} versions verified")
+        else:
+            for c in d["corrupt"]:
+                console.print(f"[red]corrupt[/red] {c}")
+            for c in d["missing"]:
+                console.print(f"[red]missing[/red] {c}")
+            console.print(f"affected: {', '.join(d['affected'])}")
+
+    emit(data, json_, render)
+    if not data["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command("pull")
+def pull(
+    server_url: str = typer.Argument(..., metavar="SERVER_URL"),
+    spec: str = typer.Argument(..., metavar="NAME[@VER|@TAG]"),
+    artifact: str = typer.Option("rootfs", "--artifact"),
+    cache: Path = typer.Option(..., "--cache", help="Local chunk cache directory."),
+    output: Path = typer.Option(..., "--output", help="File to write (atomically)."),
+    trust: Optional[str] = typer.Option(None, "--trust", help="Server public key (base64) or its sha256: fingerprint."),
+    workers: int = typer.Option(8, "--workers"),
+    json_: bool = JSON,
+):
+    """Fetch an artifact into a cache, downloading only missing chunks."""
+    from netslate.images.pull import PullError, pull as do_pull
+
+    name, ref = split_ref(spec)
+    try:
+        with byte_progress("pull", None, enabled=not json_) as progress:
+            task = progress.add_task(f"pulling {name}@{ref} {artifact}", total=None)
+            stats = do_pull(server_url, name, ref, cache, output, artifact=artifact, trust=trust, workers=workers,
+                            progress=lambda d, t: progress.update(task, completed=d, total=t))
+    except PullError as exc:
+        raise UserError(str(exc)) from None
+    emit(stats.as_dict(), json_, lambda s: console.print(
+        f"{s['name']}@{s['version']} {s['artifact']} → {s['output']}: downloaded {human_bytes(s['bytes_downloaded'])} "
+        f"({s['chunks_downloaded']} chunks), reused {human_bytes(s['bytes_reused'])} ({s['chunks_reused']} chunks) in {s['seconds']:.1f}s"))

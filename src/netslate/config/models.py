@@ -1,0 +1,49 @@
+"""Config tables: the shared working copy, immutable generations, and the rollout state."""
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from netslate.store.db import Base, utcnow
+
+
+class ConfigWorkingNode(Base):
+    """One node's document in the working copy (what `config set/edit/apply` change)."""
+
+    __tablename__ = "config_working"
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)  # tree path or @<machine id>
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class ConfigGeneration(Base):
+    """A published generation: a full snapshot of every node document. Never changed afterwards."""
+
+    __tablename__ = "config_generations"
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    author: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(16), default="publish")  # publish | rollback
+    canary_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    rollback_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # node path -> document
+    diff: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # redacted per-node diff
+    digest: Mapped[str] = mapped_column(String(71))
+
+
+class ConfigState(Base):
+    """Single row (id 1): which generation is effective, and a pending canary if any."""
+
+    __tablename__ = "config_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    current: Mapped[int] = mapped_column(Integer, default=0)  # effective for every machine
+    latest: Mapped[int] = mapped_column(Integer, default=0)  # newest generation number
+    canary_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    canary_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    working_base: Mapped[int] = mapped_column(Integer, default=0)  # generation the working copy started from
+    serial: Mapped[int] = mapped_column(Integer, default=0)  # bumped on every change that can alter a bundle

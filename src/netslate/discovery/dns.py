@@ -1,0 +1,353 @@
+"""The built-in DNS responder (dnslib): `_netslate._tcp.<domain>` SRV, A/AAAA for the targets.
+
+`Responder.handle(packet, client)` turns one query into one answer (or None = drop) using a
+`core.View`; `DnsServer` runs it on UDP and TCP in an asyncio loop of its own thread, so the web
+server and the responder never block each other's event loops. Bad packets never raise out of
+`handle`: garbage is dropped, a parsable header with a bad body gets FORMERR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, SOA, SRV, A, DNSError, DNSHeader, DNSRecord
+
+from netslate.discovery import core
+
+log = logging.getLogger("netslate.discovery.dns")
+
+MAX_QUERY = 1232  # bytes; a real query is < 300. Bigger UDP packets are dropped, bigger TCP ones close
+MAX_UDP_REPLY = 1232  # our EDNS buffer size (the DNS flag day 2020 value)
+TCP_IDLE = 10.0  # seconds a TCP client may stay silent
+MAX_TCP_CLIENTS = 256
+ECS_OPTION = 8  # EDNS Client Subnet (RFC 7871): lets a resolver tell us where the client is
+
+
+class Responder:
+    def __init__(self, view: Callable[[], core.View], domain: str, ttl: int = core.DNS_TTL, rng: random.Random | None = None):
+        self._view = view
+        self.domain = core.check_domain(domain)
+        self.ttl = ttl
+        self.rng = rng or random.Random()
+        self.srv_name = core.srv_name(self.domain)
+        self.stats = {"queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "nxdomain": 0, "noerror": 0, "servfail": 0}
+        self._soa = SOA(f"ns.{self.domain}.", f"hostmaster.{self.domain}.", (1, 3600, 600, 604800, ttl))
+
+    # ------------------------------------------------------------ one packet
+
+    def handle(self, data: bytes, client: str, udp: bool = True) -> bytes | None:
+        self.stats["queries"] += 1
+        try:
+            return self._handle(data, client, udp)
+        except Exception:  # never let a packet take the responder down
+            log.exception("DNS query from %s failed", client)
+            self.stats["servfail"] += 1
+            try:
+                return self._error(data, RCODE.SERVFAIL)
+            except Exception:
+                return None
+
+    def _error(self, data: bytes, rcode: int) -> bytes | None:
+        if len(data) < 12:
+            return None
+        qid, flags = struct.unpack("!HH", data[:4])
+        # Keep opcode and RD; set QR; no question section (we could not parse it).
+        out_flags = 0x8000 | (flags & 0x7900) | rcode
+        return struct.pack("!HHHHHH", qid, out_flags, 0, 0, 0, 0)
+
+    def _handle(self, data: bytes, client: str, udp: bool) -> bytes | None:
+        if len(data) < 12 or len(data) > MAX_QUERY or data[2] & 0x80:
+            # Too short for a header, oversized, or a response (answering it could loop): drop.
+            self.stats["dropped"] += 1
+            return None
+        try:
+            req = DNSRecord.parse(data)
+        except (DNSError, Exception):
+            self.stats["formerr"] += 1
+            return self._error(data, RCODE.FORMERR)
+        if req.header.opcode != 0:
+            return self._error(data, RCODE.NOTIMP)
+        if len(req.questions) != 1:
+            self.stats["formerr"] += 1
+            return self._error(data, RCODE.FORMERR)
+        q = req.q
+        reply = DNSRecord(DNSHeader(id=req.header.id, qr=1, aa=1, ra=0, rd=req.header.rd), q=q)
+        opt = next((r for r in req.ar if r.rtype == QTYPE.OPT), None)
+        limit = 512
+        if opt is not None:
+            limit = max(512, min(int(opt.rclass), MAX_UDP_REPLY))
+            reply.add_ar(EDNS0(udp_len=MAX_UDP_REPLY))
+        qname = str(q.qname).rstrip(".").lower()
+        if q.qclass not in (CLASS.IN, 255) or not (qname == self.domain or qname.endswith("." + self.domain)):
+            self.stats["refused"] += 1
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.REFUSED
+            return reply.pack()
+        view = self._view()
+        rcode = self._answer(reply, qname, q.qtype, view, self._client_site(view, client, opt))
+        reply.header.rcode = rcode
+        self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
+        packed = reply.pack()
+        if udp and len(packed) > limit:
+            # Drop the additional addresses first (clients can ask for them), then truncate.
+            reply.ar = [r for r in reply.ar if r.rtype == QTYPE.OPT]
+            packed = reply.pack()
+            if len(packed) > limit:
+                reply.rr, reply.auth = [], []
+                reply.header.tc = 1
+                packed = reply.pack()
+        return packed
+
+    def _client_site(self, view: core.View, client: str, opt) -> str | None:
+        if opt is not None:
+            for o in getattr(opt, "rdata", None) or []:
+                if getattr(o, "code", None) == ECS_OPTION:
+                    addr = _ecs_address(bytes(o.data))
+                    if addr is not None:
+                        return view.site_for(addr)
+        return view.site_for(client)
+
+    def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, site: str | None) -> int:
+        ttl = self.ttl
+        if qname == self.srv_name:
+            if qtype in (QTYPE.SRV, QTYPE.ANY):
+                entries = view.ordered(site, self.rng)
+                for e in entries:
+                    target = core.target_name(e.server.name, self.domain)
+                    reply.add_answer(RR(self.srv_name + ".", QTYPE.SRV, ttl=ttl, rdata=SRV(e.priority, e.weight, e.server.port, target + ".")))
+                for e in entries:
+                    self._addresses(reply.add_ar, e.server, None)
+            if not reply.rr:
+                self._nodata(reply)
+            return RCODE.NOERROR
+        suffix = "." + self.domain
+        if qname.endswith(suffix):
+            server = view.server(qname[: -len(suffix)])
+            if server is not None:
+                want = {QTYPE.A: "A", QTYPE.AAAA: "AAAA", QTYPE.ANY: None}.get(qtype, "none")
+                if want != "none":
+                    self._addresses(reply.add_answer, server, want)
+                if not reply.rr:
+                    self._nodata(reply)
+                return RCODE.NOERROR
+        if qname == self.domain:
+            if qtype in (QTYPE.SOA, QTYPE.ANY):
+                reply.add_answer(RR(self.domain + ".", QTYPE.SOA, ttl=ttl, rdata=self._soa))
+            else:
+                self._nodata(reply)
+            return RCODE.NOERROR
+        if self.srv_name.endswith("." + qname):  # an empty non-terminal such as _tcp.<domain>
+            self._nodata(reply)
+            return RCODE.NOERROR
+        self._nodata(reply)
+        return RCODE.NXDOMAIN
+
+    def _addresses(self, add, server: core.ServerInfo, want: str | None) -> None:
+        name = core.target_name(server.name, self.domain) + "."
+        for a in server.addresses:  # already filtered by core.View: never link-local
+            if ":" in a:
+                if want in (None, "AAAA"):
+                    add(RR(name, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(a)))
+            elif want in (None, "A"):
+                add(RR(name, QTYPE.A, ttl=self.ttl, rdata=A(a)))
+
+    def _nodata(self, reply: DNSRecord) -> None:
+        reply.add_auth(RR(self.domain + ".", QTYPE.SOA, ttl=self.ttl, rdata=self._soa))
+
+
+def _ecs_address(data: bytes) -> str | None:
+    """The address inside an EDNS Client Subnet option (family, source prefix, scope, address)."""
+    if len(data) < 4:
+        return None
+    family, source = struct.unpack("!HB", data[:3])
+    raw = data[4:]
+    try:
+        if family == 1 and source <= 32 and len(raw) <= 4:
+            return str(ipaddress.IPv4Address(raw.ljust(4, b"\0")))
+        if family == 2 and source <= 128 and len(raw) <= 16:
+            return str(ipaddress.IPv6Address(raw.ljust(16, b"\0")))
+    except ValueError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- the network edge
+
+
+def parse_hostport(value: str, default_port: int = 53) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT, or a bare HOST (port 53). `[::]:53` listens dual-stack."""
+    v = value.strip()
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif v.count(":") == 1:
+        host, _, port = v.partition(":")
+    else:
+        host, port = v, ""
+    if port and not port.isdigit():
+        raise core.DiscoveryInputError(f"--dns-listen wants HOST:PORT, got {value!r}")
+    host = host or "::"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise core.DiscoveryInputError(f"--dns-listen wants an IP address, got {host!r}") from None
+    p = int(port) if port else default_port
+    if not 0 < p < 65536:
+        raise core.DiscoveryInputError(f"invalid port in {value!r}")
+    return host, p
+
+
+def _socket(host: str, port: int, kind: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    if kind == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual-stack on [::]
+    if kind == socket.SOCK_DGRAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _peer(addr) -> str:
+    host = addr[0]
+    return host.split("%", 1)[0]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder):
+        self.responder = responder
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        out = self.responder.handle(data, _peer(addr), udp=True)
+        if out is not None:
+            self.transport.sendto(out, addr)
+
+    def error_received(self, exc):  # ICMP errors from earlier sends: nothing to do
+        pass
+
+
+class DnsServer:
+    """UDP + TCP on one address, in a thread with its own asyncio loop."""
+
+    def __init__(self, responder: Responder, host: str, port: int):
+        self.responder = responder
+        self.host, self.port = host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._tcp_clients = 0
+        self.started_at: float | None = None
+
+    def start(self) -> "DnsServer":
+        # Bind here so "address in use" fails `netslate serve` at startup, loudly.
+        udp = _socket(self.host, self.port, socket.SOCK_DGRAM)
+        try:
+            tcp = _socket(self.host, self.port if self.port else udp.getsockname()[1], socket.SOCK_STREAM)
+        except OSError:
+            udp.close()
+            raise
+        self.port = udp.getsockname()[1]
+        tcp.listen(128)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(udp, tcp), name="netslate-dns", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("DNS responder did not start")
+        self.started_at = time.time()
+        return self
+
+    def _run(self, udp: socket.socket, tcp: socket.socket) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+
+        async def setup():
+            await loop.create_datagram_endpoint(lambda: _Udp(self.responder), sock=udp)
+            self._tcp_server = await asyncio.start_server(self._tcp_client, sock=tcp)
+
+        loop.run_until_complete(setup())
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            self._tcp_server.close()
+            loop.run_until_complete(self._tcp_server.wait_closed())
+            loop.close()
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_clients >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self._tcp_clients += 1
+        peer = _peer(writer.get_extra_info("peername") or ("",))
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                (length,) = struct.unpack("!H", head)
+                if length > MAX_QUERY:
+                    self.responder.stats["dropped"] += 1
+                    break
+                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                out = self.responder.handle(data, peer, udp=False)
+                if out is None:
+                    break
+                writer.write(struct.pack("!H", len(out)) + out)
+                await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tcp_clients -= 1
+            writer.close()
+
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+
+class CachedView:
+    """The View for the responder, reloaded from the store at most every `refresh` seconds, in the
+    background, so a query never waits for the database (a stale view is served meanwhile)."""
+
+    def __init__(self, load: Callable[[], core.View], refresh: float = 2.0):
+        self._load = load
+        self.refresh = refresh
+        self._view = load()
+        self.loaded_at = time.monotonic()
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="netslate-dns-view", daemon=True)
+        self._thread.start()
+
+    def __call__(self) -> core.View:
+        return self._view
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh):
+            try:
+                self._view = self._load()
+                self.loaded_at = time.monotonic()
+                self.error = None
+            except Exception as exc:  # keep serving the last view; health shows the error
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

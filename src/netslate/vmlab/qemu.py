@@ -1,0 +1,210 @@
+"""QEMU VMs for boot tests: TCG unless KVM really works, SeaBIOS or OVMF, virtio-net or e1000.
+
+The guest's serial port goes to a file that `SerialLog` reads. With `-machine graphics=off`
+SeaBIOS mirrors its text console (and so the legacy iPXE option ROM's output) to the serial
+port; OVMF's console includes the serial port anyway.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from netslate.vmlab.console import SerialLog
+from netslate.vmlab.net import LabNetwork
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+IPXE_ROM_DIR = Path("/usr/lib/ipxe/qemu")  # Debian ipxe-qemu: legacy + EFI iPXE option ROMs
+NICS = {"virtio": ("virtio-net-pci", "efi-virtio.rom"), "e1000": ("e1000", "efi-e1000.rom")}
+FIRMWARES = ("bios", "uefi")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+_kvm_result: bool | None = None
+_kvm_lock = threading.Lock()
+
+
+def find_kernel() -> Path | None:
+    """The newest Debian kernel in /boot (used by the KVM probe and as a test image's kernel)."""
+    found = sorted(glob.glob("/boot/vmlinuz-*"), key=os.path.getmtime)
+    return Path(found[-1]) if found else None
+
+
+def _probe_kvm(timeout: float) -> bool:
+    """Boot a real kernel under KVM and wait for its first console line.
+
+    Opening /dev/kvm and even running firmware can succeed on a host where a kernel then hangs
+    forever (seen here: nested virtualisation), so only a kernel banner counts as "KVM works".
+    """
+    if not os.path.exists("/dev/kvm"):
+        return False
+    kernel = find_kernel()
+    if kernel is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="nslab-kvmprobe-") as tmp:
+        log = Path(tmp) / "serial.log"
+        argv = [QEMU, "-accel", "kvm", "-machine", "pc", "-m", "256", "-nodefaults", "-display", "none",
+                "-no-user-config", "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+                "-serial", f"file:{log}", "-monitor", "none"]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        ok = False
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                if log.exists() and b"Linux version" in log.read_bytes():
+                    ok = True
+                    break
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass  # stuck in the kernel on /dev/kvm; it is killed, we do not wait forever
+    return ok
+
+
+def kvm_available(timeout: float = 10.0) -> bool:
+    """True if KVM boots a kernel here. Probed once per process (bounded by `timeout`), then cached.
+
+    NETSLATE_VMLAB_ACCEL=tcg|kvm overrides the probe.
+    """
+    global _kvm_result
+    forced = os.environ.get("NETSLATE_VMLAB_ACCEL")
+    if forced in ("tcg", "kvm"):
+        return forced == "kvm"
+    with _kvm_lock:
+        if _kvm_result is None:
+            _kvm_result = _probe_kvm(timeout)
+        return _kvm_result
+
+
+def qemu_command(
+    *,
+    name: str,
+    mac: str,
+    tap: str,
+    serial_path: Path,
+    firmware: str = "bios",
+    nic: str = "virtio",
+    memory_mb: int = 512,
+    accel: str = "tcg",
+    vars_path: Path | None = None,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The QEMU command line for a network-booting VM (pure; no I/O)."""
+    if firmware not in FIRMWARES:
+        raise ValueError(f"firmware must be one of {FIRMWARES}")
+    if nic not in NICS:
+        raise ValueError(f"nic must be one of {sorted(NICS)}")
+    if not _MAC.match(mac):
+        raise ValueError(f"bad MAC {mac!r}")
+    device, rom = NICS[nic]
+    argv = [
+        QEMU, "-name", name, "-accel", accel,
+        "-machine", ("q35" if firmware == "uefi" else "pc") + ",graphics=off",
+        "-m", str(memory_mb), "-smp", "1",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-serial", f"file:{serial_path}", "-monitor", "none",
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", f"{device},netdev=n0,mac={mac},bootindex=1,romfile={IPXE_ROM_DIR / rom}",
+    ]
+    if firmware == "uefi":
+        if vars_path is None:
+            raise ValueError("UEFI needs a per-VM copy of OVMF_VARS")
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_path}",
+        ]
+    else:
+        argv += ["-boot", "order=n"]
+    return argv + list(extra)
+
+
+class VM:
+    """One QEMU VM on a LabNetwork; `with VM(...) as vm:` starts it and always stops it."""
+
+    def __init__(
+        self,
+        lab: LabNetwork,
+        workdir: Path,
+        name: str,
+        mac: str,
+        firmware: str = "bios",
+        nic: str = "virtio",
+        memory_mb: int = 512,
+        accel: str | None = None,
+        extra: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        self.lab = lab
+        self.workdir = Path(workdir)
+        self.name = name
+        self.mac = mac.lower()
+        self.firmware = firmware
+        self.nic = nic
+        self.memory_mb = memory_mb
+        self.accel = accel or ("kvm" if kvm_available() else "tcg")
+        self.extra = list(extra)
+        self.serial_path = self.workdir / f"{name}.serial.log"
+        self.qemu_log = self.workdir / f"{name}.qemu.log"
+        self.console = SerialLog(self.serial_path)
+        self.proc: subprocess.Popen | None = None
+        self.tap: str | None = None
+        self.started_at: float | None = None
+
+    def command(self) -> list[str]:
+        vars_path = self.workdir / f"{self.name}.OVMF_VARS.fd" if self.firmware == "uefi" else None
+        return qemu_command(
+            name=self.name, mac=self.mac, tap=self.tap or "tap?", serial_path=self.serial_path,
+            firmware=self.firmware, nic=self.nic, memory_mb=self.memory_mb, accel=self.accel,
+            vars_path=vars_path, extra=self.extra,
+        )
+
+    def start(self) -> "VM":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.tap is None:
+            self.tap = self.lab.add_tap()
+        if self.firmware == "uefi":
+            shutil.copyfile(OVMF_VARS, self.workdir / f"{self.name}.OVMF_VARS.fd")
+        self.serial_path.unlink(missing_ok=True)
+        log = open(self.qemu_log, "ab")
+        try:
+            self.proc = self.lab.popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        self.started_at = time.monotonic()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
+        return self.console.wait_for(pattern, timeout, since=since, alive=self.alive)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.stop(self.proc, timeout=5)
+
+    def restart(self) -> "VM":
+        """Power-cycle on the same tap and MAC (a "next boot")."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "VM":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
