@@ -19,6 +19,7 @@ ARG_RE = re.compile(r"^[A-Za-z0-9._:/=,@+%-]{1,512}$")
 TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,:()/@=+\[\]<>*'-]{0,200}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
+RAW_URL_RE = re.compile(r"^[A-Za-z0-9:/.\[\]_@-]{1,1024}$")  # urlsplit silently drops tabs/newlines: check first
 PATH_RE = re.compile(r"^(/[A-Za-z0-9._@-]+)+$")
 
 CHAIN_QUERY = (
@@ -51,7 +52,7 @@ def label(value: str) -> str:
 
 def base_url(value: str) -> str:
     """http(s)://HOST[:PORT] with nothing else; what netslate.server= and the download URLs are built from."""
-    parts = urlsplit(value) if isinstance(value, str) else None
+    parts = urlsplit(value) if isinstance(value, str) and RAW_URL_RE.match(value) else None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
@@ -129,7 +130,7 @@ class ImageBoot:
     """One image version to boot: what `kernel`/`initrd` fetch and the kernel command line."""
 
     kernel_url: str
-    initrd_url: str
+    initrd_url: str | None
     args: tuple[str, ...]
     title: str = ""  # shown on the console, e.g. "desktop@3"
 
@@ -144,8 +145,8 @@ def _boot_block(prefix: str, boot: ImageBoot, retry: Retry, jitter_s: int, after
         "set ns_try:int32 0",
         f"set ns_delay:int32 {retry.delay + jitter_s}",
         f":{p}_try",
-        f"kernel {url_checked(boot.kernel_url)} initrd=initrd{args} || goto {p}_fail",
-        f"initrd --name initrd {url_checked(boot.initrd_url)} || goto {p}_fail",
+        f"kernel {url_checked(boot.kernel_url)}{' initrd=initrd' if boot.initrd_url else ''}{args} || goto {p}_fail",
+        *([f"initrd --name initrd {url_checked(boot.initrd_url)} || goto {p}_fail"] if boot.initrd_url else []),
         f"boot || goto {p}_fail",
         f":{p}_fail",
         "imgfree",
@@ -159,6 +160,8 @@ def _boot_block(prefix: str, boot: ImageBoot, retry: Retry, jitter_s: int, after
 
 
 def url_checked(value: str) -> str:
+    if not isinstance(value, str) or not RAW_URL_RE.match(value):
+        raise UnsafeValue(f"unsafe URL: {value!r:.80}")
     parts = urlsplit(value)
     if parts.query or parts.fragment:
         raise UnsafeValue(f"unsafe URL: {value!r:.80}")

@@ -204,3 +204,138 @@ def pull(
     emit(stats.as_dict(), json_, lambda s: console.print(
         f"{s['name']}@{s['version']} {s['artifact']} → {s['output']}: downloaded {human_bytes(s['bytes_downloaded'])} "
         f"({s['chunks_downloaded']} chunks), reused {human_bytes(s['bytes_reused'])} ({s['chunks_reused']} chunks) in {s['seconds']:.1f}s"))
+
+
+# ---------- build and edit (local only: they run mmdebstrap, mount and chroot on this machine) ----------
+
+
+def _phases(json_: bool):
+    """(phase, log, finish) callbacks: phase lines on stderr, a spinner with the tool's latest line."""
+    from rich.markup import escape
+
+    live = err_console.is_terminal and not json_ and os.environ.get("CI") != "true"
+    status = err_console.status("starting") if live else None
+    if status:
+        status.start()
+
+    def phase(text: str) -> None:
+        if not json_:
+            err_console.print(f"[bold]→[/bold] {escape(text)}", highlight=False)
+        if status:
+            status.update(escape(text))
+
+    def log(line: str) -> None:
+        if status and line.strip():
+            status.update(escape(line.strip()[:100]))
+
+    def finish() -> None:
+        if status:
+            status.stop()
+
+    return phase, log, finish
+
+
+def _print_tail(exc) -> None:
+    tail = getattr(exc, "tail", None)
+    if tail:
+        err_console.print("[dim]last lines of output:[/dim]")
+        for line in tail:
+            err_console.print(line, markup=False, highlight=False)
+
+
+@app.command("build")
+def build(
+    ctx: typer.Context,
+    name: str,
+    recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML: suite, variant, mirror, packages, files, customise."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Point this tag at the new version."),
+    note: str = typer.Option("", "--note"),
+    json_: bool = JSON,
+):
+    """Build a Debian image with mmdebstrap from a recipe, prepare it and import it as a new version."""
+    from netslate.images.build import build_image
+
+    st = state(ctx)
+    phase, log, finish = _phases(json_)
+    try:
+        with byte_progress("import", None, enabled=not json_) as progress:
+            result = build_image(st.context(), name, recipe, tag=tag, note=note, phase=phase, log=log,
+                                 warn=lambda m: err_console.print(m, highlight=False),
+                                 progress=_progress_cb(progress, {}))
+    except UserError as exc:
+        finish()
+        _print_tail(exc)
+        raise
+    finally:
+        finish()
+    emit(result, json_, lambda r: console.print(
+        f"{r['name']}@{r['version']}: {human_bytes(r['bytes_total'])} total, {human_bytes(r['bytes_new'])} new "
+        f"(built in {r['seconds']}s from {r['mirror']})" + (f", tagged {r['tag']}" if r.get("tag") else "")))
+
+
+@app.command("edit")
+def edit(
+    ctx: typer.Context,
+    name: str,
+    script: Optional[Path] = typer.Option(None, "--script", help="Shell script to run chrooted in the working copy."),
+    shell: bool = typer.Option(False, "--shell", help="Interactive shell chrooted in the working copy."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an edit that is already open."),
+    abort: bool = typer.Option(False, "--abort", help="Discard the open edit."),
+    json_: bool = JSON,
+):
+    """Open an overlayfs working copy of NAME's latest version and change it (then `image commit`)."""
+    from netslate.images import edit as ed
+
+    st = state(ctx)
+    if abort:
+        if script or shell or resume:
+            raise UserError("--abort takes no --script, --shell or --resume")
+        data = ed.abort(st.context(), name)
+        emit(data, json_, lambda d: console.print(f"discarded the edit of {name}"))
+        return
+    if script and shell:
+        raise UserError("give --script FILE or --shell, not both")
+    if not script and not shell:
+        import sys
+
+        if not sys.stdin.isatty():
+            raise UserError("give --script FILE (or --shell from a terminal)")
+        shell = True
+    phase, log, finish = _phases(json_)
+    try:
+        with byte_progress("assemble", None, enabled=not json_) as progress:
+            task = progress.add_task(f"assembling {name} rootfs", total=None)
+            data = ed.run(st.context(), name, script=script, shell=shell, resume=resume,
+                          progress=lambda d, t: progress.update(task, completed=d, total=t),
+                          log=(lambda line: err_console.print(line, markup=False, highlight=False)) if not json_ else log)
+    except UserError as exc:
+        finish()
+        if json_:
+            _print_tail(exc)
+        raise
+    finally:
+        finish()
+    emit(data, json_, lambda d: console.print(
+        f"edit of {name} (base version {d['base_version']}): {d['changed_paths']} files changed so far; "
+        f"`netslate image commit {name} -m TEXT` to store it, `--abort` to discard"))
+
+
+@app.command("commit")
+def commit(
+    ctx: typer.Context,
+    name: str,
+    message: str = typer.Option(..., "-m", "--message", help="What changed (the version's note)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Point this tag at the new version."),
+    json_: bool = JSON,
+):
+    """Prepare the open edit of NAME and store it as a new version (only changed chunks take space)."""
+    from netslate.images import edit as ed
+
+    st = state(ctx)
+    with byte_progress("import", None, enabled=not json_) as progress:
+        result = ed.commit(st.context(), name, message, tag=tag, progress=_progress_cb(progress, {}),
+                           warn=lambda m: err_console.print(m, highlight=False))
+    emit(result, json_, lambda r: console.print(
+        f"{r['name']}@{r['version']} (parent {r['parent_version']}): {human_bytes(r['bytes_total'])} total, "
+        f"{human_bytes(r['bytes_new'])} new ({r['diff']['new_fraction']:.1%} of the rootfs+kernel changed)"
+        + (f", tagged {r['tag']}" if r.get("tag") else "")))

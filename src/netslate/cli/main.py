@@ -36,6 +36,18 @@ def _register() -> None:
     app.add_typer(keys.app, name="key")
     app.add_typer(tokens.app, name="token")
     app.command("serve")(serve.serve)
+    from netslate.cli import config as config_cli
+
+    app.add_typer(config_cli.app, name="config")
+    from netslate.cli import discovery
+
+    app.add_typer(discovery.site_app, name="site")
+    app.add_typer(discovery.server_app, name="server")
+    app.add_typer(discovery.dns_app, name="dns")
+    from netslate.cli import boot as boot_cli, machine as machine_cli
+
+    app.add_typer(machine_cli.app, name="machine")
+    app.add_typer(boot_cli.app, name="boot")
 
 
 _register()

@@ -146,9 +146,13 @@ def _merge_into(base: dict, base_prov: dict, doc: dict, source: str, prefix: str
             if not old:
                 base_prov.pop(path, None)
             merged = _merge_into(old, base_prov, value, source, path, depth + 1, budget)
-            out[key] = merged
-            if not merged:
-                base_prov[path] = source  # an empty map is a leaf
+            if merged or not value:
+                out[key] = merged
+                if not merged:
+                    base_prov[path] = source  # an explicit empty map is a leaf
+            else:  # every key was removed with null: the map goes too
+                out.pop(key, None)
+                _drop_prefix(base_prov, path)
         else:
             _drop_prefix(base_prov, path)
             out[key] = value
@@ -201,6 +205,8 @@ def get_pointer(doc: Any, ptr: str) -> Any:
 def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
     """Leaf pointer → value (lists as whole values), for diffs."""
     out: dict[str, Any] = {}
+    if prefix == "" and doc == {}:
+        return out
     if isinstance(doc, dict) and doc:
         for k in sorted(doc):
             out.update(flatten(doc[k], prefix + "/" + escape(k)))

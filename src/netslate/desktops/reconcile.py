@@ -273,7 +273,7 @@ def plan(pools: list[PoolSpec], world: World) -> list[Action]:
     # 3. pool sizes: create or trim
     for pool in pools:
         mine = [d for d in world.desktops if d.pool == pool.name and d.state not in (S.DESTROYING, S.QUARANTINE)]
-        claimed = sum(1 for d in mine if _effective_state(d) in S.CLAIMED or (d.user and pool.dedicated))
+        claimed = sum(1 for d in mine if _effective_state(d) in S.CLAIMED or d.user)
         want = desired_count(pool, claimed)
         have = len(mine)
         if have < want:

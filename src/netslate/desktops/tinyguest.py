@@ -1,6 +1,6 @@
 """A tiny desktop guest for tests, benchmarks and demos: the host's Debian kernel + a busybox initramfs.
 
-The initramfs loads the virtio and ext4 modules, mounts the desktop disk (/dev/vda, ext2),
+The initramfs loads the virtio and ext4 modules, mounts the desktop disk (/dev/vda, ext4 without journal),
 reports on the serial console whether a scratch file from an earlier boot is there and which
 golden marker it sees, then writes the scratch file. The golden image is a small qcow2 holding
 that ext2 filesystem.
@@ -26,7 +26,7 @@ for m in $(cat /modules.order); do insmod /mods/$m 2>/dev/null; done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 mkdir -p /mnt
-if mount -t ext2 /dev/vda /mnt; then
+if mount -t ext4 /dev/vda /mnt; then
   echo "NETSLATE-GOLDEN=$(cat /mnt/golden.txt 2>/dev/null)"
   if [ -f /mnt/scratch.txt ]; then echo "NETSLATE-SCRATCH-PRESENT=$(cat /mnt/scratch.txt)"; else echo NETSLATE-SCRATCH-ABSENT; fi
   cat /proc/sys/kernel/random/uuid > /mnt/scratch.txt
@@ -101,7 +101,7 @@ def build_golden(out: Path, marker: str, size_mib: int = 16, fmt: str = "qcow2")
         content.mkdir()
         (content / "golden.txt").write_text(marker + "\n")
         raw = Path(tmp) / "disk.img"
-        subprocess.run(["mke2fs", "-q", "-t", "ext2", "-F", "-d", str(content), str(raw), f"{size_mib}M"], check=True, capture_output=True)
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-O", "^has_journal", "-F", "-d", str(content), str(raw), f"{size_mib}M"], check=True, capture_output=True)
         if fmt == "raw":
             shutil.copy(raw, out)
         else:

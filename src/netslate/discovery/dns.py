@@ -28,6 +28,7 @@ MAX_QUERY = 1232  # bytes; a real query is < 300. Bigger UDP packets are dropped
 MAX_UDP_REPLY = 1232  # our EDNS buffer size (the DNS flag day 2020 value)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 MAX_TCP_CLIENTS = 256
+CACHE_SIZE = 4096  # finished answers kept per view
 ECS_OPTION = 8  # EDNS Client Subnet (RFC 7871): lets a resolver tell us where the client is
 
 
@@ -39,6 +40,8 @@ class Responder:
         self.rng = rng or random.Random()
         self.srv_name = core.srv_name(self.domain)
         self.stats = {"queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "nxdomain": 0, "noerror": 0, "servfail": 0}
+        self._cache: dict = {}
+        self._cache_view = None
         self._soa = SOA(f"ns.{self.domain}.", f"hostmaster.{self.domain}.", (1, 3600, 600, 604800, ttl))
 
     # ------------------------------------------------------------ one packet
@@ -92,9 +95,30 @@ class Responder:
             reply.header.rcode = RCODE.REFUSED
             return reply.pack()
         view = self._view()
-        rcode = self._answer(reply, qname, q.qtype, view, self._client_site(view, client, opt))
+        entries = None
+        if qname == self.srv_name and q.qtype in (QTYPE.SRV, QTYPE.ANY):
+            entries = view.ordered(self._client_site(view, client, opt), self.rng)
+        # Packing with dnslib costs more than everything else, and answers repeat (same view, same
+        # question, one of a few orders), so finished answers are cached without their id.
+        key = (str(q.qname), q.qtype, q.qclass, tuple(e.server.name for e in entries) if entries is not None else None,
+               opt is not None, limit, req.header.rd, udp)
+        if self._cache_view is not view:
+            self._cache, self._cache_view = {}, view
+        hit = self._cache.get(key)
+        if hit is not None:
+            rcode, body = hit
+            self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
+            return data[:2] + body
+        rcode = self._answer(reply, qname, q.qtype, view, entries)
         reply.header.rcode = rcode
         self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
+        packed = self._finish(reply, limit, udp)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = (rcode, packed[2:])
+        return packed
+
+    def _finish(self, reply: DNSRecord, limit: int, udp: bool) -> bytes:
         packed = reply.pack()
         if udp and len(packed) > limit:
             # Drop the additional addresses first (clients can ask for them), then truncate.
@@ -115,11 +139,10 @@ class Responder:
                         return view.site_for(addr)
         return view.site_for(client)
 
-    def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, site: str | None) -> int:
+    def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, entries: list[core.Entry] | None) -> int:
         ttl = self.ttl
         if qname == self.srv_name:
-            if qtype in (QTYPE.SRV, QTYPE.ANY):
-                entries = view.ordered(site, self.rng)
+            if entries is not None:
                 for e in entries:
                     target = core.target_name(e.server.name, self.domain)
                     reply.add_answer(RR(self.srv_name + ".", QTYPE.SRV, ttl=ttl, rdata=SRV(e.priority, e.weight, e.server.port, target + ".")))

@@ -232,3 +232,17 @@ def is_ip(value: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def mark_stopped(ctx, name: str) -> None:
+    """A clean shutdown: age the heartbeat past STALE_AFTER so answers drop this server at once
+    (the row stays, so `netslate server list` shows it as not alive)."""
+    with ctx.db.session() as s:
+        row = s.scalar(select(DiscoveryServer).where(DiscoveryServer.name == name))
+        if row is not None:
+            row.last_heartbeat = utcnow() - dt.timedelta(seconds=STALE_AFTER + 1)
+
+
+def site_exists(ctx, name: str) -> bool:
+    with ctx.db.session() as s:
+        return s.scalar(select(Site.id).where(Site.name == name)) is not None

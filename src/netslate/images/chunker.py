@@ -6,6 +6,7 @@ with old ones. min + avg ≈ 64 KiB mean chunk size (pyfastcdc's mean is avg_siz
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +17,15 @@ AVG_SIZE = 49152
 MIN_SIZE = 16384
 MAX_SIZE = 262144
 
-_cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+_local = threading.local()
+
+
+def _cdc() -> FastCDC:
+    # A FastCDC object is not safe to share between threads (pyfastcdc says so).
+    cdc = getattr(_local, "cdc", None)
+    if cdc is None:
+        cdc = _local.cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    return cdc
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class Piece:
 
 def cut(buf) -> Iterator[Piece]:
     """Cut a buffer into content-defined chunks and hash each (SHA-256 of the uncompressed bytes)."""
-    for c in _cdc.cut_buf(buf):
+    for c in _cdc().cut_buf(buf):
         data = c.data
         yield Piece(c.offset, c.length, hashlib.sha256(data).hexdigest(), data)
 
@@ -38,6 +47,6 @@ def cut_file(path: Path) -> Iterator[Piece]:
     """Chunk a file through pyfastcdc's own mmap reader, so a multi-GiB rootfs is never copied whole."""
     if os.path.getsize(path) == 0:
         return
-    for c in _cdc.cut_file(str(path)):
+    for c in _cdc().cut_file(str(path)):
         data = c.data
         yield Piece(c.offset, c.length, hashlib.sha256(data).hexdigest(), data)

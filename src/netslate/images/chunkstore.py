@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +36,7 @@ class ChunkStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._local = threading.local()  # zstd contexts are not thread-safe
 
     def _dir(self, chunk_id: str) -> Path:
         return self.root / chunk_id[:2]
@@ -64,7 +65,12 @@ class ChunkStore:
         if found is not None:
             os.utime(found[0])
             return 0
-        cctx = self._cctx if level is None else zstandard.ZstdCompressor(level=level)
+        if level is None:
+            cctx = getattr(self._local, "cctx", None)
+            if cctx is None:
+                cctx = self._local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        else:
+            cctx = zstandard.ZstdCompressor(level=level)
         packed = cctx.compress(data)
         if len(packed) <= len(data) * (1 - MIN_SAVING):
             payload, suffix = packed, ".zst"

@@ -29,6 +29,11 @@ try:  # optional: compressed transfer
 except ImportError:  # pragma: no cover - exercised on machines without it
     _zstd = None
 
+try:  # optional: re-chunk a seed file we have no record of (needs pyfastcdc)
+    from netslate.images.chunker import cut_file as _cut_file
+except ImportError:  # pragma: no cover
+    _cut_file = None
+
 _CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -202,6 +207,9 @@ def _seed_candidates(cache: Path, output: Path, artifact_chunks: list) -> dict[s
     if record and isinstance(record.get("chunks"), list):
         for off, size, cid in record["chunks"]:
             found.setdefault(cid, (off, size))
+    elif _cut_file is not None:
+        for piece in _cut_file(output):
+            found.setdefault(piece.chunk_id, (piece.offset, piece.size))
     for off, size, cid in artifact_chunks:
         found.setdefault(cid, (off, size))
     return found

@@ -33,4 +33,17 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(images.api)
     app.include_router(images.serving)
+    from netslate.discovery.service import install as install_discovery
+    from netslate.server.routers import discovery as discovery_router
+
+    app.include_router(discovery_router.router)
+    install_discovery(app)
+    from netslate.server.routers import config as config_router
+
+    app.include_router(config_router.router)
+    from netslate.server.routers import boot as boot_router, machines as machines_router
+
+    app.include_router(boot_router.serving)
+    app.include_router(boot_router.api)
+    app.include_router(machines_router.router)
     return app

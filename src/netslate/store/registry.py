@@ -8,6 +8,7 @@ MODEL_MODULES = [
     "netslate.boot.models",
     "netslate.discovery.models",
     "netslate.config.models",
+    "netslate.desktops.models",
 ]
 
 

@@ -170,7 +170,12 @@ def get_manifest(name: str, ref: str, request: Request):
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-@serving.api_route("/images/{name}/{ref}/{artifact}", methods=["GET", "HEAD"])
+@serving.head("/images/{name}/{ref}/{artifact}", include_in_schema=False)
+def head_artifact(name: str, ref: str, artifact: str, request: Request):
+    return get_artifact(name, ref, artifact, request)
+
+
+@serving.get("/images/{name}/{ref}/{artifact}")
 def get_artifact(name: str, ref: str, artifact: str, request: Request):
     """The whole artifact, assembled from chunks on the fly; single byte ranges supported."""
     check_name(name, "image name")
@@ -207,7 +212,12 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
                              media_type="application/octet-stream")
 
 
-@serving.api_route("/chunks/{chunk_id}", methods=["GET", "HEAD"])
+@serving.head("/chunks/{chunk_id}", include_in_schema=False)
+def head_chunk(chunk_id: str, request: Request):
+    return get_chunk(chunk_id, request)
+
+
+@serving.get("/chunks/{chunk_id}")
 def get_chunk(chunk_id: str, request: Request):
     """One immutable chunk. Raw by default; the stored zstd form if the client accepts zstd."""
     if not CHUNK_ID.match(chunk_id):

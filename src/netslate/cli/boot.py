@@ -1,0 +1,272 @@
+"""`netslate boot ...`: profiles, rules (working/active), policies, events, explain."""
+
+import json
+from typing import Optional
+
+import typer
+
+from netslate.cli.common import console, emit, state, table
+from netslate.errors import UserError
+
+app = typer.Typer(help="Network boot: profiles, rules, policies, events, explain.", no_args_is_help=True)
+profile_app = typer.Typer(help="Boot profiles: image + version or tag + mode + kernel arguments; or local / menu.", no_args_is_help=True)
+rules_app = typer.Typer(help="Boot rules: edit the working set, diff, activate.", no_args_is_help=True)
+policy_app = typer.Typer(help="What happens to machines nobody approved yet, per site.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+app.add_typer(rules_app, name="rules")
+app.add_typer(policy_app, name="policy")
+
+
+def _store():
+    from netslate.boot import store
+
+    return store
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def _render_profiles(rows: list[dict]) -> None:
+    table(["name", "kind", "image", "ref", "mode", "console", "args"],
+          [[p["name"], p["kind"], p["image"], p["ref"], p["mode"], p["console"], " ".join(p["args"])] for p in rows])
+
+
+@profile_app.command("add")
+def profile_add(
+    ctx: typer.Context,
+    name: str,
+    kind: str = typer.Option("image", "--kind", help="image, local (boot the local disk) or menu (pick a version)."),
+    image: Optional[str] = typer.Option(None, "--image"),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Version number or tag (for menu: the tag to mark)."),
+    mode: str = typer.Option("ram", "--mode"),
+    arg: list[str] = typer.Option([], "--arg", help="Extra kernel argument (repeatable)."),
+    console_: Optional[str] = typer.Option(None, "--console", help="Adds console=VALUE, e.g. ttyS0,115200n8."),
+    note: str = typer.Option("", "--note"),
+    replace: bool = typer.Option(False, "--replace", help="Change an existing profile."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Add a boot profile."""
+    st = state(ctx)
+    body = {"name": name, "kind": kind, "image": image, "ref": ref, "mode": mode, "args": arg, "console": console_,
+            "note": note, "replace": replace}
+    if st.remote:
+        data = st.api().post("/api/v1/boot/profiles", json=body)
+    else:
+        data = _store().add_profile(st.context(), name, kind, image, ref, mode, arg, console_, note, replace=replace)
+    emit(data, json_, lambda d: console.print(f"profile {d['name']} saved"))
+
+
+@profile_app.command("list")
+def profile_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """List profiles."""
+    st = state(ctx)
+    data = st.api().get("/api/v1/boot/profiles") if st.remote else _store().list_profiles(st.context())
+    emit(data, json_, _render_profiles)
+
+
+@profile_app.command("show")
+def profile_show(ctx: typer.Context, name: str, json_: bool = typer.Option(False, "--json")):
+    """Show one profile and the rules that use it."""
+    st = state(ctx)
+    data = st.api().get(f"/api/v1/boot/profiles/{name}") if st.remote else _store().show_profile(st.context(), name)
+    emit(data, json_, lambda d: (_render_profiles([d]), console.print(f"used by: {', '.join(d['used_by']) or '-'}")))
+
+
+@profile_app.command("rm")
+def profile_rm(ctx: typer.Context, name: str):
+    """Remove a profile (refused while a rule or policy uses it)."""
+    st = state(ctx)
+    if st.remote:
+        st.api().delete(f"/api/v1/boot/profiles/{name}")
+    else:
+        _store().remove_profile(st.context(), name)
+    console.print(f"removed profile {name}")
+
+
+# ------------------------------------------------------------------ rules
+
+
+def _render_rules(d: dict) -> None:
+    table(["name", "priority", "specificity", "selectors", "profile"],
+          [[r["name"], r["priority"], r["specificity"], json.dumps(r["selectors"], sort_keys=True), r["profile"]] for r in d["rules"]],
+          title=f"{d['ruleset']} rule set (active version {d['active_version']})")
+
+
+@rules_app.command("add")
+def rules_add(
+    ctx: typer.Context,
+    name: str,
+    selectors: list[str] = typer.Argument(None, help="KEY=VALUE: mac, uuid, serial, manufacturer, product, arch, platform, group, label=K=V."),
+    profile: str = typer.Option(..., "--profile"),
+    priority: int = typer.Option(0, "--priority", help="Higher wins; then the more specific rule."),
+    replace: bool = typer.Option(False, "--replace"),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Add a rule to the working set (a tie with another rule is refused)."""
+    from netslate.boot.rules import parse_selector_args
+
+    st = state(ctx)
+    sel = parse_selector_args(selectors or [])
+    if st.remote:
+        data = st.api().post("/api/v1/boot/rules", json={"name": name, "profile": profile, "priority": priority,
+                                                         "selectors": sel, "replace": replace})
+    else:
+        data = _store().add_rule(st.context(), name, sel, profile, priority, replace=replace)
+    emit(data, json_, lambda d: console.print(f"rule {d['name']} saved in the working set (run: netslate boot rules activate)"))
+
+
+@rules_app.command("rm")
+def rules_rm(ctx: typer.Context, name: str):
+    """Remove a rule from the working set."""
+    st = state(ctx)
+    if st.remote:
+        st.api().delete(f"/api/v1/boot/rules/{name}")
+    else:
+        _store().remove_rule(st.context(), name)
+    console.print(f"removed rule {name} from the working set")
+
+
+@rules_app.command("list")
+def rules_list(
+    ctx: typer.Context,
+    working: bool = typer.Option(False, "--working", help="The working set (default)."),
+    active: bool = typer.Option(False, "--active", help="The active set (what boots use)."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """List the working or active rule set, in evaluation order."""
+    if working and active:
+        raise UserError("give --working or --active, not both")
+    ruleset = "active" if active else "working"
+    st = state(ctx)
+    data = st.api().get("/api/v1/boot/rules", params={"ruleset": ruleset}) if st.remote else _store().list_rules(st.context(), ruleset)
+    emit(data, json_, _render_rules)
+
+
+@rules_app.command("diff")
+def rules_diff(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """What `activate` would change: active → working."""
+    st = state(ctx)
+    data = st.api().get("/api/v1/boot/rules/diff") if st.remote else _store().diff_rules(st.context())
+
+    def render(d):
+        if not d["changed_count"]:
+            console.print("no changes: the working set equals the active set")
+        for r in d["added"]:
+            console.print(f"[green]+ {r['name']}[/green] priority {r['priority']} {json.dumps(r['selectors'], sort_keys=True)} → {r['profile']}", highlight=False)
+        for r in d["removed"]:
+            console.print(f"[red]- {r['name']}[/red] priority {r['priority']} {json.dumps(r['selectors'], sort_keys=True)} → {r['profile']}", highlight=False)
+        for c in d["changed"]:
+            console.print(f"[yellow]~ {c['name']}[/yellow] {json.dumps(c['from'], sort_keys=True)} → {json.dumps(c['to'], sort_keys=True)}", highlight=False)
+
+    emit(data, json_, render)
+
+
+@rules_app.command("activate")
+def rules_activate(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """Make the working set active, atomically (recorded in the audit log)."""
+    st = state(ctx)
+    data = st.api().post("/api/v1/boot/rules/activate") if st.remote else _store().activate_rules(st.context())
+    emit(data, json_, lambda d: console.print(f"activated rule set version {d['active_version']} ({d['rules']} rules)"))
+
+
+# ------------------------------------------------------------------ policy
+
+
+@policy_app.command("set")
+def policy_set(
+    ctx: typer.Context,
+    policy: str = typer.Argument(..., help="hold or boot-default."),
+    site: str = typer.Option("default", "--site"),
+    retry_seconds: Optional[int] = typer.Option(None, "--retry-seconds", help="How often a held machine asks again."),
+    default_profile: Optional[str] = typer.Option(None, "--default-profile", help="Profile for machines no rule matches ('' to clear)."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Set a site's policy for machines nobody approved yet."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().put("/api/v1/boot/policies", json={"site": site, "policy": policy, "retry_seconds": retry_seconds,
+                                                           "default_profile": default_profile})
+    else:
+        data = _store().set_policy(st.context(), policy, site, retry_seconds, default_profile)
+    emit(data, json_, lambda d: console.print(f"site {d['site']}: {d['policy']} (retry every {d['retry_seconds']} s)"))
+
+
+@policy_app.command("list")
+def policy_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """List per-site policies."""
+    st = state(ctx)
+    data = st.api().get("/api/v1/boot/policies") if st.remote else _store().list_policies(st.context())
+    emit(data, json_, lambda rows: table(["site", "policy", "retry s", "default profile"],
+                                         [[p["site"], p["policy"], p["retry_seconds"], p["default_profile"]] for p in rows]))
+
+
+# ------------------------------------------------------------------ events, explain
+
+
+@app.command("events")
+def events(
+    ctx: typer.Context,
+    limit: int = typer.Option(100, "--limit"),
+    machine: Optional[str] = typer.Option(None, "--machine", help="Id, MAC, UUID or name."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Boot scripts served, newest first: machine, rule, profile, image version."""
+    st = state(ctx)
+    if st.remote:
+        params = {"limit": limit, **({"machine": machine} if machine else {})}
+        data = st.api().get("/api/v1/boot/events", params=params)
+    else:
+        data = _store().list_events(st.context(), limit, machine)
+    emit(data, json_, lambda rows: table(
+        ["at", "machine", "mac", "kind", "rule", "profile", "image", "pinned"],
+        [[e["at"], e["machine"], e["mac"], e["kind"], e["rule"], e["profile"],
+          f"{e['image']}@{e['version']}" if e["image"] else "", "yes" if e["pinned"] else ""] for e in rows]))
+
+
+@app.command("explain")
+def explain(
+    ctx: typer.Context,
+    ident: str = typer.Argument(..., help="MAC or SMBIOS UUID."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="As iPXE would report it (x86_64, i386, ...)."),
+    platform: Optional[str] = typer.Option(None, "--platform", help="pcbios or efi."),
+    base_url: str = typer.Option("http://localhost:8080", "--base-url", help="Server URL to put in the script (local mode)."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Which rule matches a machine and why, and the script it would be served."""
+    st = state(ctx)
+    if st.remote:
+        params = {k: v for k, v in (("arch", arch), ("platform", platform)) if v}
+        data = st.api().get(f"/api/v1/boot/explain/{ident}", params=params)
+    else:
+        from netslate.boot.engine import BootEngine
+
+        data = BootEngine(st.context()).explain(ident, base_url, arch, platform)
+
+    def render(d):
+        console.print(f"machine: {d['machine'] if d['known'] else 'unknown'}  site: {d['site']}  policy: {d['policy']['policy']}", highlight=False)
+        console.print(f"decision: {d['kind']}  rule: {d['rule']}  profile: {d['profile']}  image: "
+                      f"{(d['image'] or '-')}@{d['version'] if d['version'] is not None else '-'}  reason: {d.get('reason', '-')}", highlight=False)
+        table(["rule", "priority", "specificity", "matches", "selectors"],
+              [[r["name"], r["priority"], r["specificity"], "yes" if r["matches"] else "no",
+                "; ".join(f"{s['selector']}={s['want']} ({'ok' if s['match'] else 'have ' + str(s['have'])})" for s in r["selectors"])]
+               for r in d["rules"]["rules"]])
+        console.print(d["script"], highlight=False, markup=False)
+
+    emit(data, json_, render)
+
+
+@app.command("pxelinux")
+def pxelinux(
+    ctx: typer.Context,
+    base_url: str = typer.Option(..., "--base-url", help="Server URL the legacy clients fetch kernels from."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Show the pxelinux.cfg files netslate renders for the TFTP root."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get("/api/v1/boot/pxelinux")
+    else:
+        from netslate.boot.engine import BootEngine, pxelinux_files
+
+        data = pxelinux_files(BootEngine(st.context()), base_url)
+    emit(data, json_, lambda files: [console.print(f"==> {k}\n{v}", highlight=False, markup=False) for k, v in sorted(files.items())])

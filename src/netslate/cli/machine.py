@@ -1,0 +1,167 @@
+"""`netslate machine ...`: the machine inventory (list, show, add, approve, label, rm, pin, unpin)."""
+
+from typing import Optional
+
+import typer
+
+from netslate.cli.common import console, emit, state, table
+from netslate.errors import UserError
+
+app = typer.Typer(help="Machines: inventory, approval, labels, pins.", no_args_is_help=True)
+
+
+def _kv(items: list[str], what: str = "label") -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UserError(f"{what} {item!r} wants KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _render_list(rows: list[dict]) -> None:
+    table(
+        ["id", "name", "state", "macs", "uuid", "labels", "pin", "last seen"],
+        [[m["id"], m["name"], m["state"], " ".join(m["macs"]), m["uuid"],
+          ",".join(f"{k}={v}" for k, v in sorted(m["labels"].items())),
+          f"{m['pin']['image']}@{m['pin']['version']}" if m["pin"] else "", m["last_seen"]] for m in rows],
+    )
+
+
+def _render_one(m: dict) -> None:
+    for key in ("id", "name", "state", "approved", "macs", "uuid", "serial", "manufacturer", "product", "hostname",
+                "labels", "group", "pin", "first_seen", "last_seen"):
+        console.print(f"[bold]{key}[/bold]: {m.get(key)}", highlight=False)
+    if m.get("boots"):
+        table(["at", "kind", "rule", "profile", "image"], [[e["at"], e["kind"], e["rule"], e["profile"],
+              f"{e['image']}@{e['version']}" if e["image"] else ""] for e in m["boots"]], title="recent boots")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, state_: Optional[str] = typer.Option(None, "--state", help="Only machines in this state (discovered, approved, ...)."),
+          json_: bool = typer.Option(False, "--json")):
+    """List machines."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get("/api/v1/machines", params={"state": state_} if state_ else None)
+    else:
+        from netslate.boot import store
+
+        data = store.list_machines(st.context(), state_)
+    emit(data, json_, _render_list)
+
+
+@app.command("show")
+def show(ctx: typer.Context, ident: str = typer.Argument(..., help="Id, MAC, UUID or name."), json_: bool = typer.Option(False, "--json")):
+    """Show one machine and its recent boots."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get(f"/api/v1/machines/{ident}")
+    else:
+        from netslate.boot import store
+
+        data = store.show_machine(st.context(), ident)
+    emit(data, json_, _render_one)
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    mac: list[str] = typer.Option([], "--mac", help="A MAC address (repeat for several NICs)."),
+    uuid: Optional[str] = typer.Option(None, "--uuid", help="SMBIOS UUID."),
+    serial: Optional[str] = typer.Option(None, "--serial"),
+    name: Optional[str] = typer.Option(None, "--name"),
+    hostname: Optional[str] = typer.Option(None, "--hostname"),
+    label: list[str] = typer.Option([], "--label", help="KEY=VALUE (repeatable)."),
+    group: Optional[str] = typer.Option(None, "--group", help="Tree path, e.g. /lab/pool1."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Register a machine (approved at once)."""
+    st = state(ctx)
+    labels = _kv(label)
+    if st.remote:
+        data = st.api().post("/api/v1/machines", json={"macs": mac, "uuid": uuid, "serial": serial, "name": name,
+                                                       "hostname": hostname, "labels": labels, "group": group})
+    else:
+        from netslate.boot import store
+
+        data = store.add_machine(st.context(), mac, uuid, serial, name, hostname, labels, group)
+    emit(data, json_, lambda d: console.print(f"added machine {d['id']}"))
+
+
+@app.command("approve")
+def approve(ctx: typer.Context, ident: str, json_: bool = typer.Option(False, "--json")):
+    """Approve a discovered (held) machine; its next boot attempt gets its script."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().post(f"/api/v1/machines/{ident}/approve")
+    else:
+        from netslate.boot import store
+
+        data = store.approve_machine(st.context(), ident)
+    emit(data, json_, lambda d: console.print(f"approved machine {d['id']}"))
+
+
+@app.command("label")
+def label_(
+    ctx: typer.Context,
+    ident: str,
+    labels: list[str] = typer.Argument(None, help="KEY=VALUE to set."),
+    rm: list[str] = typer.Option([], "--rm", help="Label key to remove (repeatable)."),
+    hostname: Optional[str] = typer.Option(None, "--hostname"),
+    group: Optional[str] = typer.Option(None, "--group"),
+    name: Optional[str] = typer.Option(None, "--name"),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """Set or remove labels (and hostname, group, name)."""
+    st = state(ctx)
+    set_ = _kv(labels or [])
+    if st.remote:
+        data = st.api().post(f"/api/v1/machines/{ident}/labels", json={"set": set_, "remove": rm, "hostname": hostname,
+                                                                       "group": group, "name": name})
+    else:
+        from netslate.boot import store
+
+        data = store.label_machine(st.context(), ident, set_, rm, hostname=hostname, group=group, name=name)
+    emit(data, json_, lambda d: console.print(f"machine {d['id']} labels: {d['labels']}", highlight=False))
+
+
+@app.command("rm")
+def rm(ctx: typer.Context, ident: str):
+    """Forget a machine (its boot history stays, without the link)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().delete(f"/api/v1/machines/{ident}")
+    else:
+        from netslate.boot import store
+
+        data = store.remove_machine(st.context(), ident)
+    console.print(f"removed machine {data['id']}")
+
+
+@app.command("pin")
+def pin(ctx: typer.Context, ident: str, image: str = typer.Argument(..., help="IMAGE@VERSION (a tag is resolved now)."),
+        json_: bool = typer.Option(False, "--json")):
+    """Pin one machine to one image version, whatever the rules say (rollback of one machine)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().put(f"/api/v1/machines/{ident}/pin", json={"image": image})
+    else:
+        from netslate.boot import store
+
+        data = store.pin_machine(st.context(), ident, image)
+    emit(data, json_, lambda d: console.print(f"machine {d['id']} pinned to {d['pin']['image']}@{d['pin']['version']}"))
+
+
+@app.command("unpin")
+def unpin(ctx: typer.Context, ident: str):
+    """Remove a machine's pin; the rules decide again."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().delete(f"/api/v1/machines/{ident}/pin")
+    else:
+        from netslate.boot import store
+
+        data = store.unpin_machine(st.context(), ident)
+    console.print(f"machine {data['id']} unpinned")

@@ -1,0 +1,208 @@
+"""Resolution per generation (cached), template rendering, and signed per-machine bundles.
+
+A generation is immutable, so its resolved node chains are cached per process: resolving a
+node costs one merge on top of its parent's cached result, and machines at the same node share it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from netslate.canonical import canonical_json
+from netslate.config import merge, store, templates, tree
+from netslate.errors import UserError
+from netslate.store.models import Machine
+
+BUNDLE_KIND = "netslate-bundle/1"
+
+
+class Tree:
+    """One snapshot (node key → document) with memoised resolution of node chains."""
+
+    def __init__(self, snapshot: dict[str, dict]):
+        self.snapshot = snapshot
+        self._nodes: dict[str, tuple[dict, dict, tuple]] = {}
+        self._lock = threading.Lock()
+
+    def resolve_path(self, path: str) -> tuple[dict, dict, tuple]:
+        """(document, provenance, chain of nodes that hold a document) for a tree path."""
+        hit = self._nodes.get(path)
+        if hit is not None:
+            return hit
+        if path == "/":
+            doc = self.snapshot.get("/")
+            result = (merge.resolve([("/", doc)]) + (("/",),)) if doc else ({}, {}, ())
+        else:
+            parent = path.rsplit("/", 1)[0] or "/"
+            pdoc, pprov, pchain = self.resolve_path(parent)
+            own = self.snapshot.get(path)
+            result = (merge.merge(pdoc, pprov, own, path) + (pchain + (path,),)) if own else (pdoc, pprov, pchain)
+        with self._lock:
+            self._nodes[path] = result
+        return result
+
+    def resolve_machine(self, tree_path: str, machine_id: int) -> tuple[dict, dict]:
+        doc, prov, _ = self.resolve_path(tree_path)
+        own = self.snapshot.get(tree.machine_key(machine_id))
+        if own:
+            return merge.merge(doc, prov, own, tree.machine_key(machine_id))
+        return doc, prov
+
+    def chain(self, tree_path: str, machine_id: int) -> list[str]:
+        _, _, chain = self.resolve_path(tree_path)
+        out = list(chain)
+        if self.snapshot.get(tree.machine_key(machine_id)):
+            out.append(tree.machine_key(machine_id))
+        return out
+
+
+class GenerationCache:
+    """Process-wide LRU of resolved generations (generation number → Tree)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._trees: OrderedDict[int, Tree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx, number: int) -> Tree:
+        with self._lock:
+            t = self._trees.get(number)
+            if t is not None:
+                self._trees.move_to_end(number)
+                return t
+        with ctx.db.session() as s:
+            t = Tree(store.generation_snapshot(s, number))
+        with self._lock:
+            self._trees[number] = t
+            while len(self._trees) > self.size:
+                self._trees.popitem(last=False)
+        return t
+
+
+_caches: dict[str, GenerationCache] = {}
+
+
+def cache_for(ctx) -> GenerationCache:
+    key = str(ctx.db.url)
+    c = _caches.get(key)
+    if c is None:
+        c = _caches.setdefault(key, GenerationCache())
+    return c
+
+
+# ---------------------------------------------------------------- per machine
+
+
+def machine_facts(m: Machine) -> dict:
+    return {
+        "id": m.id, "name": m.name, "hostname": m.hostname, "uuid": m.uuid, "serial": m.serial,
+        "manufacturer": m.manufacturer, "product": m.product, "labels": dict(m.labels or {}),
+        "macs": sorted(x.mac for x in m.macs), "tree_path": m.tree_path, "ip_address": m.ip_address,
+    }
+
+
+def effective_generation(st, tree_path: str) -> int:
+    if st.canary_generation is not None and st.canary_path and tree.under(tree_path, st.canary_path):
+        return st.canary_generation
+    return st.current
+
+
+def render(doc: dict, machine: dict, facts: dict, generation: int) -> dict:
+    """Render the hostname and file templates for one machine; returns a new document if anything changed."""
+    hostname = doc.get("hostname")
+    files = doc.get("files")
+    if not (isinstance(hostname, str) and "{" in hostname) and not (files and any("template" in f for f in files)):
+        return doc
+    variables = {"machine": machine, "facts": facts, "generation": generation}
+    out = dict(doc)
+    if isinstance(hostname, str):
+        try:
+            out["hostname"] = templates.render(hostname, variables).strip()
+        except UserError as exc:
+            raise UserError(f"machine {machine['id']}: /hostname: {exc}") from None
+    if files:
+        new_files = []
+        for i, f in enumerate(files):
+            if "template" in f:
+                try:
+                    text = templates.render(f["template"], variables)
+                except UserError as exc:
+                    raise UserError(f"machine {machine['id']}: /files/{i} ({f.get('path')}): {exc}") from None
+                f = {k: v for k, v in f.items() if k != "template"}
+                f["content"] = text
+                f["templated"] = True
+            new_files.append(f)
+        out["files"] = new_files
+    return out
+
+
+def build_payload(m: Machine, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None) -> tuple[dict, str]:
+    """The bundle payload for one machine, and its ETag (stable while the content is)."""
+    doc, _ = cache.resolve_machine(m.tree_path, m.id)
+    machine = machine_facts(m)
+    facts = (m.status or {}).get("facts") or {}
+    doc = render(doc, machine, facts, generation)
+    removed = False
+    if "secrets" in doc and not authenticated:
+        doc = {k: v for k, v in doc.items() if k != "secrets"}
+        removed = True
+    payload = {
+        "kind": BUNDLE_KIND,
+        "machine_id": m.id,
+        "machine_name": m.name,
+        "generation": generation,
+        "tree_path": m.tree_path,
+        "document": doc,
+        "image_pin": (m.status or {}).get("image_pin"),
+        "authenticated": authenticated,
+        "secrets_removed": removed,
+    }
+    etag = '"' + hashlib.sha256(canonical_json(payload)).hexdigest()[:32] + '"'
+    payload["issued_at"] = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return payload, etag
+
+
+def bundle(ctx, machine: str | int, credential: str | None = None, allow_unauthenticated: bool = True) -> tuple[dict, str, dict]:
+    """(signed envelope, etag, info) for one machine, resolved from its effective generation."""
+    with ctx.db.session() as s:
+        m = store.find_machine(s, machine)
+        st = store.state(s)
+        authenticated = store.credential_ok(m, credential)
+        gen = effective_generation(st, m.tree_path)
+        t = cache_for(ctx).get(ctx, gen)
+        payload, etag = build_payload(m, st, t, gen, authenticated)
+        return ctx.signing_key.sign(payload), etag, {"serial": st.serial, "machine_id": m.id}
+
+
+def explain(ctx, machine: str | int, generation: int | None = None) -> dict:
+    """Resolved document (secrets redacted, templates not rendered) and, per leaf, the node it came from."""
+    with ctx.db.session() as s:
+        m = store.find_machine(s, machine)
+        st = store.state(s)
+        gen = effective_generation(st, m.tree_path) if generation is None else generation
+        if generation is not None and generation != 0:
+            store.generation_row(s, generation)
+        t = cache_for(ctx).get(ctx, gen)
+        doc, prov = t.resolve_machine(m.tree_path, m.id)
+        chain = t.chain(m.tree_path, m.id)
+        return {
+            "machine": {"id": m.id, "name": m.name, "tree_path": m.tree_path},
+            "generation": gen,
+            "canary": gen == st.canary_generation,
+            "chain": [{"node": store.display_key(s, c), "level": tree.level(c)} for c in chain],
+            "document": store.redact(doc),
+            "sources": {p: store.display_key(s, src) for p, src in sorted(prov.items())},
+            "note": "templates are shown unrendered; secret values are never shown",
+        }
+
+
+def warm(ctx, number: int, paths: list[str]) -> int:
+    """Resolve every node chain of a generation ahead of the first bundle request."""
+    t = cache_for(ctx).get(ctx, number)
+    for p in paths:
+        t.resolve_path(p)
+    return len(paths)

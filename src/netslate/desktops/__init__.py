@@ -1,0 +1,1 @@
+"""Non-persistent virtual desktop pools on libvirt/QEMU: hosts, golden images, pools, lifecycle, consoles."""

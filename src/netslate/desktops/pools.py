@@ -1,0 +1,182 @@
+"""Pools: validation and persistence. Everything is checked before the first write."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from netslate import audit
+from netslate.errors import Conflict, NotFound, UserError
+from netslate.names import check_name
+
+from netslate.desktops import addresses, golden
+from netslate.desktops import states as S
+from netslate.desktops.hosts import select_hosts
+from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
+
+MAX_POOL_NAME = 40
+
+
+def pool_dict(p: DesktopPool, desktops: list[Desktop] | None = None, addresses_used: int | None = None) -> dict:
+    out = {
+        "name": p.name, "golden": p.golden, "golden_version": p.golden_version, "size": p.size, "spare": p.spare,
+        "max": p.max, "vcpus": p.vcpus, "memory_mib": p.memory_mib, "display": p.display, "video": p.video,
+        "usb_redirect": p.usb_redirect, "smartcard": p.smartcard,
+        "persistence": "persistent" if p.persistent else "none",
+        "assignment": "dedicated" if p.dedicated else "floating",
+        "ip_range": f"{p.ip_first}-{p.ip_last}", "hosts": p.hosts_selector, "network": p.network,
+        "grace_seconds": p.grace_seconds, "created_at": p.created_at.isoformat() + "Z",
+    }
+    if desktops is not None:
+        counts: dict[str, int] = {}
+        for d in desktops:
+            counts[d.state] = counts.get(d.state, 0) + 1
+        out["desktops"] = len(desktops)
+        out["states"] = counts
+    if addresses_used is not None:
+        out["addresses_used"] = addresses_used
+        out["addresses_total"] = addresses.range_size(p.ip_first, p.ip_last)
+    return out
+
+
+def _check_network(network: str) -> str:
+    kind, sep, value = network.partition(":")
+    if network in ("none", "user"):
+        return network
+    if kind in ("bridge", "network") and sep and value:
+        check_name(value, f"{kind} name")
+        return network
+    raise UserError(f"--network {network!r}: use bridge:NAME, network:NAME, user or none")
+
+
+def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str) -> None:
+    if size < 0 or spare < 0:
+        raise UserError("--size and --spare must be 0 or more")
+    if max_ < 1:
+        raise UserError("--max must be at least 1")
+    if size > max_:
+        raise UserError(f"--size {size} is above --max {max_}")
+    if spare > max_:
+        raise UserError(f"--spare {spare} is above --max {max_}")
+    n = addresses.range_size(ip_first, ip_last)
+    if n < max_:
+        raise UserError(f"--ip-range has {n} addresses, fewer than --max {max_}")
+
+
+def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: int | None, vcpus: int, memory_mib: int,
+                display: str, usb_redirect: int, smartcard: bool, persistence: str, assignment: str, ip_range: str,
+                hosts: str, actor: str, network: str = "none", video: str = "qxl", grace_seconds: float = 60.0) -> dict:
+    check_name(name, "pool name")
+    if len(name) > MAX_POOL_NAME:
+        raise UserError(f"pool name {name!r} is longer than {MAX_POOL_NAME} characters")
+    gname, gver = golden.parse_ref(golden_ref)
+    golden.resolve(ctx, gname, gver)  # unknown golden → NotFound, before anything is written
+    max_ = size + spare if max_ is None else max_
+    first, last = addresses.parse_range(ip_range)
+    validate_sizes(size, spare, max_, first, last)
+    if not 1 <= vcpus <= 64:
+        raise UserError("--vcpus must be between 1 and 64")
+    if not 64 <= memory_mib <= 1024 * 1024:
+        raise UserError("--memory must be between 64 and 1048576 MiB")
+    if display not in ("spice", "vnc"):
+        raise UserError(f"--display {display!r}: choose spice or vnc")
+    if video not in ("qxl", "virtio"):
+        raise UserError(f"--video {video!r}: choose qxl or virtio")
+    if not 0 <= usb_redirect <= 8:
+        raise UserError("--usb-redirect must be between 0 and 8 channels")
+    if display != "spice" and (usb_redirect or smartcard):
+        raise UserError("USB redirection and smart cards need --display spice")
+    if persistence not in ("none", "persistent"):
+        raise UserError(f"--persistence {persistence!r}: choose none or persistent")
+    if assignment not in ("floating", "dedicated"):
+        raise UserError(f"--assignment {assignment!r}: choose floating or dedicated")
+    if grace_seconds < 0:
+        raise UserError("--grace must be 0 or more seconds")
+    network = _check_network(network)
+    with ctx.db.session() as s:
+        if s.scalar(select(DesktopPool).where(DesktopPool.name == name)):
+            raise Conflict(f"a pool named {name!r} already exists")
+        all_hosts = list(s.scalars(select(DesktopHost)))
+        if not select_hosts(hosts, all_hosts):
+            raise UserError(f"--hosts {hosts!r} matches no registered host (add one with `netslate host add NAME URI`)")
+        for other in s.scalars(select(DesktopPool)):
+            if addresses.ranges_overlap((first, last), (other.ip_first, other.ip_last)):
+                raise Conflict(f"--ip-range {first}-{last} overlaps pool {other.name} ({other.ip_first}-{other.ip_last})")
+        p = DesktopPool(name=name, golden=gname, golden_version=gver, size=size, spare=spare, max=max_, vcpus=vcpus,
+                        memory_mib=memory_mib, display=display, video=video, usb_redirect=usb_redirect,
+                        smartcard=smartcard, persistent=persistence == "persistent", dedicated=assignment == "dedicated",
+                        ip_first=first, ip_last=last, hosts_selector=hosts, network=network, grace_seconds=grace_seconds)
+        s.add(p)
+        audit.record(s, actor, "desktop.pool.create", f"pool:{name}", golden=golden_ref, size=size, spare=spare, max=max_)
+        s.flush()
+        return pool_dict(p, [], 0)
+
+
+def _get(s, name: str) -> DesktopPool:
+    p = s.scalar(select(DesktopPool).where(DesktopPool.name == name))
+    if p is None:
+        raise NotFound(f"no pool named {name!r}")
+    return p
+
+
+def list_pools(ctx) -> list[dict]:
+    with ctx.db.session() as s:
+        out = []
+        for p in s.scalars(select(DesktopPool).order_by(DesktopPool.name)):
+            ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
+            used = len(list(s.scalars(select(DesktopAddress.id).where(DesktopAddress.pool_name == p.name))))
+            out.append(pool_dict(p, ds, used))
+        return out
+
+
+def show_pool(ctx, name: str) -> dict:
+    from netslate.desktops.service import desktop_dict
+
+    with ctx.db.session() as s:
+        p = _get(s, name)
+        ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id).order_by(Desktop.number)))
+        used = len(list(s.scalars(select(DesktopAddress.id).where(DesktopAddress.pool_name == p.name))))
+        out = pool_dict(p, ds, used)
+        out["desktop_list"] = [desktop_dict(s, d) for d in ds]
+        return out
+
+
+def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int | None = None, max_: int | None = None,
+                golden_ref: str | None = None, grace_seconds: float | None = None) -> dict:
+    gname = gver = None
+    if golden_ref is not None:
+        gname, gver = golden.parse_ref(golden_ref)
+        golden.resolve(ctx, gname, gver)
+    with ctx.db.session() as s:
+        p = _get(s, name)
+        new_size = p.size if size is None else size
+        new_spare = p.spare if spare is None else spare
+        new_max = p.max if max_ is None else max_
+        validate_sizes(new_size, new_spare, new_max, p.ip_first, p.ip_last)
+        if grace_seconds is not None and grace_seconds < 0:
+            raise UserError("--grace must be 0 or more seconds")
+        p.size, p.spare, p.max = new_size, new_spare, new_max
+        if golden_ref is not None:
+            p.golden, p.golden_version = gname, gver
+        if grace_seconds is not None:
+            p.grace_seconds = grace_seconds
+        audit.record(s, actor, "desktop.pool.resize", f"pool:{name}", size=new_size, spare=new_spare, max=new_max,
+                     golden=golden_ref)
+        ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
+        return pool_dict(p, ds)
+
+
+def remove_pool(ctx, name: str, actor: str, force: bool = False) -> int:
+    """Delete the pool; its desktops go to `destroying` in the same transaction (the reconciler finishes)."""
+    with ctx.db.session() as s:
+        p = _get(s, name)
+        ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
+        claimed = [d.name for d in ds if d.state in S.CLAIMED]
+        if claimed and not force:
+            raise Conflict(f"pool {name} has desktops in use ({', '.join(claimed)}); use --force to destroy them anyway")
+        for d in ds:
+            d.prior_state = d.state
+            d.state = S.DESTROYING
+            d.pool_id = None
+        s.delete(p)
+        audit.record(s, actor, "desktop.pool.rm", f"pool:{name}", desktops=len(ds))
+        return len(ds)

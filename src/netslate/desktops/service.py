@@ -1,0 +1,183 @@
+"""Desktop requests, releases, session events and listings (store + engine; no HTTP or CLI here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from sqlalchemy import select, update
+
+from netslate import audit
+from netslate.errors import Conflict, NotFound, UserError
+from netslate.names import check_name
+from netslate.store.db import utcnow
+
+from netslate.desktops import states as S
+from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() + "Z" if t else None
+
+
+def desktop_dict(s, d: Desktop) -> dict:
+    addr = s.scalar(select(DesktopAddress.ip).where(DesktopAddress.desktop_id == d.id))
+    host = s.scalar(select(DesktopHost).where(DesktopHost.name == d.host))
+    return {
+        "id": d.id, "name": d.name, "pool": d.pool_name if d.pool_id is not None else None, "host": d.host,
+        "state": d.state, "user": d.user, "ip": addr, "mac": d.mac, "golden_version": d.golden_version,
+        "disk": d.disk, "reason": d.reason, "failures": d.failures, "prior_state": d.prior_state,
+        "console_host": host.console_address if host else None,
+        "started_at": _iso(d.started_at), "assigned_at": _iso(d.assigned_at), "logged_off_at": _iso(d.logged_off_at),
+        "created_at": _iso(d.created_at),
+    }
+
+
+def _get(s, ref: str | int) -> Desktop:
+    ref = str(ref)
+    d = s.get(Desktop, int(ref)) if ref.isdigit() else s.scalar(select(Desktop).where(Desktop.name == ref))
+    if d is None:
+        raise NotFound(f"no desktop {ref!r}")
+    return d
+
+
+def list_desktops(ctx, pool: str | None = None, user: str | None = None) -> list[dict]:
+    with ctx.db.session() as s:
+        q = select(Desktop).order_by(Desktop.pool_name, Desktop.number)
+        if pool:
+            q = q.where(Desktop.pool_name == pool)
+        if user:
+            q = q.where(Desktop.user == user)
+        return [desktop_dict(s, d) for d in s.scalars(q)]
+
+
+def show_desktop(ctx, ref: str | int) -> dict:
+    with ctx.db.session() as s:
+        return desktop_dict(s, _get(s, ref))
+
+
+def _claim(ctx, pool: DesktopPool, user: str) -> int | None:
+    """Take a prestarted ready desktop with one conditional UPDATE (two requests never get the same one)."""
+    with ctx.db.session() as s:
+        candidates = list(s.scalars(
+            select(Desktop.id).where(Desktop.pool_id == pool.id, Desktop.state == S.READY, Desktop.user.is_(None))
+            .order_by(Desktop.golden_version.desc(), Desktop.started_at, Desktop.id)
+        ))
+    for did in candidates:
+        with ctx.db.session() as s:
+            res = s.execute(
+                update(Desktop).where(Desktop.id == did, Desktop.state == S.READY, Desktop.user.is_(None))
+                .values(state=S.ASSIGNED, user=user, assigned_at=utcnow(), logged_off_at=None, updated_at=utcnow())
+            )
+            if res.rowcount == 1:
+                audit.record(s, user, "desktop.assign", f"desktop:{did}", pool=pool.name)
+                return did
+    return None
+
+
+def request_desktop(ctx, pool_name: str, user: str, timeout: float = 300.0, provision=True) -> dict:
+    """An assigned desktop for `user`: theirs already (dedicated or an open claim), a prestarted one, or a new one."""
+    check_name(user, "user name")
+    with ctx.db.session() as s:
+        pool = s.scalar(select(DesktopPool).where(DesktopPool.name == pool_name))
+        if pool is None:
+            raise NotFound(f"no pool named {pool_name!r}")
+        mine = s.scalar(
+            select(Desktop).where(Desktop.pool_id == pool.id, Desktop.user == user,
+                                  Desktop.state.notin_([S.DESTROYING, S.QUARANTINE, S.ERROR]))
+            .order_by(Desktop.id).limit(1)
+        )
+        if mine is not None and mine.state in (S.ASSIGNED, S.IN_USE, S.LOGGED_OFF, S.READY):
+            if mine.state == S.LOGGED_OFF:  # back within the grace period: no reset
+                mine.state = S.ASSIGNED
+                mine.logged_off_at = None
+            return desktop_dict(s, mine)
+    did = _claim(ctx, pool, user)
+    if did is None and mine is not None:
+        did = mine.id  # theirs, still provisioning or resetting
+    if did is None:
+        if not provision:
+            raise Conflict(f"pool {pool_name} has no free desktop right now")
+        did = _provision_for(ctx, pool, user, timeout)
+    with ctx.db.session() as s:
+        return desktop_dict(s, s.get(Desktop, did))
+
+
+def _provision_for(ctx, pool: DesktopPool, user: str, timeout: float) -> int:
+    """No prestarted desktop: make one for this user now (within --max), placed like the reconciler would."""
+    from netslate.desktops import reconcile as R
+    from netslate.desktops.engine import Engine
+
+    eng = Engine(ctx)
+    with eng.locked(timeout):
+        did = _claim(ctx, pool, user)  # one may have become ready while we waited for the lock
+        if did is not None:
+            return did
+        specs, world, host_rows = eng.observe()
+        spec = next((p for p in specs if p.name == pool.name), None)
+        live = [d for d in world.desktops if d.pool == pool.name and d.state not in (S.DESTROYING, S.QUARANTINE)]
+        if spec is None or len(live) >= spec.max:
+            raise Conflict(f"pool {pool.name} is full: all {pool.max} desktops are taken")
+        # a one-desktop plan for this pool, ignoring the boot throttle (a user is waiting)
+        one = R.PoolSpec(**{**spec.__dict__, "size": len(live) + 1, "spare": 0, "max": len(live) + 1})
+        hosts = {n: R.HostObs(**{**h.__dict__, "max_starting": 1000}) for n, h in world.hosts.items()}
+        plan = R.plan([one], R.World(hosts=hosts, desktops=tuple(d for d in world.desktops if d.pool == pool.name),
+                                     now=world.now))
+        create = next((a for a in plan if isinstance(a, R.Create)), None)
+        if create is None:
+            reason = next((a.reason for a in plan if isinstance(a, R.Blocked)), "no host can take it")
+            raise Conflict(f"pool {pool.name}: cannot start a desktop: {reason}")
+        did = eng.create_row(pool.name, create.host, user=user)
+        try:
+            eng.provision(did, host_rows)
+        except Exception as exc:
+            eng._fail(did, f"provision: {exc}")
+            raise Conflict(f"pool {pool.name}: starting a desktop failed: {exc}") from None
+        return did
+
+
+def session_event(ctx, ref: str | int, event: str, user: str | None, actor: str, source: str = "agent") -> dict:
+    """logon / logoff from the in-guest agent or the console (libvirt graphics events)."""
+    if event not in ("logon", "logoff"):
+        raise UserError(f"event {event!r}: use logon or logoff")
+    if user is not None:
+        check_name(user, "user name")
+    with ctx.db.session() as s:
+        d = _get(s, ref)
+        if event == "logon":
+            if d.state == S.IN_USE:
+                return desktop_dict(s, d)
+            if d.state not in (S.READY, S.ASSIGNED, S.LOGGED_OFF):
+                raise Conflict(f"desktop {d.name} is {d.state}; a logon is not possible now")
+            if d.user and user and user != d.user:
+                raise Conflict(f"desktop {d.name} is assigned to {d.user}, not {user}")
+            S.check(d.state, S.ASSIGNED if d.state == S.READY else S.IN_USE)
+            d.user = d.user or user
+            d.assigned_at = d.assigned_at or utcnow()
+            d.state = S.IN_USE
+            d.logged_off_at = None
+        else:
+            if d.state in (S.LOGGED_OFF, S.READY, S.RESETTING):
+                return desktop_dict(s, d)  # repeated or late logoff: nothing to do
+            if d.state not in (S.IN_USE, S.ASSIGNED):
+                raise Conflict(f"desktop {d.name} is {d.state}; a logoff is not possible now")
+            S.check(d.state, S.LOGGED_OFF)
+            d.state = S.LOGGED_OFF
+            d.logged_off_at = utcnow()
+        d.session = {"last_event": event, "source": source, "at": time.time()}
+        audit.record(s, actor, f"desktop.{event}", d.name, user=d.user, source=source)
+        return desktop_dict(s, d)
+
+
+def release_desktop(ctx, ref: str | int, actor: str) -> dict:
+    """By hand: the user is done now (no grace period); the next reconcile pass resets it."""
+    with ctx.db.session() as s:
+        d = _get(s, ref)
+        if d.state not in S.CLAIMED:
+            raise Conflict(f"desktop {d.name} is {d.state}, not assigned to anyone")
+        S.check(d.state, S.LOGGED_OFF) if d.state != S.LOGGED_OFF else None
+        d.state = S.LOGGED_OFF
+        # back-date the logoff so the grace period is already over
+        d.logged_off_at = utcnow() - dt.timedelta(days=3650)
+        audit.record(s, actor, "desktop.release", d.name, user=d.user)
+        return desktop_dict(s, d)

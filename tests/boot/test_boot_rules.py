@@ -1,0 +1,97 @@
+"""Pure core: selectors, specificity, tie detection, compiled matching, diff."""
+
+import pytest
+
+from netslate.boot.rules import (
+    CompiledRules, Facts, Rule, check_no_ties, could_overlap, diff_rule_sets, find_ties,
+    normalize_mac, normalize_selectors, parse_selector_args, specificity,
+)
+from netslate.errors import UserError
+
+MAC1, MAC2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
+
+
+def test_boot_normalize_mac_forms():
+    assert normalize_mac("52-54-00-AA-bb-01") == "52:54:00:aa:bb:01"
+    assert normalize_mac("5254.00aa.bb01") == "52:54:00:aa:bb:01"
+    for bad in ("52:54:00:aa:bb", "zz:54:00:aa:bb:01", "../../etc/passwd", "52:54:00:aa:bb:01\nchain x"):
+        with pytest.raises(UserError):
+            normalize_mac(bad)
+
+
+def test_boot_selectors_validated():
+    sel = parse_selector_args(["mac=52-54-00-00-00-01", "label=rack=r1", "label=role=gpu", "platform=bios", "group=/lab/pool/"])
+    assert sel == {"mac": MAC1, "label": {"rack": "r1", "role": "gpu"}, "platform": "pcbios", "group": "/lab/pool"}
+    assert specificity(sel) == 5
+    for bad in (["colour=red"], ["serial=a$b"], ["group=../etc"], ["label=x"], ["mac=1", "mac=2"], ["product=x\nshell"],
+                ["platform=arm"], ["uuid=not-a-uuid"]):
+        with pytest.raises(UserError):
+            parse_selector_args(bad)
+
+
+def test_boot_overlap_rules():
+    assert could_overlap({"mac": MAC1}, {"arch": "x86_64"})
+    assert not could_overlap({"mac": MAC1}, {"mac": MAC2})
+    assert could_overlap({"label": {"a": "1"}}, {"label": {"b": "2"}})
+    assert not could_overlap({"label": {"a": "1"}}, {"label": {"a": "2"}})
+    assert could_overlap({"group": "/lab"}, {"group": "/lab/pool1"})
+    assert not could_overlap({"group": "/lab/a"}, {"group": "/lab/b"})
+    assert could_overlap({"manufacturer": "QEMU"}, {"manufacturer": "qemu"})
+
+
+def test_boot_tie_rejected_only_when_same_priority_specificity_and_overlap():
+    a = Rule("a", 10, {"arch": "x86_64"}, "p")
+    b = Rule("b", 10, {"platform": "efi"}, "p")  # same prio, same specificity, a machine can match both
+    c = Rule("c", 10, {"mac": MAC1}, "p")
+    with pytest.raises(UserError, match="ties with 'a'"):
+        check_no_ties(b, [a])
+    assert find_ties(Rule("b", 11, {"platform": "efi"}, "p"), [a]) == []  # other priority
+    assert find_ties(Rule("b", 10, {"platform": "efi", "arch": "x86_64"}, "p"), [a]) == []  # more specific
+    assert find_ties(Rule("d", 10, {"mac": MAC2}, "p"), [c]) == []  # disjoint MACs
+    assert find_ties(Rule("a", 10, {"arch": "i386"}, "p"), [a]) == []  # replacing itself
+
+
+def test_boot_priority_then_specificity():
+    rules = CompiledRules([
+        Rule("catchall", 0, {}, "p0"),
+        Rule("x86", 0, {"arch": "x86_64"}, "p1"),
+        Rule("x86-efi", 0, {"arch": "x86_64", "platform": "efi"}, "p2"),
+        Rule("one", 0, {"mac": MAC1, "arch": "x86_64", "platform": "efi"}, "p3"),
+        Rule("urgent", 5, {"label": {"role": "kiosk"}}, "p4"),
+    ])
+    f = lambda **kw: Facts(**{"mac": MAC2, "arch": "x86_64", "platform": "pcbios", **kw})  # noqa: E731
+    assert rules.match(f()).name == "x86"
+    assert rules.match(f(platform="efi")).name == "x86-efi"
+    assert rules.match(f(mac=MAC1, platform="efi")).name == "one"
+    assert rules.match(f(mac=MAC1, platform="efi", labels={"role": "kiosk"})).name == "urgent"
+    assert rules.match(f(arch="arm64")).name == "catchall"
+    ex = rules.explain(f(arch="arm64"))
+    assert ex["matched"] == "catchall"
+    x86 = next(r for r in ex["rules"] if r["name"] == "x86")
+    assert x86["matches"] is False and x86["selectors"] == [{"selector": "arch", "want": "x86_64", "have": "arm64", "match": False}]
+
+
+def test_boot_group_selector():
+    rules = CompiledRules([Rule("lab", 0, {"group": "/lab"}, "p")])
+    assert rules.match(Facts(mac=MAC1, group="/lab/pool1")).name == "lab"
+    assert rules.match(Facts(mac=MAC1, group="/labx")) is None
+
+
+def test_boot_many_mac_rules_indexed():
+    rules = CompiledRules([Rule(f"m{i}", 0, {"mac": normalize_mac(f"52540000{i:04x}")}, f"p{i}") for i in range(5000)]
+                          + [Rule("all", -1, {}, "d")])
+    assert rules.match(Facts(mac=normalize_mac("525400001234"))).profile == f"p{0x1234}"
+    assert rules.match(Facts(mac="aa:aa:aa:aa:aa:aa")).name == "all"
+
+
+def test_boot_diff():
+    a = [Rule("x", 1, {"arch": "i386"}, "p"), Rule("y", 1, {}, "p")]
+    w = [Rule("x", 2, {"arch": "i386"}, "p"), Rule("z", 1, {"mac": MAC1}, "q")]
+    d = diff_rule_sets(a, w)
+    assert [r["name"] for r in d["added"]] == ["z"]
+    assert [r["name"] for r in d["removed"]] == ["y"]
+    assert d["changed"][0]["from"]["priority"] == 1 and d["changed"][0]["to"]["priority"] == 2
+
+
+def test_boot_normalize_selectors_labels_sorted():
+    assert normalize_selectors({"label": {"b": "2", "a": "1"}})["label"] == {"a": "1", "b": "2"}
