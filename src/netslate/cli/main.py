@@ -48,6 +48,11 @@ def _register() -> None:
 
     app.add_typer(machine_cli.app, name="machine")
     app.add_typer(boot_cli.app, name="boot")
+    from netslate.cli import desktops as desktops_cli
+
+    app.add_typer(desktops_cli.host_app, name="host")
+    app.add_typer(desktops_cli.pool_app, name="pool")
+    app.add_typer(desktops_cli.desktop_app, name="desktop")
 
 
 _register()
@@ -59,16 +64,20 @@ def main() -> None:
     except UserError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and anything unexpected: one line, no traceback
-        import click
+    except Exception as exc:  # usage errors and anything unexpected: one line, no traceback
+        import errno
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        kinds = {cls.__name__ for cls in type(exc).__mro__}  # typer vendors its own click
+        if "Exit" in kinds:
+            sys.exit(getattr(exc, "exit_code", 0))
+        if "Abort" in kinds:
+            sys.exit(130)
+        if "ClickException" in kinds:
             err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            err_console.print(f"[red]error:[/red] disk full: {exc.filename or exc.strerror}; nothing was committed", highlight=False, soft_wrap=True)
+            sys.exit(2)
         if os.environ.get("NETSLATE_DEBUG"):
             raise
         err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)

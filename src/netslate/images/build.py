@@ -44,7 +44,7 @@ class ExtraFile(BaseModel):
     path: str
     content: str | None = None
     source: str | None = None
-    mode: int | str = "0644"
+    mode: int = 0o644
 
     @field_validator("path")
     @classmethod
@@ -54,7 +54,7 @@ class ExtraFile(BaseModel):
             raise ValueError(f"must be an absolute path inside the image without '..', got {v!r}")
         return str(p)
 
-    @field_validator("mode")
+    @field_validator("mode", mode="before")
     @classmethod
     def _mode(cls, v) -> int:
         try:

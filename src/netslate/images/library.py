@@ -71,7 +71,10 @@ class ImportLease:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            pass  # e.g. disk full while flushing a lease nobody needs any more
 
     @staticmethod
     def active_ids(imports_dir: Path) -> set[str]:
@@ -232,7 +235,7 @@ class Library:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="import-", dir=self.tmp_dir))
         lease = ImportLease(self.imports_dir)
-        try:
+        try:  # noqa: SIM105 - ENOSPC anywhere below becomes one clear error
             files: dict[str, tuple[Path, str | None]] = {}
             if rootfs is not None:
                 files["rootfs"] = prepare_rootfs(Path(rootfs), work, name, warn=warn)
