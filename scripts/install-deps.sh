@@ -11,6 +11,7 @@ APT_PACKAGES=(
   squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
   dnsperf bind9-utils
   pxelinux syslinux-common iproute2 curl ca-certificates util-linux e2fsprogs
+  postgresql
   wrk
 )
 UV_VERSION=0.13.9

@@ -98,7 +98,8 @@ def run(demo: Demo) -> None:
     def _():
         demo.start_server()
         key = demo.netslate("key", "show")
-        console.print(f"   server {demo.url}, signing key {key['fingerprint'][:23]}…, data in {demo.data}")
+        console.print(f"   server {demo.url}, signing key {key['fingerprint'][:23]}…", soft_wrap=True)
+        console.print(f"   data in {demo.data}", soft_wrap=True)
 
     @step("build image `demo` v1 with mmdebstrap (examples/recipes/demo-v1.yaml)")
     def _():
