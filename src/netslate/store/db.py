@@ -48,10 +48,16 @@ class Database:
         """Bring the schema to the newest revision of every part (Alembic `upgrade heads`)."""
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["connection"] = None
+        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        with self.engine.connect() as conn:
+            if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+                return  # already current: skip loading every model and migration
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
