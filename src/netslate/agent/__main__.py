@@ -1,0 +1,3 @@
+from netslate.agent.cli import main
+
+raise SystemExit(main())

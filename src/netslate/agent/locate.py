@@ -1,0 +1,99 @@
+"""Step 1: locate a server. Order: the boot's `netslate.server=` list → the cached `locate` answer
+→ DNS SRV `_netslate._tcp.<domain>` (closest site first: the responder gives the caller's own
+site the lowest priority). Each candidate gets a bounded time-out; the first that answers
+`GET /api/v1/locate` wins, and its answer refreshes the cache for the next outage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netslate.agent import dnssrv, http
+from netslate.agent.bootinfo import normalize_server
+from netslate.agent.util import read_json, under, write_json
+
+
+@dataclass
+class Located:
+    url: str | None
+    tried: list[dict] = field(default_factory=list)  # [{url, source, error}]
+    answer: dict | None = None
+
+
+def urls_from_locate(answer) -> list[str]:
+    """Base URLs from a `GET /api/v1/locate` answer, keeping its order (closest first)."""
+    out: list[str] = []
+    if not isinstance(answer, dict) or not isinstance(answer.get("servers"), list):
+        return out
+    for srv in answer["servers"]:
+        if not isinstance(srv, dict):
+            continue
+        for u in srv.get("urls") or []:
+            n = normalize_server(str(u))
+            if n and n not in out:
+                out.append(n)
+    return out
+
+
+def candidates(boot_servers: list[str], cached: list[str], srv: list[str]) -> list[tuple[str, str]]:
+    """(url, source) in trial order, each URL once (pure)."""
+    out: list[tuple[str, str]] = []
+    seen = set()
+    for source, urls in (("boot", boot_servers), ("cache", cached), ("dns", srv)):
+        for u in urls:
+            if u not in seen:
+                seen.add(u)
+                out.append((u, source))
+    return out
+
+
+def dns_servers(root: Path, domain: str | None, timeout: float = 2.0, nameserver: str | None = None) -> list[str]:
+    """SRV lookup with the system resolvers (or `nameserver` HOST:PORT); domain from the boot or resolv.conf."""
+    try:
+        text = under(root, "/etc/resolv.conf").read_text()
+    except OSError:
+        text = ""
+    ns, search = dnssrv.resolv_conf(text)
+    if nameserver:
+        host, _, port = nameserver.rpartition(":")
+        pairs = [(host.strip("[]"), int(port))]
+    else:
+        pairs = [(h, 53) for h in ns[:3]]
+    domains = [domain] if domain else search[:3]
+    for d in domains:
+        urls = dnssrv.lookup_servers(d, pairs, timeout)
+        if urls:
+            return urls
+    return []
+
+
+def load_cache(path: Path) -> list[str]:
+    return urls_from_locate((read_json(path) or {}).get("answer"))
+
+
+def save_cache(path: Path, answer: dict, via: str) -> None:
+    write_json(path, {"fetched_at": time.time(), "via": via, "answer": answer})
+
+
+def probe(url: str, timeout: float) -> dict:
+    """Ask one server for its locate answer; HttpError when it does not give a usable one."""
+    ans = http.get_json(f"{url}/api/v1/locate", timeout=timeout)
+    if not isinstance(ans, dict) or not isinstance(ans.get("servers"), list):
+        raise http.HttpError("locate answer has no server list")
+    return ans
+
+
+def find(cands: list[tuple[str, str]], timeout: float = 4.0) -> Located:
+    res = Located(None)
+    for url, source in cands:
+        try:
+            res.answer = probe(url, timeout)
+        except http.HttpError as exc:
+            res.tried.append({"url": url, "source": source, "error": str(exc)})
+            continue
+        res.url = url
+        res.tried.append({"url": url, "source": source, "error": None})
+        return res
+    return res

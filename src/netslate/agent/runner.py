@@ -1,0 +1,337 @@
+"""The agent's one boot pass and its follow loop: the I/O edge that strings the steps together."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netslate.agent import AGENT_VERSION, apply, bootinfo, bundle, facts as facts_mod, health, http, lkg, locate, reports
+from netslate.agent.util import read_json, under, write_json
+
+log = logging.getLogger("netslate.agent")
+
+DEFAULT_WAIT = 60
+HEARTBEAT = 60.0
+
+
+@dataclass
+class Options:
+    root: Path = Path("/")
+    sysroot: Path = Path("/")
+    state_dir: str = bootinfo.STATE_DIR
+    lkg_dir: str | None = None
+    servers: list[str] = field(default_factory=list)
+    key: str | None = None
+    machine: str | None = None
+    domain: str | None = None
+    nameserver: str | None = None  # HOST:PORT for SRV lookups instead of resolv.conf
+    timeout: float = 5.0
+    live: bool | None = None  # default: root is "/"
+
+
+@dataclass
+class Outcome:
+    report: dict
+    payload: dict | None
+    url: str | None
+
+
+class Agent:
+    def __init__(self, opts: Options):
+        self.o = opts
+        self.root = Path(opts.root)
+        self.boot = bootinfo.load(self.root)
+        if opts.servers:
+            self.boot.servers = [u for u in (bootinfo.normalize_server(s) for s in opts.servers) if u] + self.boot.servers
+        if opts.key:
+            k = bootinfo._key(opts.key, self.boot.problems, "--key")
+            self.boot.key = k or self.boot.key
+        self.boot.machine = opts.machine or self.boot.machine
+        self.boot.domain = opts.domain or self.boot.domain
+        self.live = (str(self.root) == "/") if opts.live is None else opts.live
+        lkg_dir = opts.lkg_dir or self.boot.lkg_dir or bootinfo.RAM_LKG_DIR
+        self.lkg_dir = under(self.root, lkg_dir)
+        # With a persistent lkg dir (cache mode) the locate cache and the report queue live there
+        # too, so they survive a reboot; otherwise in the agent's state dir.
+        self.store_dir = self.lkg_dir if (opts.lkg_dir or self.boot.lkg_dir) else under(self.root, opts.state_dir)
+        self.queue_dir = self.store_dir / "queue"
+        self.locate_cache = self.store_dir / "locate.json"
+        self.identity_file = self.store_dir / "identity.json"
+        self.url: str | None = None
+        self.machine_id: int | None = None
+        self.etag: str | None = None
+        self.doc: dict = {}
+        self.generation: int | None = None
+        self.config_source: str | None = None
+        self.facts: dict = {}
+        self.modules: dict = {}
+        self.health: dict = {"ok": True, "checks": []}
+        self.reboot_required: list[str] = []
+        self.problems: list[str] = list(self.boot.problems)
+        self.last_report = 0.0
+
+    # ------------------------------------------------------------ pieces
+
+    def credential(self) -> str | None:
+        for p in (self.lkg_dir / "credential", under(self.root, "/etc/netslate/credential")):
+            try:
+                t = p.read_text().strip()
+            except OSError:
+                continue
+            if t:
+                return t
+        return None
+
+    def _auth(self) -> dict:
+        c = self.credential()
+        return {"Authorization": f"Bearer {c}"} if c else {}
+
+    def locate(self, exclude=None) -> str | None:
+        exclude = set(exclude or ())
+        cached = locate.load_cache(self.locate_cache)
+        cands = [c for c in locate.candidates(self.boot.servers, cached, []) if c[0] not in exclude]
+        found = locate.find(cands, self.o.timeout)
+        if found.url is None:  # DNS only when nothing we already knew answers
+            srv = locate.dns_servers(self.root, self.boot.domain, min(self.o.timeout, 3.0), self.o.nameserver)
+            more = [(u, s) for u, s in locate.candidates([], [], srv) if u not in {c[0] for c in cands} and u not in exclude]
+            again = locate.find(more, self.o.timeout)
+            found.tried += again.tried
+            found.url, found.answer = again.url, again.answer
+        if found.url is None:
+            if exclude:
+                return None  # every server that answered gave an unusable bundle; already reported
+            tried = ", ".join(t["url"] for t in found.tried) or "no candidates (no netslate.server=, no cache, no SRV answer)"
+            self.problems.append(f"no server answered ({tried})")
+            return None
+        try:
+            locate.save_cache(self.locate_cache, found.answer, found.url)
+        except OSError as exc:
+            self.problems.append(f"could not cache the locate answer: {exc}")
+        return found.url
+
+    def identify(self, url: str) -> int | None:
+        """This machine's id: the boot's netslate.machine= (resolved), else MAC/UUID lookup."""
+        params = []
+        if self.boot.machine:
+            params.append(("ident", self.boot.machine))
+        for m in facts_mod.macs(self.facts):
+            params.append(("mac", m))
+        uuid = (self.facts.get("dmi") or {}).get("product_uuid")
+        if uuid:
+            params.append(("uuid", uuid))
+        import urllib.parse
+
+        try:
+            r = http.get_json(f"{url}/api/v1/fleet/identify?" + urllib.parse.urlencode(params), timeout=self.o.timeout)
+            mid = int(r["id"])
+        except (http.HttpError, KeyError, TypeError, ValueError) as exc:
+            cached = read_json(self.identity_file) or {}
+            if isinstance(cached.get("id"), int):
+                return cached["id"]
+            self.problems.append(f"server does not know this machine: {exc}")
+            return None
+        try:
+            write_json(self.identity_file, {"id": mid, "name": r.get("name")})
+        except OSError:
+            pass
+        return mid
+
+    def fetch(self, url: str, wait: int = 0) -> tuple[int, dict | None, str | None]:
+        """(HTTP status, envelope or None, etag). 304 means unchanged."""
+        headers = self._auth()
+        if self.etag and wait:
+            headers["If-None-Match"] = self.etag
+        q = f"?wait={wait}" if wait else ""
+        r = http.request("GET", f"{url}/api/v1/machines/{self.machine_id}/bundle{q}", headers=headers,
+                         timeout=self.o.timeout + wait + 5)
+        if r.status == 304:
+            return 304, None, self.etag
+        if r.status != 200:
+            raise http.HttpError(f"bundle: HTTP {r.status} {r.body[:160]!r}")
+        return 200, r.json(), r.headers.get("etag")
+
+    def floor(self) -> int | None:
+        g = lkg.last_generation(self.lkg_dir)
+        return max(x for x in (g, self.generation) if x is not None) if (g is not None or self.generation is not None) else None
+
+    def _apply(self, payload: dict, previous: dict, only: list[str] | None = None) -> dict:
+        c = apply.Ctx(self.root, self.live, previous, self.boot.kernel_args)
+        results, changes = apply.apply_all(payload["document"], c, only)
+        self.reboot_required += c.reboot_required
+        return {"modules": results, "changes": changes, "actions": c.actions}
+
+    def _save_lkg(self, envelope: dict, payload: dict) -> None:
+        try:
+            lkg.save(self.lkg_dir, envelope, payload)
+            self.modules["last_known_good"] = "ok"
+        except OSError as exc:  # full or damaged disk: keep running, say so
+            self.modules["last_known_good"] = f"error: saving to {self.lkg_dir}: {exc.strerror or exc}"
+
+    def report(self, phase: str, timings: dict | None = None, changes: dict | None = None) -> bool:
+        body = reports.build(
+            phase=phase, boot=self.boot, generation=self.generation, config_source=self.config_source,
+            modules=self.modules, changes=changes or {}, health=self.health, facts=self.facts,
+            timings=timings or {}, reboot_required=self.reboot_required, problems=self.problems[-20:],
+            agent_version=AGENT_VERSION, uptime=_uptime(Path(self.o.sysroot)))
+        self.last_report = time.monotonic()
+        if self.url and self.machine_id is not None:
+            try:
+                reports.flush(self.queue_dir, self.url, self.machine_id, self.credential(), self.o.timeout)
+                reports.send(self.url, self.machine_id, body, self.credential(), self.o.timeout)
+                return True
+            except reports.Refused as exc:
+                self.problems.append(f"report not accepted: {exc}")
+                return False  # queueing it would only block the queue
+            except (http.HttpError, OSError) as exc:
+                self.problems.append(f"report not delivered: {exc}")
+        if phase == "booting":
+            return False  # a booting report only matters live; the final one is queued
+        try:
+            reports.enqueue(self.queue_dir, body)
+        except OSError as exc:
+            self.problems.append(f"could not queue the report: {exc}")
+        return False
+
+    # ------------------------------------------------------------ the boot pass
+
+    def run_once(self) -> Outcome:
+        t = {"start": time.monotonic()}
+        timings: dict = {}
+        uptime = _uptime(Path(self.o.sysroot))
+        if uptime is not None:
+            timings["agent_start_after_boot_s"] = uptime
+        self.facts = facts_mod.gather(Path(self.o.sysroot))
+        timings["facts_ms"] = _ms(t, "start")
+        t["located"] = time.monotonic()
+        payload = envelope = None
+        bad: dict[str, None] = {}  # ordered: servers that answered but gave nothing usable
+        t["fetch"] = time.monotonic()
+        # Try servers in locate order until one gives a bundle that verifies (bounded: each URL once).
+        while payload is None:
+            self.url = self.locate(exclude=bad)
+            if "locate_ms" not in timings:
+                timings["locate_ms"] = _ms(t, "located")
+            if self.url is None:
+                break
+            mid = self.identify(self.url)
+            if mid is None:
+                bad[self.url] = None
+                continue
+            self.machine_id = mid
+            self.report("booting")  # facts first, so the server renders templates for this machine
+            try:
+                _, envelope, etag = self.fetch(self.url)
+                payload = bundle.verify(envelope, self.boot.key, self.machine_id, self.floor())
+                self.etag = etag
+                self.config_source = "server"
+            except (http.HttpError, bundle.BundleRejected) as exc:
+                self.problems.append(f"bundle from {self.url} not used: {exc}")
+                payload = envelope = None
+                bad[self.url] = None
+        if payload is None and bad:
+            self.url = next(iter(bad))  # still worth reporting to: it answered
+        timings["fetch_ms"] = _ms(t, "fetch")
+        if payload is None:
+            mid = self.machine_id if self.machine_id is not None else (read_json(self.identity_file) or {}).get("id")
+            envelope, payload, why = lkg.load(self.lkg_dir, self.boot.key, mid if isinstance(mid, int) else None)
+            if payload is not None:
+                self.config_source = "cache"
+                if self.machine_id is None:
+                    self.machine_id = payload.get("machine_id")
+            else:
+                self.config_source = "none"
+                self.problems.append(f"no verified configuration ({why}): running with the image's defaults")
+        t["apply"] = time.monotonic()
+        changes: dict = {}
+        if payload is not None:
+            previous = lkg.load(self.lkg_dir, self.boot.key, None)[1] if self.config_source == "server" else None
+            res = self._apply(payload, (previous or {}).get("document") or {})
+            self.modules = dict(res["modules"])
+            changes = res["changes"]
+            self.doc = payload["document"]
+            self.generation = payload["generation"]
+            if self.config_source == "server":
+                self._save_lkg(envelope, payload)
+        timings["apply_ms"] = _ms(t, "apply")
+        t["health"] = time.monotonic()
+        self.health = health.run_all(self.doc.get("health_checks") or [])
+        timings["health_ms"] = _ms(t, "health")
+        timings["total_ms"] = _ms(t, "start")
+        rep_phase = "configured"
+        self.report(rep_phase, timings, changes)
+        return Outcome(self._last_body(timings, changes), payload, self.url)
+
+    def _last_body(self, timings, changes) -> dict:
+        return {"config_source": self.config_source, "generation": self.generation, "modules": self.modules,
+                "health": self.health, "problems": self.problems, "changes": changes, "timings": timings,
+                "machine_id": self.machine_id, "server": self.url, "reboot_required": sorted(set(self.reboot_required))}
+
+    # ------------------------------------------------------------ follow changes
+
+    def follow_step(self, wait: int | None = None) -> str:
+        """One long-poll round. Returns 'unchanged', 'applied', 'refused' or 'offline'."""
+        wait = wait if wait is not None else int((self.doc.get("agent") or {}).get("wait_seconds") or DEFAULT_WAIT)
+        if self.url is None or self.machine_id is None:
+            self.url = self.locate()
+            if self.url is None:
+                return "offline"
+            if self.machine_id is None:
+                self.machine_id = self.identify(self.url)
+                if self.machine_id is None:
+                    return "offline"
+        try:
+            status, envelope, etag = self.fetch(self.url, wait)
+        except http.HttpError as exc:
+            self.problems.append(f"follow: {exc}")
+            self.url = None
+            return "offline"
+        if status == 304:
+            if time.monotonic() - self.last_report > HEARTBEAT or self.config_source != "server":
+                self.report("heartbeat")
+            return "unchanged"
+        try:
+            payload = bundle.verify(envelope, self.boot.key, self.machine_id, self.floor())
+        except bundle.BundleRejected as exc:
+            self.problems.append(f"new bundle refused: {exc}")
+            self.etag = etag  # do not spin on the same bad bundle
+            self.report("heartbeat")
+            return "refused"
+        self.etag = etag
+        new_doc = payload["document"]
+        changed = apply.changed_modules(self.doc, new_doc) if self.config_source != "none" else list(apply.MODULES)
+        live = [m for m in changed if m in apply.LIVE_SAFE]
+        later = [m for m in changed if m not in apply.LIVE_SAFE]
+        res = self._apply(payload, self.doc, only=live) if live else {"modules": {}, "changes": {}}
+        self.modules.update(res["modules"])
+        self.reboot_required = sorted(set(self.reboot_required) | set(later))
+        self.doc, self.generation, self.config_source = new_doc, payload["generation"], "server"
+        self._save_lkg(envelope, payload)
+        self.health = health.run_all(self.doc.get("health_checks") or [])
+        self.report("configured", {}, res["changes"])
+        return "applied"
+
+    def follow(self, max_rounds: int | None = None, stop=None, wait: int | None = None) -> None:
+        backoff = 1.0
+        rounds = 0
+        while (max_rounds is None or rounds < max_rounds) and not (stop and stop.is_set()):
+            rounds += 1
+            r = self.follow_step(wait)
+            if r == "offline":
+                time.sleep(backoff + random.random())
+                backoff = min(backoff * 2, 60.0)
+            else:
+                backoff = 1.0
+
+
+def _ms(t: dict, key: str) -> float:
+    return round((time.monotonic() - t[key]) * 1000, 1)
+
+
+def _uptime(sysroot: Path) -> float | None:
+    try:
+        return float((sysroot / "proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

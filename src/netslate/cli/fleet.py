@@ -1,0 +1,41 @@
+"""`netslate fleet status`: every machine's state, image, config generation, health and flags."""
+
+from typing import Optional
+
+import typer
+
+from netslate.cli.common import console, emit, state, table
+
+app = typer.Typer(help="Fleet status: what every machine booted, applied and reported.", no_args_is_help=True)
+
+
+def _render(data: dict) -> None:
+    rows = []
+    for m in data["machines"]:
+        img = f"{m['image']}@{m['version']}" if m["image"] else ""
+        if img and m["image_source"] == "cache":
+            img += " (cache)"
+        gen = "" if m["generation"] is None else str(m["generation"])
+        if gen and m["config_source"] == "cache":
+            gen += " (cache)"
+        health = "" if m["healthy"] is None else ("ok" if m["healthy"] else "FAILED")
+        rows.append([m["id"], m["name"] or m["hostname"] or "", m["state"], img, gen, health,
+                     ", ".join(m["flags"]), m["last_report"] or ""])
+    table(["id", "name", "state", "image", "generation", "health", "flags", "last report"], rows, title="fleet")
+    s = data["summary"]
+    console.print(" ".join(f"{k}={v}" for k, v in s["states"].items()) + f"  flagged={s['flagged']}", highlight=False)
+
+
+@app.command("status")
+def status(ctx: typer.Context, state_: Optional[str] = typer.Option(None, "--state", help="Only machines in this state."),
+           json_: bool = typer.Option(False, "--json")):
+    """The fleet table (state: discovered, booting, configured, degraded, offline)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get("/api/v1/fleet", params={"state": state_} if state_ else None)
+    else:
+        from netslate.fleet import service
+
+        rows = service.fleet_status(st.context(), state_)
+        data = {"summary": service.summary(rows), "machines": rows}
+    emit(data, json_, _render)

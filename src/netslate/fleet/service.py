@@ -1,0 +1,163 @@
+"""Fleet status against the database: store a report, identify a machine, list the fleet.
+
+A report is stored in one transaction: `machines.status["fleet"]` (last report + short history),
+`machines.status["facts"]` (read by the config part to render templates), `machines.state`
+(booting | configured | degraded as the report says; "offline" is derived when reading) and
+`machines.last_seen`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, object_session
+
+from netslate import audit
+from netslate.errors import NotFound, UserError
+from netslate.fleet import core
+from netslate.store.models import Machine, MachineMac
+
+
+class Forbidden(Exception):
+    pass
+
+
+def offline_after() -> dt.timedelta:
+    try:
+        return dt.timedelta(seconds=float(os.environ.get("NETSLATE_FLEET_OFFLINE_SECONDS", "")))
+    except ValueError:
+        return core.OFFLINE_AFTER
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _find(s: Session, ident: str) -> Machine:
+    from netslate.boot.store import find_machine
+
+    return find_machine(s, ident)
+
+
+def _credential_ok(m: Machine, token: str | None) -> bool:
+    from netslate.config.store import credential_ok
+
+    return credential_ok(m, token)
+
+
+def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) -> dict:
+    """Store one report. A machine with a credential must present it (Forbidden otherwise); a
+    machine without one is accepted and marked unauthenticated."""
+    try:
+        rep = core.clean_report(body)
+    except core.BadReport as exc:
+        raise UserError(f"bad report: {exc}") from None
+    facts = body.get("facts") if isinstance(body.get("facts"), dict) else None
+    now = _now()
+    with ctx.db.session() as s:
+        m = _find(s, ident)
+        authenticated = _credential_ok(m, credential)
+        if m.credential_sha256 and not authenticated:
+            raise Forbidden("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
+        status = dict(m.status or {})
+        fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)
+        status["fleet"] = fleet
+        if current:
+            if facts is not None:
+                status["facts"] = facts
+            m.state = core.reported_state(rep)
+            m.last_seen = now
+            if remote:
+                m.ip_address = remote[:45]
+        m.status = status
+        if rep["phase"] != "heartbeat":  # one audit row per boot step; heartbeats only refresh liveness
+            audit.record(s, f"machine:{m.id}", "fleet.report", f"machine:{m.id}", phase=rep["phase"],
+                         state=core.reported_state(rep), generation=rep.get("generation"),
+                         config_source=rep.get("config_source"), image_source=rep.get("image_source"),
+                         queued=rep.get("queued"), current=current, authenticated=authenticated)
+        return {"id": m.id, "accepted": True, "current": current, "authenticated": authenticated,
+                "state": core.reported_state(rep)}
+
+
+def identify(ctx, ident: str | None, macs: list[str], uuid: str | None) -> dict:
+    """Which machine is asking: by id/name/UUID (`ident`), else SMBIOS UUID, else any MAC."""
+    from netslate.boot.rules import normalize_mac
+
+    with ctx.db.session() as s:
+        m = None
+        if ident:
+            try:
+                m = _find(s, ident)
+            except NotFound:
+                m = None
+        if m is None and uuid:
+            m = s.scalar(select(Machine).where(Machine.uuid == uuid.strip().lower()))
+        for mac in macs[:32]:
+            if m is not None:
+                break
+            try:
+                norm = normalize_mac(mac)
+            except UserError:
+                continue
+            row = s.scalar(select(MachineMac).where(MachineMac.mac == norm))
+            m = row.machine if row else None
+        if m is None:
+            raise NotFound("no machine matches these MACs/UUID; is it registered (`netslate machine add`) or approved?")
+        return {"id": m.id, "name": m.name}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _session_cache(s: Session) -> dict:
+    """Per-session (one transaction) lookups shared by every machine in a list."""
+    cache = s.info.get("netslate_fleet")
+    if cache is None:
+        from netslate.boot.models import BootEvent
+        from netslate.config.models import ConfigState
+
+        boots = dict(s.execute(select(BootEvent.machine_id, func.max(BootEvent.at)).where(BootEvent.machine_id.is_not(None)).group_by(BootEvent.machine_id)).all())
+        st = s.get(ConfigState, 1)
+        cache = {"boots": boots, "config": st, "now": _now()}
+        s.info["netslate_fleet"] = cache
+    return cache
+
+
+def _current_generation(st, tree_path: str) -> int | None:
+    if st is None or not st.current:
+        return None
+    from netslate.config.bundles import effective_generation
+
+    return effective_generation(st, tree_path or "/")
+
+
+def machine_view(m: Machine) -> dict:
+    """The fleet fields of one machine (used by `machine list/show` and `fleet status`)."""
+    s = object_session(m)
+    cache = _session_cache(s) if s is not None else {"boots": {}, "config": None, "now": _now()}
+    return core.view((m.status or {}).get("fleet"), bool(m.approved), cache["boots"].get(m.id),
+                     _current_generation(cache["config"], m.tree_path), cache["now"], offline_after())
+
+
+def fleet_status(ctx, state: str | None = None) -> list[dict]:
+    if state is not None and state not in core.STATES:
+        raise UserError(f"unknown state {state!r}: choose one of {', '.join(core.STATES)}")
+    out = []
+    with ctx.db.session() as s:
+        for m in s.scalars(select(Machine).order_by(Machine.id)):
+            v = machine_view(m)
+            if state and v["state"] != state:
+                continue
+            out.append({"id": m.id, "name": m.name, "hostname": m.hostname, "ip_address": m.ip_address, **v})
+    return out
+
+
+def summary(rows: list[dict]) -> dict:
+    counts = {k: 0 for k in core.STATES}
+    flagged = 0
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+        flagged += bool(r["flags"])
+    return {"machines": len(rows), "states": counts, "flagged": flagged}
