@@ -158,7 +158,9 @@ def test_invalid_document_names_path_and_reason_without_value():
         schema.validate_document({"bogus": 1})
     with pytest.raises(UserError, match="cannot combine"):
         schema.validate_document({"users": [], "users+": []})
-    assert schema.validate_document({"users-": ["alice"], "network": {"mode": "dhcp"}})
+    with pytest.raises(UserError, match="/timezone-: Input should be a valid string"):
+        schema.validate_document({"timezone-": ["UTC"]})  # only lists have the remove form
+    assert schema.validate_document({"users-": ["alice"], "users+": [{"name": "bob"}], "dns": {"servers-": ["x"]}})
 
 
 def test_json_schema_is_published_shape():

@@ -182,18 +182,25 @@ def publish(
     ctx: typer.Context,
     message: str = typer.Option(..., "-m", "--message", help="Why (recorded in the history and audit log)."),
     canary: Optional[str] = typer.Option(None, "--canary", help="Only machines under this subtree get the new generation until `promote`."),
+    expect_base: Optional[int] = typer.Option(None, "--expect-base", help="Refuse unless the newest generation is still N (the one your diff was against)."),
     json_: bool = JSON,
 ):
     """Turn the working copy into the next generation, atomically."""
     st = state(ctx)
     if st.remote:
-        data = st.api().post("/api/v1/config/publish", json={"message": message, "canary": canary})
+        api = st.api()
+        if expect_base is None:
+            expect_base = api.get("/api/v1/config/status")["working_base"]
+        data = api.post("/api/v1/config/publish", json={"message": message, "canary": canary, "expect_base": expect_base})
     else:
         from netslate.config import store
 
-        data = store.publish(st.context(), message, _actor(), canary)
+        c = st.context()
+        if expect_base is None:
+            expect_base = store.status(c)["working_base"]
+        data = store.publish(c, message, _actor(), canary, expect_base)
     emit(data, json_, lambda d: console.print(
-        f"published generation {d['generation']}" + (f" as a canary on {d['canary']}" if d["canary"] else "")))
+        f"published generation {d['generation']}" + (f" as a canary on {d['canary']['path']}" if d["canary"] else "")))
 
 
 @app.command("promote")

@@ -170,9 +170,11 @@ def _probe(doc: Any, where: str) -> tuple[Any, dict]:
             if not isinstance(value, list):
                 raise UserError(f"{where}/{key}: the append/remove form needs a list")
             if key.endswith("-"):
-                continue  # remove lists hold items or item names; checked by shape only
-            if base in out:  # both k+ and k-: validate the append half
-                pass
+                # remove lists hold items or item names; an empty list checks that the field is a list
+                if base not in out:
+                    out[base] = []
+                    renames.setdefault("__keys__", {})[base] = key
+                continue
         sub, sub_renames = _probe(value, f"{where}/{key}")
         out[base] = sub
         if sub_renames:

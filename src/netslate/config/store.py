@@ -322,13 +322,21 @@ def machine_effect(s: Session, old: dict, new: dict) -> dict:
     count = 0
     total = 0
     touched = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    memo: dict[str, tuple[dict, dict]] = {}  # machines at one path without own documents share a result
     for m in s.scalars(select(Machine).order_by(Machine.id)):
         total += 1
-        chain = set(tree.ancestors(m.tree_path)) | {tree.machine_key(m.id)}
+        mkey = tree.machine_key(m.id)
+        chain = set(tree.ancestors(m.tree_path)) | {mkey}
         if not (chain & touched):
             continue
-        a = merge.flatten(_resolved_secret_free(t_old, m))
-        b = merge.flatten(_resolved_secret_free(t_new, m))
+        shared = mkey not in old and mkey not in new
+        if shared and m.tree_path in memo:
+            a, b = memo[m.tree_path]
+        else:
+            a = merge.flatten(_resolved_secret_free(t_old, m))
+            b = merge.flatten(_resolved_secret_free(t_new, m))
+            if shared:
+                memo[m.tree_path] = (a, b)
         if a == b:
             continue
         count += 1
@@ -408,7 +416,7 @@ def publish(ctx, message: str, actor: str, canary: str | None = None, expect_bas
             audit.record(s, actor, "config.publish", f"config/generation/{row.number}",
                          message=row.message, canary=canary, digest=row.digest, diff=row.diff)
             s.flush()
-            return {"generation": row.number, "canary": canary, "digest": row.digest, "changes": len(row.diff["nodes"]), **state_dict(st)}
+            return {"generation": row.number, "digest": row.digest, "changes": len(row.diff["nodes"]), **state_dict(st)}
     except IntegrityError:
         raise Conflict("another publish won the race for this generation number; nothing was published") from None
 

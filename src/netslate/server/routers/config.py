@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from netslate.config import bundles, schema, store
 from netslate.config.notify import notifier_for
@@ -17,6 +19,7 @@ from netslate.server import auth
 router = APIRouter(prefix="/api/v1", tags=["config"])
 
 MAX_WAIT = 300.0
+MAX_BODY = 1024 * 1024  # a node document is at most 256 KiB; leave room for JSON overhead
 
 
 def _ctx(request: Request):
@@ -25,6 +28,31 @@ def _ctx(request: Request):
 
 def _bump(request: Request) -> None:
     notifier_for(request.app).bump_threadsafe()
+    # resolve the new generation's node chains now, not on the first of many bundle requests
+    threading.Thread(target=_warm, args=(_ctx(request),), daemon=True, name="config-warm").start()
+
+
+def _warm(ctx) -> None:
+    try:
+        bundles.warm_all(ctx)
+    except Exception:  # only a cache warm-up: requests resolve on demand anyway
+        pass
+
+
+async def _json_body(request: Request, limit: int = MAX_BODY) -> Any:
+    """Read a JSON body of at most `limit` bytes (refused early, before it is all in memory)."""
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks) or b"null")
+    except ValueError as exc:
+        raise HTTPException(400, f"body is not JSON: {exc}") from None
 
 
 class NodeBody(BaseModel):
@@ -74,14 +102,25 @@ def get_node(request: Request, path: str = Query(...), generation: int | None = 
     return store.get_node(_ctx(request), path, generation)
 
 
+def _model(cls, data):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_input=False))) from None
+
+
 @router.put("/config/node")
-def put_node(request: Request, body: NodeBody, path: str = Query(...), p=auth.require("operator")):
-    return store.put_node(_ctx(request), path, body.document or {}, f"api:{p.name}", body.expect_revision)
+async def put_node(request: Request, path: str = Query(...), p=auth.require("operator")):
+    """Replace one node's working document: body `{"document": {...}, "expect_revision": N}`."""
+    body = _model(NodeBody, await _json_body(request))
+    return await run_in_threadpool(store.put_node, _ctx(request), path, body.document or {}, f"api:{p.name}", body.expect_revision)
 
 
 @router.post("/config/set")
-def set_value(request: Request, body: SetBody, p=auth.require("operator")):
-    return store.set_value(_ctx(request), body.path, body.key, body.value, f"api:{p.name}")
+async def set_value(request: Request, p=auth.require("operator")):
+    """Set one key of a node's working document: body `{"path", "key", "value"}`."""
+    body = _model(SetBody, await _json_body(request))
+    return await run_in_threadpool(store.set_value, _ctx(request), body.path, body.key, body.value, f"api:{p.name}")
 
 
 @router.post("/config/unset")
