@@ -6,6 +6,8 @@ from collections import Counter
 import dns.rdatatype
 import dns.zone
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netslate.discovery import core
 from netslate.discovery.core import Entry, ServerInfo, View
@@ -118,3 +120,67 @@ def test_dnsmasq_export_lines():
     assert "srv-host=_netslate._tcp.t.test,s1.t.test,8443,11,100" in lines
     assert "host-record=s1.t.test,10.2.0.10,2001:db8:2::10" in lines
     assert "host-record=n2.t.test,10.1.0.11" in lines
+
+
+def test_two_live_servers_cannot_share_a_name(ctx):
+    from netslate.discovery import store
+    from netslate.errors import Conflict
+
+    store.add_site(ctx, "north")
+    row = store.register_server(ctx, "alpha", "north", ["10.0.0.1", "fe80::1"], 8080)
+    assert row["addresses"] == ["10.0.0.1"]
+    store.register_server(ctx, "alpha", "north", ["10.0.0.1"], 8080)  # the same server restarting
+    with pytest.raises(Conflict, match="in use by a live server"):
+        store.register_server(ctx, "alpha", "north", ["10.0.0.2"], 8080)
+    store.mark_stopped(ctx, "alpha")
+    assert store.register_server(ctx, "alpha", None, ["10.0.0.2"], 8080)["addresses"] == ["10.0.0.2"]
+    with pytest.raises(Exception, match="no such site"):
+        store.register_server(ctx, "beta", "nowhere", ["10.0.0.3"], 8080)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subnets=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.sampled_from(["a", "b", "c"])), max_size=12),
+    addrs=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20),
+)
+def test_subnet_map_equals_brute_force(subnets, addrs):
+    import ipaddress
+
+    nets = {}
+    for value, plen, site in subnets:
+        net = ipaddress.ip_network((value, plen), strict=False)
+        nets.setdefault(str(net), site)  # one site per CIDR, as the store enforces
+    m = View(sites=["a", "b", "c"], subnets=list(nets.items()))
+    for a in addrs:
+        addr = ipaddress.IPv4Address(a)
+        matches = [(ipaddress.ip_network(c).prefixlen, s) for c, s in nets.items() if addr in ipaddress.ip_network(c)]
+        expected = max(matches)[1] if matches else None
+        assert m.site_for(str(addr)) == expected
+
+
+def test_heartbeat_thread_keeps_row_fresh_and_reregisters(ctx, monkeypatch):
+    """The service's heartbeat (interval shortened) refreshes the row, and puts it back after
+    an operator removed it while the server runs; stop() makes it not alive at once."""
+    import time
+
+    from netslate.discovery import store
+    from netslate.discovery.service import DiscoveryService
+
+    monkeypatch.setattr(store, "HEARTBEAT_INTERVAL", 0.2)
+    store.add_site(ctx, "north")
+    svc = DiscoveryService(ctx, {"discovery_register": True, "site": "north", "server_name": "hb",
+                                 "advertise": ["10.0.0.9"], "listen": ("0.0.0.0", 8080)})
+    svc.start()
+    try:
+        first = store.list_servers(ctx)[0]["last_heartbeat"]
+        time.sleep(0.7)
+        assert store.list_servers(ctx)[0]["last_heartbeat"] > first
+        store.remove_server(ctx, "hb")
+        time.sleep(0.7)
+        rows = store.list_servers(ctx)
+        assert [r["name"] for r in rows] == ["hb"] and rows[0]["alive"]
+        assert svc.health_registration()["ok"]
+    finally:
+        svc.stop()
+    assert not store.list_servers(ctx)[0]["alive"]
+    assert store.load_view(ctx).servers == []

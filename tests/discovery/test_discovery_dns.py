@@ -49,7 +49,7 @@ def responder(ctx):
 
 
 def dig(port: int, *args: str, source: str = NORTH) -> str:
-    out = subprocess.run(["dig", "-b", source, "@127.0.0.1", "-p", str(port), "+time=2", "+tries=1", *args],
+    out = subprocess.run(["dig", "-b", source, "@127.0.0.1", "-p", str(port), "+time=5", "+tries=1", *args],
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr + out.stdout
     return out.stdout
@@ -94,21 +94,21 @@ def test_dnspython_two_sources_and_weights(responder):
     port = responder.port
     q = dns.message.make_query(SRV, "SRV")
     for source, first_site_targets in ((NORTH, {"n1.fleet.test.", "n2.fleet.test."}), (SOUTH, {"s1.fleet.test."})):
-        r = dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=2)
+        r = dns.query.udp(q, "127.0.0.1", port=port, source=source, timeout=5)
         assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
         rrs = list(r.answer[0]) if len(r.answer) == 1 else None
         # dnspython merges records into one rrset; the wire order is kept in the rrset.
         assert rrs is not None and len(rrs) == 3
         top = min(x.priority for x in rrs)
         assert {x.target.to_text() for x in rrs if x.priority == top} == first_site_targets
-        r = dns.query.tcp(q, "127.0.0.1", port=port, source=source, timeout=2)
+        r = dns.query.tcp(q, "127.0.0.1", port=port, source=source, timeout=5)
         assert {x.target.to_text() for x in r.answer[0] if x.priority == 0} == first_site_targets
     # RFC 2782 weights on the wire: n2 (300) comes before n1 (100) in ~75% of the answers.
     n = 600
     firsts = Counter()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((NORTH, 0))
-        s.settimeout(2)
+        s.settimeout(5)
         for i in range(n):
             q.id = i
             s.sendto(q.to_wire(), ("127.0.0.1", port))
@@ -179,9 +179,9 @@ def test_big_answer_truncates_over_udp_and_dig_retries_tcp(ctx):
     server = DnsServer(Responder(view, DOMAIN), "127.0.0.1", 0).start()
     try:
         q = dns.message.make_query(SRV, "SRV", use_edns=False)
-        r = dns.query.udp(q, "127.0.0.1", port=server.port, source=SOUTH, timeout=2)
+        r = dns.query.udp(q, "127.0.0.1", port=server.port, source=SOUTH, timeout=5)
         assert r.flags & dns.flags.TC
-        r = dns.query.tcp(q, "127.0.0.1", port=server.port, source=SOUTH, timeout=2)
+        r = dns.query.tcp(q, "127.0.0.1", port=server.port, source=SOUTH, timeout=5)
         assert len(r.answer[0]) == 43 and not r.flags & dns.flags.TC
         out = dig(server.port, "+short", "+noedns", SRV, "SRV", source=SOUTH)
         assert len(srv_lines(out)) == 43  # dig fell back to TCP by itself
@@ -206,3 +206,54 @@ def test_view_follows_the_store(responder, ctx):
     store.mark_stopped(ctx, "s2")
     time.sleep(0.6)
     assert "s2.fleet.test." not in dig(port, "+short", SRV, "SRV", source=SOUTH)
+
+
+@pytest.mark.timeout(60)
+def test_answer_cache_keeps_ids_and_sites_apart(responder):
+    """Identical query bytes from different sites must get their own priorities, with their own id."""
+    port = responder.port
+    q = dns.message.make_query(SRV, "SRV", use_edns=False)
+    expect = {NORTH: {"n1.fleet.test.": 0, "n2.fleet.test.": 0, "s1.fleet.test.": 10},
+              "127.0.0.4": {"n1.fleet.test.": 10, "n2.fleet.test.": 10, "s1.fleet.test.": 10},
+              SOUTH: {"n1.fleet.test.": 10, "n2.fleet.test.": 10, "s1.fleet.test.": 0}}
+    socks = {}
+    try:
+        for src in expect:
+            socks[src] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks[src].bind((src, 0))
+            socks[src].settimeout(5)
+        for i in range(150):
+            src = list(expect)[i % 3]
+            q.id = 1000 + i
+            socks[src].sendto(q.to_wire(), ("127.0.0.1", port))
+            r = dns.message.from_wire(socks[src].recv(4096))
+            assert r.id == 1000 + i
+            assert {x.target.to_text(): x.priority for x in r.answer[0]} == expect[src]
+    finally:
+        for s in socks.values():
+            s.close()
+    # Query case is echoed (0x20 randomisation by resolvers) even when answers come from the cache.
+    rng = random.Random(3)
+    for i in range(40):
+        for qtype in ("SRV", "A"):
+            plain = SRV if qtype == "SRV" else f"n1.{DOMAIN}"
+            name = "".join(c.upper() if rng.random() < 0.5 else c for c in plain) if i else plain.upper()
+            r = dns.query.udp(dns.message.make_query(name, qtype), "127.0.0.1", port=port, source=NORTH, timeout=5)
+            assert r.question[0].name.to_text() == name + "."
+            if qtype == "SRV":
+                assert {x.target.to_text(): x.priority for x in r.answer[0]} == expect[NORTH]
+                assert {rr.name.to_text().lower() for rr in r.additional} >= {"n1.fleet.test.", "s1.fleet.test."}
+            else:
+                assert [x.address for x in r.answer[0]] == ["127.0.1.1"]
+
+
+@pytest.mark.timeout(60)
+def test_edns_client_subnet_decides_the_site(responder):
+    """A resolver at 127.0.0.2 (north) forwarding for a client in 127.0.0.3 (south) via ECS."""
+    import dns.edns
+
+    for ecs_addr, first in (("127.0.0.3", "s1.fleet.test."), ("127.0.0.2", None)):
+        q = dns.message.make_query(SRV, "SRV", use_edns=0, options=[dns.edns.ECSOption(ecs_addr, 32)])
+        r = dns.query.udp(q, "127.0.0.1", port=responder.port, source=NORTH, timeout=5)
+        zero = {x.target.to_text() for x in r.answer[0] if x.priority == 0}
+        assert zero == ({first} if first else {"n1.fleet.test.", "n2.fleet.test."})

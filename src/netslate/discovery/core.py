@@ -194,10 +194,24 @@ class View:
         ]
         self.servers = [s for s in self.servers if s.addresses]
         self._by_name = {s.name: s for s in self.servers}
+        self._entries: dict = {}  # site -> entries; a View never changes, so this is safe
+        self._sites: dict = {}  # client address string -> site, bounded
 
     def site_for(self, client: str | IPAddress | None) -> str | None:
         if client is None:
             return None
+        if isinstance(client, str):
+            try:
+                return self._sites[client]
+            except KeyError:
+                site = self._site_for(client)
+                if len(self._sites) >= 65536:
+                    self._sites.clear()
+                self._sites[client] = site
+                return site
+        return self._site_for(client)
+
+    def _site_for(self, client: str | IPAddress) -> str | None:
         try:
             addr = client if isinstance(client, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else parse_address(client)
         except DiscoveryInputError:
@@ -213,12 +227,17 @@ class View:
         """Every live server with the priority it gets for a client in `client_site`, sorted by
         (priority, name). Same-site servers get tier 0; everything else (or every server, when the
         client's site is unknown) tier 1, as AD does for clients in unknown subnets."""
+        cached = self._entries.get(client_site)
+        if cached is not None:
+            return list(cached)
         out = []
         for s in self.servers:
             tier = SAME_SITE_TIER if client_site is not None and s.site == client_site else OTHER_SITE_TIER
             prio = tier * TIER_STEP + min(max(s.priority, 0), MAX_SERVER_PRIORITY)
             out.append(Entry(s, prio, max(0, min(s.weight, 65535))))
         out.sort(key=lambda e: (e.priority, e.server.name))
+        if len(self._entries) < 1024:
+            self._entries[client_site] = tuple(out)
         return out
 
     def ordered(self, client_site: str | None, rng: random.Random | None = None) -> list[Entry]:

@@ -33,15 +33,20 @@ ECS_OPTION = 8  # EDNS Client Subnet (RFC 7871): lets a resolver tell us where t
 
 
 class Responder:
-    def __init__(self, view: Callable[[], core.View], domain: str, ttl: int = core.DNS_TTL, rng: random.Random | None = None):
+    def __init__(self, view: Callable[[], core.View], domain: str, ttl: int = core.DNS_TTL,
+                 rng: random.Random | None = None, cache: bool = True):
         self._view = view
+        self.cache = cache  # False only to measure the uncached path
         self.domain = core.check_domain(domain)
         self.ttl = ttl
         self.rng = rng or random.Random()
         self.srv_name = core.srv_name(self.domain)
         self.stats = {"queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "nxdomain": 0, "noerror": 0, "servfail": 0}
-        self._cache: dict = {}
+        self._cache: dict = {}  # (query bytes after id, udp, site, server order) -> answer after id
+        self._known: dict = {}  # (query bytes after id, udp) -> (kind, ecs address, rcode, answer)
         self._cache_view = None
+        self._rrs: dict = {}
+        self._rr_view = None
         self._soa = SOA(f"ns.{self.domain}.", f"hostmaster.{self.domain}.", (1, 3600, 600, 604800, ttl))
 
     # ------------------------------------------------------------ one packet
@@ -49,7 +54,7 @@ class Responder:
     def handle(self, data: bytes, client: str, udp: bool = True) -> bytes | None:
         self.stats["queries"] += 1
         try:
-            return self._handle(data, client, udp)
+            return self._handle(bytes(data), client, udp)
         except Exception:  # never let a packet take the responder down
             log.exception("DNS query from %s failed", client)
             self.stats["servfail"] += 1
@@ -71,6 +76,24 @@ class Responder:
             # Too short for a header, oversized, or a response (answering it could loop): drop.
             self.stats["dropped"] += 1
             return None
+        # Fast path: the same query bytes (after the id) were answered before from this view.
+        # Skips dnslib's parser; SRV answers still get a fresh site lookup and RFC 2782 order.
+        view = self._view()
+        qkey = _query_key(data)
+        if qkey is not None and self._cache_view is view:
+            key, qend = qkey
+            known = self._known.get((key, udp))
+            if known is not None:
+                kind, ecs, rcode, body = known
+                if kind == "srv":
+                    site = view.site_for(ecs if ecs is not None else client)
+                    order = tuple(e.server.name for e in view.ordered(site, self.rng))
+                    body = self._cache.get((key, udp, site, order))  # same order, other site: other priorities
+                if body is not None:
+                    self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
+                    # Our id, the cached header, the question exactly as asked (letter case kept),
+                    # the cached rest: compression pointers still hold, the name has the same length.
+                    return data[:2] + body[:10] + data[12:qend] + body[qend - 2:]
         try:
             req = DNSRecord.parse(data)
         except (DNSError, Exception):
@@ -94,29 +117,30 @@ class Responder:
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
             return reply.pack()
-        view = self._view()
-        entries = None
+        entries = site = None
+        ecs = self._ecs(opt)
         if qname == self.srv_name and q.qtype in (QTYPE.SRV, QTYPE.ANY):
-            entries = view.ordered(self._client_site(view, client, opt), self.rng)
-        # Packing with dnslib costs more than everything else, and answers repeat (same view, same
-        # question, one of a few orders), so finished answers are cached without their id.
-        key = (str(q.qname), q.qtype, q.qclass, tuple(e.server.name for e in entries) if entries is not None else None,
-               opt is not None, limit, req.header.rd, udp)
-        if self._cache_view is not view:
-            self._cache, self._cache_view = {}, view
-        hit = self._cache.get(key)
-        if hit is not None:
-            rcode, body = hit
-            self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
-            return data[:2] + body
+            site = view.site_for(ecs if ecs is not None else client)
+            entries = view.ordered(site, self.rng)
         rcode = self._answer(reply, qname, q.qtype, view, entries)
         reply.header.rcode = rcode
         self.stats["nxdomain" if rcode == RCODE.NXDOMAIN else "noerror"] += 1
         packed = self._finish(reply, limit, udp)
-        if len(self._cache) >= CACHE_SIZE:
+        # Packing with dnslib costs more than everything else and answers repeat (same view, same
+        # query bytes, one of a few orders), so finished answers are kept without their id.
+        if self._cache_view is not view:
+            self._cache, self._known, self._cache_view = {}, {}, view
+        if len(self._cache) >= CACHE_SIZE or len(self._known) >= CACHE_SIZE:
             self._cache.clear()
-        self._cache[key] = (rcode, packed[2:])
-        return packed
+            self._known.clear()
+        if self.cache and qkey is not None and bytes(packed[12:qkey[1]]) == data[12:qkey[1]]:
+            key = qkey[0]
+            if entries is None:
+                self._known[(key, udp)] = ("static", None, rcode, bytes(packed[2:]))
+            else:
+                self._known[(key, udp)] = ("srv", ecs, rcode, None)
+                self._cache[(key, udp, site, tuple(e.server.name for e in entries))] = bytes(packed[2:])
+        return bytes(packed)
 
     def _finish(self, reply: DNSRecord, limit: int, udp: bool) -> bytes:
         packed = reply.pack()
@@ -130,24 +154,34 @@ class Responder:
                 packed = reply.pack()
         return packed
 
-    def _client_site(self, view: core.View, client: str, opt) -> str | None:
+    def _ecs(self, opt) -> str | None:
+        """The client address an EDNS Client Subnet option carries, if any."""
         if opt is not None:
             for o in getattr(opt, "rdata", None) or []:
                 if getattr(o, "code", None) == ECS_OPTION:
-                    addr = _ecs_address(bytes(o.data))
-                    if addr is not None:
-                        return view.site_for(addr)
-        return view.site_for(client)
+                    return _ecs_address(bytes(o.data))
+        return None
 
     def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, entries: list[core.Entry] | None) -> int:
         ttl = self.ttl
         if qname == self.srv_name:
             if entries is not None:
+                if self._rr_view is not view:  # RR objects are immutable once built: reuse per view
+                    self._rrs, self._rr_view = {}, view
                 for e in entries:
-                    target = core.target_name(e.server.name, self.domain)
-                    reply.add_answer(RR(self.srv_name + ".", QTYPE.SRV, ttl=ttl, rdata=SRV(e.priority, e.weight, e.server.port, target + ".")))
+                    k = ("SRV", e.server.name, e.priority, e.weight)
+                    rr = self._rrs.get(k)
+                    if rr is None:
+                        target = core.target_name(e.server.name, self.domain)
+                        rr = self._rrs[k] = RR(self.srv_name + ".", QTYPE.SRV, ttl=ttl, rdata=SRV(e.priority, e.weight, e.server.port, target + "."))
+                    reply.add_answer(rr)
                 for e in entries:
-                    self._addresses(reply.add_ar, e.server, None)
+                    addrs = self._rrs.get(e.server.name)
+                    if addrs is None:
+                        addrs = self._rrs[e.server.name] = []
+                        self._addresses(addrs.append, e.server, None)
+                    for rr in addrs:
+                        reply.add_ar(rr)
             if not reply.rr:
                 self._nodata(reply)
             return RCODE.NOERROR
@@ -184,6 +218,27 @@ class Responder:
 
     def _nodata(self, reply: DNSRecord) -> None:
         reply.add_auth(RR(self.domain + ".", QTYPE.SOA, ttl=self.ttl, rdata=self._soa))
+
+
+def _query_key(data: bytes) -> tuple[bytes, int] | None:
+    """The query without its id and with the question name in lower case (resolvers randomise
+    the case, RFC draft "0x20"), plus the offset where the question section ends. None when the
+    question is not a plain uncompressed name (then the answer is simply not cached)."""
+    i, n = 12, len(data)
+    while True:
+        if i >= n:
+            return None
+        length = data[i]
+        if length == 0:
+            break
+        if length > 63:  # a compression pointer or a reserved label type in a question
+            return None
+        i += length + 1
+    qend = i + 1 + 4
+    if qend > n:
+        return None
+    # Length bytes are <= 63, below 'A' (65), so lower() only touches letters of the labels.
+    return data[2:12] + data[12:i].lower() + data[i:], qend
 
 
 def _ecs_address(data: bytes) -> str | None:
@@ -228,9 +283,11 @@ def parse_hostport(value: str, default_port: int = 53) -> tuple[str, int]:
     return host, p
 
 
-def _socket(host: str, port: int, kind: int) -> socket.socket:
+def _socket(host: str, port: int, kind: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
+    if reuse_port:  # several uvicorn workers share the port; the kernel spreads queries over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if kind == socket.SOCK_STREAM:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified:
@@ -267,9 +324,10 @@ class _Udp(asyncio.DatagramProtocol):
 class DnsServer:
     """UDP + TCP on one address, in a thread with its own asyncio loop."""
 
-    def __init__(self, responder: Responder, host: str, port: int):
+    def __init__(self, responder: Responder, host: str, port: int, reuse_port: bool = False):
         self.responder = responder
         self.host, self.port = host, port
+        self.reuse_port = reuse_port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -278,9 +336,9 @@ class DnsServer:
 
     def start(self) -> "DnsServer":
         # Bind here so "address in use" fails `netslate serve` at startup, loudly.
-        udp = _socket(self.host, self.port, socket.SOCK_DGRAM)
+        udp = _socket(self.host, self.port, socket.SOCK_DGRAM, self.reuse_port)
         try:
-            tcp = _socket(self.host, self.port if self.port else udp.getsockname()[1], socket.SOCK_STREAM)
+            tcp = _socket(self.host, self.port if self.port else udp.getsockname()[1], socket.SOCK_STREAM, self.reuse_port)
         except OSError:
             udp.close()
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ def serve_options(ctx, site: str | None, advertise: list[str] | None, server_nam
             opts["dns_listen"] = parse_hostport(dns_listen)
             if not dns_domain:
                 raise UserError("--dns-listen needs --dns-domain DOMAIN (the zone whose _netslate._tcp SRV it answers)")
+            _probe(*opts["dns_listen"])
         if dns_domain:
             opts["dns_domain"] = core.check_domain(dns_domain)
     except core.DiscoveryInputError as exc:
@@ -51,6 +53,18 @@ def serve_options(ctx, site: str | None, advertise: list[str] | None, server_nam
     opts.update(site=site, advertise=list(advertise or []), server_name=server_name,
                 srv_priority=srv_priority, srv_weight=srv_weight)
     return opts
+
+
+def _probe(host: str, port: int) -> None:
+    """Fail `netslate serve` with one line before uvicorn starts when the DNS port is taken."""
+    from netslate.discovery.dns import _socket
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        try:
+            _socket(host, port, kind).close()
+        except OSError as exc:
+            proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+            raise UserError(f"--dns-listen {host}:{port} ({proto}): {exc.strerror or exc}") from None
 
 
 def default_server_name() -> str:
@@ -84,8 +98,11 @@ class DiscoveryService:
 
             host, port = o["dns_listen"]
             self.view = CachedView(lambda: store.load_view(self.ctx))
+            # `netslate serve --workers N` runs N copies of the app (each started from
+            # NETSLATE_SERVE_SETTINGS): they share the DNS port with SO_REUSEPORT.
+            shared = "NETSLATE_SERVE_SETTINGS" in os.environ
             try:
-                self.dns = DnsServer(Responder(self.view, o["dns_domain"]), host, port).start()
+                self.dns = DnsServer(Responder(self.view, o["dns_domain"]), host, port, reuse_port=shared).start()
             except OSError as exc:
                 self.view.stop()
                 raise UserError(f"DNS responder cannot listen on {host}:{port}: {exc.strerror or exc}") from None

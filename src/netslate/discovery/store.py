@@ -154,6 +154,11 @@ def register_server(ctx, name: str, site: str | None, addresses: list[str], port
             _get_site(s, site)
         row = s.scalar(select(DiscoveryServer).where(DiscoveryServer.name == name))
         now = utcnow()
+        if (row is not None and (now - row.last_heartbeat).total_seconds() <= STALE_AFTER
+                and (row.port, list(row.addresses)) != (int(port), kept)):
+            # Two servers with one name would overwrite each other's row and SRV target.
+            raise Conflict(f"server name {name!r} is in use by a live server at "
+                           f"{','.join(row.addresses) or '-'} port {row.port}; choose another with --server-name")
         if row is None:
             row = DiscoveryServer(name=name)
             s.add(row)
