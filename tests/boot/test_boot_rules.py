@@ -95,3 +95,76 @@ def test_boot_diff():
 
 def test_boot_normalize_selectors_labels_sorted():
     assert normalize_selectors({"label": {"b": "2", "a": "1"}})["label"] == {"a": "1", "b": "2"}
+
+
+def test_boot_store_validation(ctx):
+    from netslate.boot import store
+
+    with pytest.raises(UserError, match="invalid MAC"):
+        store.add_machine(ctx, ["not-a-mac"])
+    m = store.add_machine(ctx, ["52:54:00:00:00:09"], name="pc9")
+    with pytest.raises(UserError, match="invalid label value"):
+        store.label_machine(ctx, "pc9", {"role": "a b"}, [])
+    with pytest.raises(UserError):
+        store.pin_machine(ctx, "pc9", "desk@9")
+    with pytest.raises(UserError, match="needs --image"):
+        store.add_profile(ctx, "nope", image="desk")
+    store.add_profile(ctx, "disk", kind="local")
+    with pytest.raises(UserError, match="unknown selector"):
+        store.add_rule(ctx, "bad", {"colour": "red"}, "disk")
+    with pytest.raises(UserError, match="no profile"):
+        store.add_rule(ctx, "x", {}, "missing")
+    with pytest.raises(UserError, match="set by netslate"):
+        store.add_profile(ctx, "p", image="desk", ref="1", args=["netslate.image=evil@1"])
+    store.remove_machine(ctx, str(m["id"]))
+    with pytest.raises(UserError, match="no machine"):
+        store.show_machine(ctx, "pc9")
+
+
+# Property: whenever one machine matches two rules, could_overlap() said so (ties are never missed),
+# and the compiled set's answer equals a brute-force "best (priority, specificity)" search.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_vals = {"mac": [MAC1, MAC2], "arch": ["x86_64", "i386"], "platform": ["pcbios", "efi"], "manufacturer": ["QEMU", "Dell"]}
+_sel = st.fixed_dictionaries({}, optional={
+    **{k: st.sampled_from(v) for k, v in _vals.items()},
+    "label": st.dictionaries(st.sampled_from(["room", "role"]), st.sampled_from(["a", "b"]), min_size=1),
+    "group": st.sampled_from(["/", "/lab", "/lab/a", "/lab/b", "/office"]),
+})
+_facts = st.builds(
+    Facts, mac=st.sampled_from([MAC1, MAC2]), arch=st.sampled_from(_vals["arch"]), platform=st.sampled_from(_vals["platform"]),
+    manufacturer=st.sampled_from(_vals["manufacturer"]),
+    labels=st.dictionaries(st.sampled_from(["room", "role"]), st.sampled_from(["a", "b"])),
+    group=st.sampled_from(["/", "/lab", "/lab/a", "/lab/b", "/office"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=_sel, b=_sel, facts=_facts)
+def test_boot_overlap_is_sound(a, b, facts):
+    from netslate.boot.rules import selector_matches
+
+    both = all(selector_matches(k, v, facts) for k, v in a.items()) and all(selector_matches(k, v, facts) for k, v in b.items())
+    if both:
+        assert could_overlap(a, b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sels=st.lists(st.tuples(_sel, st.integers(0, 2)), max_size=8), facts=_facts)
+def test_boot_compiled_matches_brute_force(sels, facts):
+    from netslate.boot.rules import selector_matches
+
+    rules: list[Rule] = []
+    for i, (sel, prio) in enumerate(sels):
+        r = Rule(f"r{i}", prio, sel, "p")
+        if not find_ties(r, rules):  # what saving would accept
+            rules.append(r)
+    got = CompiledRules(rules).match(facts)
+    matching = [r for r in rules if all(selector_matches(k, v, facts) for k, v in r.selectors.items())]
+    if not matching:
+        assert got is None
+        return
+    best = max((r.priority, r.specificity) for r in matching)
+    winners = [r for r in matching if (r.priority, r.specificity) == best]
+    assert len(winners) == 1  # no ties can reach boot
+    assert got is winners[0]

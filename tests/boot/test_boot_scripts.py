@@ -108,3 +108,10 @@ def test_boot_query_hostile(raw, status):
     with pytest.raises(BadBootRequest) as info:
         parse_boot_query(raw)
     assert info.value.status == status
+
+
+def test_boot_advertised_urls():
+    from netslate.boot.engine import advertised_urls
+
+    opts = {"listen": ("0.0.0.0", 8081), "advertise": ["10.0.0.5", "fd00::5", "http://boot.example:80", "bad host", "10.0.0.5"]}
+    assert advertised_urls(opts) == ["http://10.0.0.5:8081", "http://[fd00::5]:8081", "http://boot.example:80"]

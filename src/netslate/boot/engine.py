@@ -9,7 +9,9 @@ last-seen updates go to a background writer that commits them in batches, off th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import sqlite3
 import queue
 import threading
 import time
@@ -40,6 +42,12 @@ Q_FINGERPRINT = text(
     " (SELECT COUNT(*) FROM image_versions)"
 )
 MENU_MAX_VERSIONS = 20
+DECISION_CACHE_MAX = 50_000
+# The same reads in plain SQL for the SQLite fast path (no ORM/Core overhead on the hot path).
+SQL_FINGERPRINT = str(Q_FINGERPRINT)
+SQL_BY_MAC = ("SELECT m.id, m.uuid, m.serial, m.manufacturer, m.product, m.labels, m.approved, m.tree_path, m.state"
+              " FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?")
+SQL_BY_UUID = "SELECT id, uuid, serial, manufacturer, product, labels, approved, tree_path, state FROM machines WHERE uuid = ?"
 
 
 @dataclass
@@ -53,6 +61,7 @@ class MachineRow:
     approved: bool
     group: str
     state: str
+    key: tuple | None = None  # the raw row, for the decision cache
 
 
 @dataclass
@@ -75,6 +84,9 @@ class Snapshot:
     policies: dict[str, dict]
     targets: dict[tuple[str, str], Target] = field(default_factory=dict)
     menus: dict[str, list[dict]] = field(default_factory=dict)
+    subnets: Any = None  # discovery's SubnetMap (client address → site), if discovery has subnets
+    # Rendered decisions keyed on everything decide() reads: request facts + the raw machine row.
+    decisions: dict[tuple, "Decision"] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +111,7 @@ class EventWriter:
         self._pending = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def put(self, event: dict) -> None:
@@ -112,26 +125,30 @@ class EventWriter:
     def flush(self, timeout: float = 10) -> bool:
         """Wait until everything queued so far is committed (tests, shutdown)."""
         deadline = time.monotonic() + timeout
+        self._wake.set()
         with self._lock:
             while self._pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._idle.wait(left)
+                self._wake.set()
+                self._idle.wait(min(left, 0.5))
         return True
 
     def _run(self) -> None:
+        # Wake up on a timer and drain, rather than per event: a per-event wake-up would fight the
+        # request threads for the GIL on every boot.
         while True:
-            batch = [self.q.get()]
-            end = time.monotonic() + self.interval
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            batch = []
             while len(batch) < self.max_batch:
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
                 try:
-                    batch.append(self.q.get(timeout=left))
+                    batch.append(self.q.get_nowait())
                 except queue.Empty:
                     break
+            if not batch:
+                continue
             for attempt in range(3):
                 try:
                     self._write(batch)
@@ -157,6 +174,24 @@ class EventWriter:
                 )
 
 
+def advertised_urls(options: dict) -> list[str]:
+    """Base URLs for netslate.server=: `advertise` entries are URLs or bare addresses (as discovery takes
+    them, served on the listen port). Unusable entries are logged and skipped, never put in a script."""
+    port = (options.get("listen") or (None, 8080))[1]
+    out = []
+    for a in options.get("advertise") or []:
+        a = str(a).strip()
+        candidate = a if a.startswith(("http://", "https://")) else f"http://{'[' + a + ']' if ':' in a else a}:{port}"
+        try:
+            url = ipxe.base_url(candidate)
+        except ipxe.UnsafeValue:
+            log.warning("ignoring advertised address %r for boot scripts", a[:80])
+            continue
+        if url not in out:
+            out.append(url)
+    return out
+
+
 def _request_facts(q: dict, m: MachineRow | None) -> Facts:
     return Facts(
         mac=q.get("mac"),
@@ -175,13 +210,60 @@ class BootEngine:
     def __init__(self, ctx, options: dict | None = None):
         self.ctx = ctx
         options = options or {}
-        self.advertise = [ipxe.base_url(u) for u in (options.get("advertise") or [])]
+        self.advertise = advertised_urls(options)
         self.retry = ipxe.Retry(
             attempts=int(options.get("boot_retry_attempts", 6)), delay=int(options.get("boot_retry_delay", 2))
         ).check()
         self.events = EventWriter(ctx)
+        # Refuse `image rm` of a version a pin or a profile uses (through this process's library).
+        checks = ctx.library.usage_checks
+        if not any(getattr(c, "__name__", "") == "boot_versions_in_use" for c in checks):
+            def boot_versions_in_use(name: str, version: int) -> list[str]:
+                return bstore.versions_in_use(ctx, name, version)
+
+            checks.append(boot_versions_in_use)
         self._snap: Snapshot | None = None
         self._lock = threading.Lock()
+        self._fp_sql, self._fp_query = SQL_FINGERPRINT, Q_FINGERPRINT
+        try:
+            from sqlalchemy import inspect
+
+            if inspect(ctx.db.engine).has_table("discovery_subnets"):
+                # Sites by client subnet come from the discovery part; its edits must move the fingerprint too.
+                extra = ", (SELECT COUNT(*) FROM discovery_subnets), (SELECT MAX(id) FROM discovery_subnets)"
+                self._fp_sql = SQL_FINGERPRINT + extra
+                self._fp_query = text(self._fp_sql)
+        except Exception as exc:  # no discovery: sites come from labels only
+            log.warning("boot: no site subnets (%s)", exc)
+        url = str(ctx.db.url)
+        self._sqlite_path = url[len("sqlite:///"):] if url.startswith("sqlite:///") and len(url) > 10 else None
+        self._local = threading.local()
+
+    def _sqlite(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            # One autocommit read connection per thread: every SELECT sees the latest commit.
+            c = sqlite3.connect(self._sqlite_path, timeout=30, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA busy_timeout=30000")
+            c.execute("PRAGMA query_only=1")
+            self._local.conn = c
+        return c
+
+    def read(self, mac: str | None, uuid: str | None) -> tuple[Snapshot, "MachineRow | None"]:
+        """The hot path's only database work: the fingerprint and the machine row."""
+        if self._sqlite_path:
+            c = self._sqlite()
+            fp = tuple(c.execute(self._fp_sql).fetchone())
+            row = c.execute(SQL_BY_MAC, (mac,)).fetchone() if mac else None
+            if row is None and uuid:
+                row = c.execute(SQL_BY_UUID, (uuid,)).fetchone()
+            if row is not None:
+                labels = json.loads(row[5]) if isinstance(row[5], str) else (row[5] or {})
+                row = MachineRow(row[0], row[1], row[2], row[3], row[4], labels, bool(row[6]), row[7], row[8], tuple(row))
+            return self._snapshot_for(fp), row
+        with self.ctx.db.engine.connect() as conn:
+            fp = tuple(conn.execute(self._fp_query).one())
+            return self._snapshot_for(fp), self.lookup(conn, mac, uuid)
 
     # ------------------------------------------------------------ cache
 
@@ -189,7 +271,9 @@ class BootEngine:
         if conn is None:
             with self.ctx.db.engine.connect() as c:
                 return self.snapshot(c)
-        fp = tuple(conn.execute(Q_FINGERPRINT).one())
+        return self._snapshot_for(tuple(conn.execute(self._fp_query).one()))
+
+    def _snapshot_for(self, fp: tuple) -> Snapshot:
         snap = self._snap
         if snap is not None and snap.fingerprint == fp:
             return snap
@@ -205,7 +289,28 @@ class BootEngine:
             profiles = {p.name: bstore.profile_dict(p) for p in s.scalars(select(BootProfile))}
             pins = {p.machine_id: (p.image, p.version) for p in s.scalars(select(BootPin))}
             policies = {p.site: bstore.policy_dict(p) for p in s.scalars(select(BootPolicy))}
-        return Snapshot(fp, rules, profiles, pins, policies)
+        return Snapshot(fp, rules, profiles, pins, policies, subnets=self._load_subnets() if len(fp) > 4 else None)
+
+    def _load_subnets(self):
+        try:
+            from netslate.discovery.core import SubnetMap
+
+            with self.ctx.db.engine.connect() as conn:
+                rows = conn.execute(text("SELECT n.cidr, s.name FROM discovery_subnets n JOIN discovery_sites s ON s.id = n.site_id")).all()
+            return SubnetMap([(c, n) for c, n in rows]) if rows else None
+        except Exception as exc:
+            log.warning("boot: cannot load site subnets: %s", exc)
+            return None
+
+    def site_of_address(self, snap: Snapshot, remote: str | None) -> str | None:
+        if snap.subnets is None or not remote:
+            return None
+        try:
+            from netslate.discovery.core import parse_address
+
+            return snap.subnets.site_for(parse_address(remote))
+        except Exception:
+            return None
 
     def _target(self, snap: Snapshot, name: str, ref: str) -> Target:
         key = (name, str(ref))
@@ -257,21 +362,33 @@ class BootEngine:
 
     # ------------------------------------------------------------ serving
 
-    def serve(self, q: dict, host: str | None, remote: str | None, scheme: str = "http") -> Decision:
-        """Answer one /boot/ipxe request (q already validated by request.parse_boot_query)."""
+    def serve(self, q: dict, host: str | None, remote: str | None, scheme: str = "http", may_write: bool = True) -> Decision | None:
+        """Answer one /boot/ipxe request (q already validated by request.parse_boot_query).
+
+        With may_write=False (the event loop's fast path) it returns None when the request needs a
+        database write first (a new machine, new facts); the caller then retries in a thread."""
         base = self.base_for(host, scheme)
-        with self.ctx.db.engine.connect() as conn:
-            snap = self.snapshot(conn)
-            m = self.lookup(conn, q["mac"], q.get("uuid"))
+        snap, m = self.read(q["mac"], q.get("uuid"))
         if m is None or (m.uuid is None and q.get("uuid")):
+            if not may_write:
+                return None
             if m is None:
                 bstore.discover_machine(self.ctx, {k: v for k, v in q.items()}, remote)
             else:
                 self._fill_facts(m.id, q)
-            with self.ctx.db.engine.connect() as conn:
-                snap = self.snapshot(conn)
-                m = self.lookup(conn, q["mac"], q.get("uuid"))
-        d = self.decide(snap, m, q, base)
+            snap, m = self.read(q["mac"], q.get("uuid"))
+        site_hint = self.site_of_address(snap, remote)
+        if m is not None and m.key is not None:
+            ck = (base, q["mac"], q.get("uuid"), q.get("serial"), q.get("manufacturer"), q.get("product"),
+                  q.get("arch"), q.get("platform"), site_hint, m.key)
+            d = snap.decisions.get(ck)
+            if d is None:
+                d = self.decide(snap, m, q, base, site_hint=site_hint)
+                if len(snap.decisions) >= DECISION_CACHE_MAX:
+                    snap.decisions.clear()
+                snap.decisions[ck] = d
+        else:
+            d = self.decide(snap, m, q, base, site_hint=site_hint)
         self.events.put({
             "at": dt.datetime.utcnow(), "machine_id": m.id if m else None, "mac": q["mac"], "kind": d.kind,
             "rule": d.rule, "profile": d.profile, "image": d.image, "version": d.version, "pinned": d.pinned,
@@ -287,13 +404,14 @@ class BootEngine:
                 for k in ("uuid", "serial", "manufacturer", "product"):
                     if getattr(m, k) is None and q.get(k):
                         setattr(m, k, q[k][:128])
-                bstore.bump(s)
         except Exception as exc:  # e.g. the UUID belongs to another machine: keep booting, say so
             log.warning("could not record facts for machine %s: %s", machine_id, exc)
 
-    def decide(self, snap: Snapshot, m: MachineRow | None, q: dict, base: str, with_explain: bool = False) -> Decision:
+    def decide(self, snap: Snapshot, m: MachineRow | None, q: dict, base: str, with_explain: bool = False,
+               site_hint: str | None = None) -> Decision:
+        """site: the machine's `site` label, else the site of its address (discovery subnets), else default."""
         facts = _request_facts(q, m)
-        site = (m.labels or {}).get("site", bstore.DEFAULT_SITE) if m else bstore.DEFAULT_SITE
+        site = ((m.labels or {}).get("site") if m else None) or site_hint or bstore.DEFAULT_SITE
         policy = snap.policies.get(site) or snap.policies.get(bstore.DEFAULT_SITE) or {
             "site": bstore.DEFAULT_SITE, "policy": "boot-default", "retry_seconds": 30, "default_profile": None}
         who = f"machine {m.id}" if m else "unknown machine"
@@ -395,7 +513,8 @@ class BootEngine:
 
     # ------------------------------------------------------------ explain
 
-    def explain(self, ident: str, base: str, arch: str | None = None, platform: str | None = None) -> dict:
+    def explain(self, ident: str, base: str, arch: str | None = None, platform: str | None = None,
+                address: str | None = None) -> dict:
         """Which rule matches the machine (by MAC or UUID, known or not), why, and the script it would get."""
         from netslate.boot.request import BadBootRequest, _check
 
@@ -418,7 +537,7 @@ class BootEngine:
             mac = macs[0] if macs else None
         q = {"mac": mac or "00:00:00:00:00:00", "uuid": uuid, "serial": None, "manufacturer": None, "product": None,
              "arch": _check("arch", arch) if arch else None, "platform": _check("platform", platform) if platform else None}
-        d = self.decide(snap, m, q, ipxe.base_url(base), with_explain=True)
+        d = self.decide(snap, m, q, ipxe.base_url(base), with_explain=True, site_hint=self.site_of_address(snap, address))
         out = dict(d.explain or {})
         out.update({"known": m is not None, "kind": d.kind, "rule": d.rule, "profile": d.profile, "image": d.image,
                     "version": d.version, "pinned": d.pinned, "script": d.script})

@@ -250,12 +250,15 @@ class CompiledRules:
         self._order = {r.name: i for i, r in enumerate(self.rules)}
         self._by_mac: dict[str, list[Rule]] = {}
         self._by_uuid: dict[str, list[Rule]] = {}
+        self._by_label: dict[tuple[str, str], list[Rule]] = {}
         self._general: list[Rule] = []
         for r in self.rules:
             if "mac" in r.selectors:
                 self._by_mac.setdefault(r.selectors["mac"], []).append(r)
             elif "uuid" in r.selectors:
                 self._by_uuid.setdefault(r.selectors["uuid"], []).append(r)
+            elif "label" in r.selectors:  # anchored on one of its labels; the rest are checked in match()
+                self._by_label.setdefault(next(iter(r.selectors["label"].items())), []).append(r)
             else:
                 self._general.append(r)
 
@@ -265,6 +268,9 @@ class CompiledRules:
             cands += self._by_mac.get(facts.mac.lower(), ())
         if facts.uuid:
             cands += self._by_uuid.get(facts.uuid.lower(), ())
+        if self._by_label:
+            for item in facts.labels.items():
+                cands += self._by_label.get(item, ())
         cands.sort(key=lambda r: self._order[r.name])
         return cands
 

@@ -1,7 +1,8 @@
 """Inventory, profiles, rule sets, pins, policies and events in the database. One transaction per change.
 
-Every change that can alter a boot script bumps `boot_state.generation`, which is what the boot
-path's in-memory cache is keyed on (see engine.py).
+Every change to what the boot path caches in memory (rules, profiles, pins, policies) bumps
+`boot_state.generation`, which the cache is keyed on (see engine.py). Machine rows are read per
+request, so discovering a machine does not invalidate the cache.
 """
 
 from __future__ import annotations
@@ -104,7 +105,14 @@ def machine_dict(m: Machine, pin: BootPin | None = None) -> dict[str, Any]:
         "last_seen": _iso(m.last_seen),
         "reported": (m.status or {}).get("boot_reported", {}),
         "pin": {"image": pin.image, "version": pin.version, "by": pin.actor, "at": _iso(pin.created_at)} if pin else None,
+        "fleet": _fleet_view(m),  # agent-reported status (netslate.fleet)
     }
+
+
+def _fleet_view(m: Machine) -> dict:
+    from netslate.fleet.service import machine_view
+
+    return machine_view(m)
 
 
 def list_machines(ctx, state: str | None = None) -> list[dict]:
@@ -262,11 +270,13 @@ def unpin_machine(ctx, ident: str, actor: str | None = None) -> dict:
         return machine_dict(m)
 
 
-def pins_using(ctx, image: str, version: int) -> list[str]:
-    """For the image library's `rm` check: a pinned version must not disappear under a machine."""
+def versions_in_use(ctx, image: str, version: int) -> list[str]:
+    """For the image library's `rm` check: a version a machine is pinned to, or a profile names by
+    number, must not disappear under them."""
     with ctx.db.session() as s:
         ids = s.scalars(select(BootPin.machine_id).where(BootPin.image == image, BootPin.version == version)).all()
-    return [f"machine {i} is pinned to {image}@{version}" for i in ids]
+        profiles = s.scalars(select(BootProfile.name).where(BootProfile.image == image, BootProfile.ref == str(version))).all()
+    return [f"machine {i} is pinned to {image}@{version}" for i in ids] + [f"boot profile {p!r} names it" for p in profiles]
 
 
 # ---------------------------------------------------------------- profiles
@@ -515,7 +525,6 @@ def discover_machine(ctx, facts: dict, remote: str | None) -> int:
                 m = s.scalar(select(Machine).where(Machine.uuid == uuid))
                 m.macs.append(MachineMac(mac=mac))
                 audit.record(s, "boot", "machine.mac.add", f"machine:{m.id}", mac=mac)
-                bump(s)
                 return m.id
             m = Machine(
                 uuid=uuid, serial=_clip(facts.get("serial")), manufacturer=_clip(facts.get("manufacturer")),
@@ -526,7 +535,6 @@ def discover_machine(ctx, facts: dict, remote: str | None) -> int:
             s.add(m)
             s.flush()
             audit.record(s, "boot", "machine.discover", f"machine:{m.id}", mac=mac, uuid=uuid, remote=remote)
-            bump(s)
             return m.id
     except DbIntegrityError:
         with ctx.db.session() as s:

@@ -229,18 +229,19 @@ def explain(
     ident: str = typer.Argument(..., help="MAC or SMBIOS UUID."),
     arch: Optional[str] = typer.Option(None, "--arch", help="As iPXE would report it (x86_64, i386, ...)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="pcbios or efi."),
+    address: Optional[str] = typer.Option(None, "--address", help="The machine's IP address (picks its site by subnet)."),
     base_url: str = typer.Option("http://localhost:8080", "--base-url", help="Server URL to put in the script (local mode)."),
     json_: bool = typer.Option(False, "--json"),
 ):
     """Which rule matches a machine and why, and the script it would be served."""
     st = state(ctx)
     if st.remote:
-        params = {k: v for k, v in (("arch", arch), ("platform", platform)) if v}
+        params = {k: v for k, v in (("arch", arch), ("platform", platform), ("address", address)) if v}
         data = st.api().get(f"/api/v1/boot/explain/{ident}", params=params)
     else:
         from netslate.boot.engine import BootEngine
 
-        data = BootEngine(st.context()).explain(ident, base_url, arch, platform)
+        data = BootEngine(st.context()).explain(ident, base_url, arch, platform, address)
 
     def render(d):
         console.print(f"machine: {d['machine'] if d['known'] else 'unknown'}  site: {d['site']}  policy: {d['policy']['policy']}", highlight=False)
@@ -250,7 +251,7 @@ def explain(
               [[r["name"], r["priority"], r["specificity"], "yes" if r["matches"] else "no",
                 "; ".join(f"{s['selector']}={s['want']} ({'ok' if s['match'] else 'have ' + str(s['have'])})" for s in r["selectors"])]
                for r in d["rules"]["rules"]])
-        console.print(d["script"], highlight=False, markup=False)
+        console.print(d["script"], highlight=False, markup=False, soft_wrap=True)  # exact lines, no wrapping
 
     emit(data, json_, render)
 
@@ -269,4 +270,5 @@ def pxelinux(
         from netslate.boot.engine import BootEngine, pxelinux_files
 
         data = pxelinux_files(BootEngine(st.context()), base_url)
-    emit(data, json_, lambda files: [console.print(f"==> {k}\n{v}", highlight=False, markup=False) for k, v in sorted(files.items())])
+    emit(data, json_, lambda files: [console.print(f"==> {k}\n{v}", highlight=False, markup=False, soft_wrap=True)
+                                     for k, v in sorted(files.items())])

@@ -1,5 +1,6 @@
 """Boot endpoints for firmware (/boot.ipxe, /boot/ipxe; outside /api/v1) and the boot API (/api/v1/boot)."""
 
+import contextlib
 import logging
 import threading
 from typing import Any, Optional
@@ -48,8 +49,8 @@ def boot_chain(request: Request):
     return PlainTextResponse(ipxe.chain_script(base, engine.retry), media_type=IPXE_TYPE)
 
 
-@serving.get("/boot/ipxe", response_class=PlainTextResponse)
 async def boot_script(request: Request):
+    """A plain Starlette route (no FastAPI validation layer): this is the hot path of a mass boot."""
     raw = request.scope.get("query_string", b"")
     try:
         q = parse_boot_query(raw)
@@ -57,13 +58,54 @@ async def boot_script(request: Request):
         log.warning("refused boot request from %s: %s (query %r)", _remote(request), exc, raw[:200])
         return PlainTextResponse(f"bad request: {exc}\n", status_code=exc.status)
     engine = get_engine(request.app)
+    host, remote, scheme = request.headers.get("host"), _remote(request), request.scope.get("scheme", "http")
     try:
-        d = await run_in_threadpool(engine.serve, q, request.headers.get("host"), _remote(request), request.url.scheme)
+        # Known machines are answered on the event loop (two indexed SQLite reads, no thread hop);
+        # anything that must write first (discovery) goes to a worker thread.
+        d = engine.serve(q, host, remote, scheme, may_write=False)
+        if d is None:
+            d = await run_in_threadpool(engine.serve, q, host, remote, scheme)
     except (ipxe.UnsafeValue, bstore.UserError) as exc:
         log.warning("refused boot request from %s: %s", _remote(request), exc)
         return PlainTextResponse(f"bad request: {exc}\n", status_code=400)
     return PlainTextResponse(d.script, media_type=IPXE_TYPE)
 
+
+serving.add_route("/boot/ipxe", boot_script, methods=["GET"], include_in_schema=False)
+
+
+class BootFastPath:
+    """ASGI shortcut for GET /boot/ipxe, ahead of FastAPI's router: with every part's routes
+    included, route matching alone cost more than building the script (measured: ~0.4 ms)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/boot/ipxe" and scope["method"] in ("GET", "HEAD"):
+            response = await boot_script(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def install(app) -> None:
+    """Called by create_app: the boot routers plus the fast path for the boot script."""
+    app.include_router(serving)
+    app.include_router(api)
+    app.add_middleware(BootFastPath)
+    engine = get_engine(app)  # now, so the image library's in-use check is registered before any request
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with previous(a) as st:
+            try:
+                yield st
+            finally:  # commit the last batch of boot events before the process goes
+                await run_in_threadpool(engine.events.flush, 5)
+
+    app.router.lifespan_context = lifespan
 
 # ------------------------------------------------------------------ /api/v1/boot
 
@@ -164,9 +206,10 @@ def list_events(request: Request, limit: int = 100, machine: Optional[str] = Non
 
 
 @api.get("/explain/{ident}")
-def explain(ident: str, request: Request, arch: Optional[str] = None, platform: Optional[str] = None):
+def explain(ident: str, request: Request, arch: Optional[str] = None, platform: Optional[str] = None,
+            address: Optional[str] = None):
     engine = get_engine(request.app)
-    return engine.explain(ident, engine.base_for(request.headers.get("host"), request.url.scheme), arch, platform)
+    return engine.explain(ident, engine.base_for(request.headers.get("host"), request.url.scheme), arch, platform, address)
 
 
 @api.get("/pxelinux")
