@@ -466,6 +466,8 @@ class BootEngine:
             f"netslate.image={t.name}@{t.version}",
             f"netslate.manifest={t.digest}",
             f"netslate.mode={profile.get('mode') or 'ram'}",
+            # The server key pinned at boot: the initramfs and the agent verify signed data against it.
+            f"netslate.key={self.ctx.signing_key.public_b64}",
         ]
         if profile.get("console"):
             args.append(f"console={profile['console']}")
