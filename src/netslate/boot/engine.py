@@ -437,7 +437,7 @@ class BootEngine:
         why = f"rule {rule.name}" if rule else "no rule matched"
         if profile is None and not rule and policy.get("default_profile"):
             profile = snap.profiles.get(policy["default_profile"])
-            why = f"no rule matched; default profile of site {site}"
+            why = f"no rule matched, default profile of site {site}"
         pin = snap.pins.get(m.id) if m else None
         if explain is not None:
             explain["pin"] = {"image": pin[0], "version": pin[1]} if pin else None

@@ -8,7 +8,10 @@ to an address outside the namespaces it created.
 """
 
 from netslate.vmlab.console import SerialLog
+from netslate.vmlab.initrd import build_busybox_initrd
 from netslate.vmlab.net import HostNS, LabNetwork, cleanup_stale
-from netslate.vmlab.qemu import VM, kvm_available
+from netslate.vmlab.qemu import VM, find_kernel, kvm_available
+from netslate.vmlab.server import NetslateServer
 
-__all__ = ["HostNS", "LabNetwork", "SerialLog", "VM", "cleanup_stale", "kvm_available"]
+__all__ = ["HostNS", "LabNetwork", "NetslateServer", "SerialLog", "VM", "build_busybox_initrd", "cleanup_stale",
+           "find_kernel", "kvm_available"]

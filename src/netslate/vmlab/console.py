@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 # iPXE and firmware draw with ANSI/VT100 escapes; strip them so patterns match the visible text.
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>c]|\r")
+_ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>c]|\r")
 
 
 def clean(text: str) -> str:

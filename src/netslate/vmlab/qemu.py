@@ -100,6 +100,7 @@ def qemu_command(
     accel: str = "tcg",
     vars_path: Path | None = None,
     extra: list[str] | tuple[str, ...] = (),
+    option_rom: bool = True,
 ) -> list[str]:
     """The QEMU command line for a network-booting VM (pure; no I/O)."""
     if firmware not in FIRMWARES:
@@ -108,15 +109,21 @@ def qemu_command(
         raise ValueError(f"nic must be one of {sorted(NICS)}")
     if not _MAC.match(mac):
         raise ValueError(f"bad MAC {mac!r}")
-    device, rom = NICS[nic]
+    device, _rom = NICS[nic]
     argv = [
         QEMU, "-name", name, "-accel", accel,
         "-machine", ("q35" if firmware == "uefi" else "pc") + ",graphics=off",
         "-m", str(memory_mb), "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", f"file:{serial_path}", "-monitor", "none",
+        # The serial port is a unix socket (send_keys) that also logs everything to serial_path.
+        "-chardev", f"socket,id=ser0,path={serial_path}.sock,server=on,wait=off,logfile={serial_path}",
+        "-serial", "chardev:ser0", "-monitor", "none",
         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-        "-device", f"{device},netdev=n0,mac={mac},bootindex=1,romfile={IPXE_ROM_DIR / rom}",
+        # No romfile=: QEMU's default for these NICs is Debian ipxe-qemu's efi-*.rom (found in
+        # /usr/lib/ipxe/qemu), and an explicit absolute romfile= was not run by SeaBIOS here.
+        # option_rom=False (romfile=): no iPXE on the NIC, so UEFI uses OVMF's own PXE stack and
+        # fetches the iPXE binary over TFTP, like most physical machines.
+        "-device", f"{device},netdev=n0,mac={mac},bootindex=1" + ("" if option_rom else ",romfile="),
     ]
     if firmware == "uefi":
         if vars_path is None:
@@ -144,7 +151,9 @@ class VM:
         memory_mb: int = 512,
         accel: str | None = None,
         extra: list[str] | tuple[str, ...] = (),
+        option_rom: bool = True,
     ) -> None:
+        self.option_rom = option_rom
         self.lab = lab
         self.workdir = Path(workdir)
         self.name = name
@@ -166,7 +175,7 @@ class VM:
         return qemu_command(
             name=self.name, mac=self.mac, tap=self.tap or "tap?", serial_path=self.serial_path,
             firmware=self.firmware, nic=self.nic, memory_mb=self.memory_mb, accel=self.accel,
-            vars_path=vars_path, extra=self.extra,
+            vars_path=vars_path, extra=self.extra, option_rom=self.option_rom,
         )
 
     def start(self) -> "VM":
@@ -183,6 +192,18 @@ class VM:
             log.close()
         self.started_at = time.monotonic()
         return self
+
+    def send_keys(self, data: bytes | str, pause: float = 0.3) -> None:
+        """Type on the serial console (e.g. b"\\x1b[B" arrow down, b"\\r" enter), one key at a time."""
+        import socket
+
+        raw = data.encode() if isinstance(data, str) else data
+        keys = re.findall(rb"\x1b\[[A-Z]|.", raw, re.S)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(f"{self.serial_path}.sock")
+            for k in keys:
+                s.sendall(k)
+                time.sleep(pause)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
