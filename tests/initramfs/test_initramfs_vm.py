@@ -1,0 +1,139 @@
+"""Real QEMU (TCG) boots of the netslate initramfs against a real `netslate serve` (world: initramfs_world.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from initramfs_world import (  # noqa: E402
+    MARKER, boot, boot_json, boot_many, chunk_requests, make_tiny, make_world, new_disk, ns_args,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    with make_world(tmp_path_factory.mktemp("initramfs-vm")) as w:
+        yield w
+
+
+# ------------------------------------------------------------------------------------- tests
+def test_initramfs_vm_ram_boot_reaches_image_init(world):
+    r = world.ctx.library.resolve("tiny", "1")
+    con = boot(world, "ram1", ns_args(world, r, "ram"))
+    assert f"{MARKER} version=1" in con
+    mounts = con.split("--- mounts", 1)[1]
+    assert re.search(r"^overlay / overlay ro?w?", mounts, re.M), mounts
+    assert re.search(r"^/dev/loop\d+ /run/netslate/lower squashfs ro", mounts, re.M), mounts
+    rec = boot_json(con)
+    assert rec["mode"] == "ram" and rec["source"] == "server" and rec["version"] == 1
+    assert rec["manifest_digest"] == r.manifest_digest
+    assert rec["bytes_downloaded"] == rec["bytes_total"] > 3 << 20
+    assert rec["network"]["NS_IP"].startswith(world.lab.address.rsplit(".", 1)[0])
+
+
+def test_initramfs_vm_cache_mode_first_second_update_and_offline(world):
+    disk = new_disk(world, "cache")
+    r1 = world.ctx.library.resolve("tiny", "1")
+    args = ("netslate.disk=allow", "netslate.persist=/home")
+    via = [world.hostile["pass"]]
+    # 1. first boot: formats the empty disk, downloads everything
+    con = boot(world, "cache1", ns_args(world, r1, "cache", servers=via, extra=args), disk)
+    assert "netslate: formatting /dev/vda as ext4 labelled NETSLATE" in con
+    rec = boot_json(con)
+    assert (rec["mode"], rec["source"], rec["version"]) == ("cache", "server", 1)
+    assert rec["bytes_downloaded"] == rec["bytes_total"]
+    assert "PERSIST-BOOTS=1" in con
+    # 2. second boot, same version: nothing downloaded (< 1 % of the image), persistent /home kept
+    before = chunk_requests(world)
+    con = boot(world, "cache2", ns_args(world, r1, "cache", servers=via, extra=args), disk)
+    rec = boot_json(con)
+    assert "formatting" not in con
+    assert (rec["source"], rec["version"]) == ("server", 1)
+    assert rec["bytes_downloaded"] < 0.01 * rec["bytes_total"]
+    assert chunk_requests(world) - before < 0.01 * rec["chunks_total"]
+    assert "PERSIST-BOOTS=2" in con
+    # 3. an update: only the changed chunks travel
+    v2 = world.ctx.library.import_files("tiny", rootfs=make_tiny(world.tmp / "tiny2", "2", 2), warn=lambda m: None)
+    r2 = world.ctx.library.resolve("tiny", str(v2["version"]))
+    before = chunk_requests(world)
+    con = boot(world, "cache3", ns_args(world, r2, "cache", servers=via, extra=args + ("tiny.pin=tiny@1",)), disk)
+    rec = boot_json(con)
+    assert f"{MARKER} version=2" in con
+    assert (rec["source"], rec["version"]) == ("server", r2.version)
+    assert 0 < rec["bytes_downloaded"] < 0.2 * rec["bytes_total"], rec
+    assert 0 < chunk_requests(world) - before <= rec["chunks_downloaded"] < rec["chunks_total"] // 4
+    assert rec["cached_versions"] == [1, r2.version]
+    assert "LKG-SAVED=tiny@1" in con
+    # 4. server down (nothing listens there): boots the newest verified cached version that the
+    #    last-known-good bundle allows (it pins tiny@1, so not the newer v2), and says so
+    down = f"http://{world.lab.address}:8099"
+    con = boot(world, "cache4", ns_args(world, r2, "cache", servers=[down], extra=args + ("netslate.retries=1",)), disk)
+    rec = boot_json(con)
+    assert "netslate: last-known-good bundle allows tiny@1" in con
+    assert f"{MARKER} version=1" in con
+    assert (rec["source"], rec["version"]) == ("cache", 1)
+    assert "server unreachable" in rec["reason"]
+    assert "PERSIST-BOOTS=4" in con
+
+
+DEAD_END = "netslate: no verified image available"
+
+
+def test_initramfs_vm_refuses_unverified_data_and_survives_bad_disks(world):
+    """Four VMs at once: a tampered chunk, a wrong pinned digest and a wrong pinned key are refused
+    (the image's init is never reached); a full and a damaged NETSLATE disk fall back to RAM."""
+    r = world.ctx.library.resolve("tiny", "1")
+    fail = ("netslate.retries=1", "netslate.onfail=poweroff")
+    wrong_digest = [a if not a.startswith("netslate.manifest=") else "netslate.manifest=sha256:" + "0" * 64
+                    for a in ns_args(world, r, "ram", extra=fail)]
+    other_key = base64.b64encode(hashlib.sha256(b"not the server").digest()).decode()
+    full = world.tmp / "full.img"
+    fill = world.tmp / "fill"
+    fill.mkdir()
+    (fill / "filler").write_bytes(b"\xaa" * (54 << 20))
+    subprocess.run(["truncate", "-s", "64M", str(full)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "NETSLATE", "-d", str(fill), str(full)], check=True)
+    damaged = world.tmp / "damaged.img"
+    subprocess.run(["truncate", "-s", "128M", str(damaged)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "NETSLATE", str(damaged)], check=True)
+    with open(damaged, "r+b") as f:  # garbage over the group descriptors: e2fsck -p exits 4
+        f.seek(4096)
+        f.write(b"\xff" * 64)
+    cons = boot_many(world, {
+        "tamper": {"args": ns_args(world, r, "ram", servers=[world.hostile["tamper"]], extra=fail), "until": DEAD_END},
+        "baddigest": {"args": wrong_digest, "until": DEAD_END},
+        "badkey": {"args": ns_args(world, r, "ram", extra=fail + (f"netslate.key={other_key}",)), "until": DEAD_END},
+        "fulldisk": {"args": ns_args(world, r, "cache", extra=("netslate.disk=allow",)), "disk": full, "disk_format": "raw"},
+    })
+    assert "failed verification" in cons["tamper"] and MARKER not in cons["tamper"]
+    assert "manifest refused: its digest" in cons["baddigest"] and MARKER not in cons["baddigest"]
+    assert "manifest refused" in cons["badkey"] and MARKER not in cons["badkey"]
+    con = cons["fulldisk"]
+    assert "NETSLATE disk is full" in con and "booting in RAM" in con
+    rec = boot_json(con)
+    assert (rec["mode"], rec["requested_mode"], rec["source"], rec["version"]) == ("ram", "cache", "server", 1)
+    assert "No space left on device" in rec["reason"]
+    # A damaged NETSLATE disk without netslate.disk=allow: never reformatted, RAM boot says why.
+    con = boot(world, "damaged", ns_args(world, r, "cache"), damaged, disk_format="raw")
+    assert "NETSLATE disk /dev/vda is damaged (e2fsck exit 4)" in con and "formatting" not in con
+    rec = boot_json(con)
+    assert (rec["mode"], rec["requested_mode"], rec["version"]) == ("ram", "cache", 1)
+    assert "damaged and netslate.disk=allow is not given" in rec["reason"]
+
+
+def test_initramfs_vm_garbage_and_hanging_servers_are_survived(world):
+    """Servers tried in order: one answering garbage, one hanging mid-transfer, then a good one."""
+    r = world.ctx.library.resolve("tiny", "1")
+    con = boot(world, "hang", ns_args(world, r, "ram", servers=[world.hostile["garbage"], world.hostile["hang"], world.url],
+                                     extra=("netslate.timeout=2",)))
+    assert f"pull from {world.hostile['garbage']} failed: manifest is not valid JSON" in con
+    assert f"pull from {world.hostile['hang']} failed" in con and "timed out" in con
+    rec = boot_json(con)
+    assert rec["server"] == world.url and rec["source"] == "server"
