@@ -14,7 +14,7 @@ from netslate.agent.util import read_json
 from netslate.crypto.keys import SigningKey
 from netslate.fleet import core as fleet
 
-from conftest import make_root
+from agent_support import make_root
 
 
 def _key():

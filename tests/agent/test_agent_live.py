@@ -16,7 +16,7 @@ from netslate.config import store as cstore
 from netslate.crypto.keys import SigningKey
 from nstest import free_port
 
-from conftest import DOC, MAC, Hostile, agent_for, make_root, publish, serve_on
+from agent_support import DOC, MAC, Hostile, agent_for, make_root, publish, serve_on
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -110,7 +110,7 @@ def test_boot_cli_policy_and_events(cli, ctx):
 
 
 def test_boot_cli_remote(live_server, tmp_path):
-    from conftest import run_cli
+    from nstest import run_cli
 
     ctx = live_server.ctx
     _image(ctx, tmp_path, versions=1)

@@ -258,7 +258,7 @@ def test_boot_site_policy_by_subnet(live_server, tmp_path):
 
 
 def test_boot_events_flushed_on_shutdown(ctx):
-    from conftest import start_server
+    from nstest import start_server
 
     srv = start_server(ctx)
     srv.app.state.boot_engine.events.interval = 3600  # nothing is written on the timer in this test
