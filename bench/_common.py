@@ -96,12 +96,12 @@ def netslate(*args: str, data_dir: Path, check: bool = True) -> subprocess.Compl
 class Server:
     """`netslate serve` in its own process on loopback."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, NETSLATE_DATA_DIR=str(data_dir))
         self.log = open(data_dir / "serve.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", "--listen", f"127.0.0.1:{self.port}"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", "--listen", f"127.0.0.1:{self.port}", *extra_args],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while True:

@@ -421,7 +421,7 @@ def install_agent(tree: Path, log: Log) -> bool:
         log("netslate agent package present but has no installer (netslate.agent.install); skipped")
         return False
     agent_install.install_into(Path(tree))
-    log("installed the netslate agent")
+    log(f"installed the netslate agent ({agent_install.PYZ_PATH}, {agent_install.UNIT_NAME} enabled)")
     return True
 
 
@@ -476,8 +476,7 @@ def build_image(
         rc, tail = run_logged(mmdebstrap_command(recipe, mirror, tree), log, env=env)
         if rc != 0:
             raise BuildError(f"mmdebstrap failed with exit code {rc}", tail)
-        phase("installing the netslate agent")
-        install_agent(tree, log)
+        install_agent(tree, lambda m: phase(f"agent: {m}"))
         if recipe.files:
             phase(f"writing {len(recipe.files)} extra files")
             write_extra_files(tree, recipe.files, recipe_path.parent)
@@ -493,7 +492,7 @@ def build_image(
             warn(msg)
             if initrd is not None:
                 initrd = None
-        phase("importing (EROFS, chunk, compress)")
+        phase("importing (filesystem image, chunk, hash, compress)")
         result = ctx.library.import_files(
             name, rootfs=tree, kernel=kernel, initrd=initrd, tag=tag, note=note,
             source=f"build:{recipe_path.resolve()}", progress=progress, warn=warn,

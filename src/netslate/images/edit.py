@@ -159,6 +159,7 @@ def run(ctx, name: str, script: Path | None = None, shell: bool = False, resume:
         state = _open_state(paths, name)
         opened = False
     with _locked(paths, name):
+        mounts.umount_all(paths.root)  # leftovers of a killed command; holding the lock, nobody uses them
         with mounts.working_copy(paths.base, state["format"], paths.lower, paths.upper, paths.work, paths.merged) as merged:
             if script_text is not None:
                 try:
@@ -220,6 +221,7 @@ def commit(ctx, name: str, message: str, tag: str | None = None, progress=None, 
         if base.manifest_digest != state["base_digest"]:
             raise Conflict(f"{name}@{base_version} is not the version this edit started from; abort the edit")
         kernel = initrd = None
+        mounts.umount_all(paths.root)  # leftovers of a killed command
         boot_changed = _boot_changed(paths.upper)
         with mounts.working_copy(paths.base, state["format"], paths.lower, paths.upper, paths.work, paths.merged) as merged:
             prepared = prepare_tree(merged)

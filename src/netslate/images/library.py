@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ class Library:
         self.store = ctx.chunks
         self.imports_dir = ctx.data_dir / "imports"
         self.tmp_dir = ctx.data_dir / "tmp"
+        self._manifests: dict[tuple[int, str], dict] = {}
+        self._cache_lock = threading.Lock()
         # Other parts register checks that refuse `rm` of a version in use: fn(name, version) -> [reasons].
         self.usage_checks: list[Callable[[str, int], list[str]]] = []
 
@@ -135,16 +138,30 @@ class Library:
             raise NotFound(f"image {name!r} has no version {number}")
         return v, tag
 
+    def _envelope(self, v: ImageVersion) -> dict:
+        """The parsed signed manifest of a version row. Versions are immutable, so parsed manifests
+        are cached by (row id, digest); a large image's manifest is megabytes of JSON."""
+        key = (v.id, v.manifest_digest)
+        with self._cache_lock:
+            env = self._manifests.get(key)
+        if env is None:
+            env = json.loads(v.manifest_json)
+            with self._cache_lock:
+                if len(self._manifests) >= 64:
+                    self._manifests.pop(next(iter(self._manifests)))
+                self._manifests[key] = env
+        return env
+
     def resolve(self, name: str, ref: str | int = "latest") -> Resolved:
         with self.ctx.db.session() as s:
             v, tag = self._version_row(s, name, ref)
-            return Resolved(name, v.version, v.manifest_digest, json.loads(v.manifest_json), tag)
+            return Resolved(name, v.version, v.manifest_digest, self._envelope(v), tag)
 
     def manifest_document(self, name: str, ref: str) -> dict:
         """What GET /images/NAME/REF/manifest serves: the signed manifest, and a signed tag statement."""
         with self.ctx.db.session() as s:
             v, tag = self._version_row(s, name, ref)
-            doc = {"manifest": json.loads(v.manifest_json), "digest": v.manifest_digest, "tag": None}
+            doc = {"manifest": self._envelope(v), "digest": v.manifest_digest, "tag": None}
             if tag:
                 row = s.get(ImageTag, (v.image_id, tag))
                 doc["tag"] = self.ctx.signing_key.sign(mf.tag_statement(name, tag, row.version, row.seq, v.manifest_digest))
@@ -167,7 +184,7 @@ class Library:
             return out
 
     def _version_info(self, s, img: Image, v: ImageVersion, tags: dict[str, int]) -> dict:
-        manifest = json.loads(v.manifest_json)["payload"]
+        manifest = self._envelope(v)["payload"]
         return {
             "name": img.name,
             "version": v.version,
@@ -263,20 +280,33 @@ class Library:
             shutil.rmtree(work, ignore_errors=True)
 
     def _store_file(self, path: Path, fmt: str | None, lease: ImportLease, progress) -> tuple[mf.ArtifactRecord, int]:
+        """Chunk and hash in this thread; compress and write in a small pool (zstd, hashing and file
+        I/O release the GIL, so an import uses both cores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         total = os.path.getsize(path)
         whole = hashlib.sha256()
         chunks: list[list] = []
         new_bytes = 0
         done = 0
-        for piece in chunker.cut_file(path):
-            whole.update(piece.data)
-            lease.note(piece.chunk_id)
-            if self.store.put(piece.chunk_id, piece.data):
-                new_bytes += piece.size
-            chunks.append([piece.offset, piece.size, piece.chunk_id])
-            done += piece.size
-            if progress and (len(chunks) % 64 == 0 or done == total):
-                progress(done, total)
+        pending = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for piece in chunker.cut_file(path):
+                whole.update(piece.data)
+                lease.note(piece.chunk_id)
+                pending.append((piece.size, pool.submit(self.store.put, piece.chunk_id, piece.data)))
+                chunks.append([piece.offset, piece.size, piece.chunk_id])
+                done += piece.size
+                if len(pending) >= 64:  # bound memory: at most 64 chunks in flight
+                    for size, fut in pending:
+                        if fut.result():
+                            new_bytes += size
+                    pending.clear()
+                    if progress:
+                        progress(done, total)
+            for size, fut in pending:
+                if fut.result():
+                    new_bytes += size
         if progress:
             progress(total, total)
         return mf.ArtifactRecord(size=total, sha256=whole.hexdigest(), chunks=chunks, format=fmt), new_bytes
@@ -475,16 +505,26 @@ class Library:
             raise NotFound(f"{name}@{r.version} has no {artifact}")
         return r, r.artifacts[artifact]
 
-    def read_range(self, record: dict, start: int, end: int) -> Iterator[bytes]:
-        """Yield bytes [start, end) of an artifact, chunk by chunk (verified: a corrupt chunk stops the stream)."""
+    def read_range(self, record: dict, start: int, end: int, block: int = 1 << 20) -> Iterator[bytes]:
+        """Yield bytes [start, end) of an artifact in blocks of about `block` bytes (verified: a corrupt
+        chunk stops the stream). Blocks, not chunks, because each yield costs a thread hop when served."""
         chunks = record["chunks"]
         offsets = [c[0] for c in chunks]
         i = max(bisect.bisect_right(offsets, start) - 1, 0)
+        pending: list[bytes] = []
+        pending_len = 0
         while i < len(chunks) and start < end:
             off, size, cid = chunks[i]
             data = self.store.read(cid, verify=True)
             lo = start - off
             hi = min(size, end - off)
-            yield data[lo:hi]
+            piece = data[lo:hi] if (lo or hi != size) else data
+            pending.append(piece)
+            pending_len += len(piece)
+            if pending_len >= block:
+                yield b"".join(pending)
+                pending, pending_len = [], 0
             start = off + hi
             i += 1
+        if pending:
+            yield b"".join(pending)

@@ -28,7 +28,8 @@ class ImageVersion(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     bytes_total: Mapped[int] = mapped_column(BigInteger)
     bytes_new: Mapped[int] = mapped_column(BigInteger)
-    manifest_json: Mapped[str] = mapped_column(Text)  # the signed envelope, canonical JSON
+    # The signed envelope as canonical JSON; deferred (it can be megabytes) and cached once parsed.
+    manifest_json: Mapped[str] = mapped_column(Text, deferred=True)
     manifest_digest: Mapped[str] = mapped_column(String(71))
 
 
