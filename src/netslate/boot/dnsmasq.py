@@ -298,6 +298,14 @@ def reservations_from_db(ctx) -> list[Reservation]:
                     out.append(Reservation(mm.mac, ip, host, owner=f"machine:{m.id}").checked())
                 except DhcpConfigError as exc:  # one bad row must not take DHCP down for everyone
                     log.error("skipping DHCP reservation of machine %s: %s", m.id, exc)
+    # Pooled virtual desktops hold addresses from their pool's range (netslate.desktops.addresses).
+    from netslate.desktops.addresses import desktop_reservations
+
+    for mac, ip, host in desktop_reservations(ctx):
+        try:
+            out.append(Reservation(mac, ip, host, owner=f"desktop:{host}").checked())
+        except DhcpConfigError as exc:
+            log.error("skipping DHCP reservation of desktop %s: %s", host, exc)
     return out
 
 

@@ -4,6 +4,7 @@ in different processes can race safely: the loser of an insert retries with the 
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 
 from sqlalchemy import select
@@ -74,7 +75,8 @@ def reservations(session) -> list[tuple[str, str, str]]:
         .join(Desktop, Desktop.id == DesktopAddress.desktop_id)
         .order_by(DesktopAddress.ip)
     ).all()
-    return [(m, i, h) for m, i, h in rows]
+    # DHCP host names: letters, digits and '-' only (pool names may hold '.' or '_')
+    return [(m, i, re.sub(r"[^A-Za-z0-9-]", "-", h)[:63]) for m, i, h in rows]
 
 
 def desktop_reservations(ctx) -> list[tuple[str, str, str]]:

@@ -32,7 +32,7 @@ from netslate.store.db import utcnow
 
 from netslate.desktops import domainxml, hosts as hostmod, reconcile as R
 from netslate.desktops import states as S
-from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool, GoldenImage
+from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool, DesktopSnapshot, GoldenImage
 
 log = logging.getLogger("netslate.desktops")
 ACTOR = "netslate:reconcile"
@@ -146,13 +146,20 @@ class Engine:
                     name=p.name, size=p.size, spare=p.spare, max=p.max, memory_mib=p.memory_mib,
                     golden_version=target.version if target else 0, persistent=p.persistent, dedicated=p.dedicated,
                     grace_seconds=p.grace_seconds, hosts=tuple(hostmod.select_hosts(p.hosts_selector, host_rows)),
+                    snapshot_every=p.snapshot_every_hours * 3600 if p.snapshot_every_hours else None,
+                    snapshot_keep=p.snapshot_keep,
                 ))
+            sched: dict[int, list[float]] = {}
+            for snap in s.scalars(select(DesktopSnapshot).where(DesktopSnapshot.scheduled.is_(True))):
+                sched.setdefault(snap.desktop_id, []).append(_epoch(snap.created_at))
             desktops = tuple(
                 R.DesktopObs(
                     id=d.id, name=d.name, pool=d.pool_name if d.pool_id is not None else "", host=d.host, state=d.state,
                     memory_mib=self._mem(s, d), user=d.user, golden_version=d.golden_version,
                     logged_off_at=_epoch(d.logged_off_at), started_at=_epoch(d.started_at),
                     prior_state=d.prior_state, failures=d.failures, reason=d.reason,
+                    last_scheduled_snapshot=max(sched[d.id]) if d.id in sched else None,
+                    scheduled_snapshots=len(sched.get(d.id, [])),
                 )
                 for d in s.scalars(select(Desktop))
             )
@@ -258,6 +265,10 @@ class Engine:
                 self.set_state(a.desktop_id, observed[a.desktop_id].state, a.state, a.reason)
             elif isinstance(a, R.Destroy):
                 self.destroy(a.desktop_id, observed[a.desktop_id].state, host_rows, a.reason)
+            elif isinstance(a, R.Snapshot):
+                from netslate.desktops import snapshots
+
+                snapshots.scheduled(self.ctx, a.desktop_id, a.keep)
             elif isinstance(a, R.DestroyOrphanDomain):
                 self._kill_domain(host_rows[a.host].uri, a.name)
                 self._audit("desktop.orphan.domain", a.name, host=a.host)
@@ -282,7 +293,8 @@ class Engine:
 
     def _cas(self, did: int, expect: str, new: str, reason: str = "") -> bool:
         """Move a desktop from `expect` to `new` only if nobody moved it meanwhile (e.g. a request)."""
-        S.check(expect, new) if expect != new else None
+        if expect != new:
+            S.check(expect, new)
         with self.ctx.db.session() as s:
             res = s.execute(update(Desktop).where(Desktop.id == did, Desktop.state == expect)
                             .values(state=new, reason=reason, updated_at=utcnow()))
@@ -376,6 +388,9 @@ class Engine:
         ddir = Path(d.disk).parent
         if reset:
             shutil.rmtree(ddir, ignore_errors=True)  # discard the overlay (and anything else written)
+            with self.ctx.db.session() as s:
+                for snap in s.scalars(select(DesktopSnapshot).where(DesktopSnapshot.desktop_id == did)):
+                    s.delete(snap)
         ddir.mkdir(parents=True, exist_ok=True)
         _make_traversable(ddir)
         disk = ddir / "disk.qcow2"
@@ -405,6 +420,11 @@ class Engine:
 
     def start(self, did: int, host_rows: dict) -> None:
         self._start_domain(did, host_rows)
+        with self.ctx.db.session() as s:
+            row = s.get(Desktop, did)
+            if row.state == S.ERROR:  # a persistent desktop that failed before: back to its owner or the pool
+                row.state = S.ASSIGNED if row.user else S.READY
+                row.reason = ""
 
     def domain_spec(self, did: int, host_rows: dict) -> domainxml.DomainSpec:
         with self.ctx.db.session() as s:

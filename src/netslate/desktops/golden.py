@@ -47,6 +47,10 @@ def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = No
     fmt = info.get("format")
     if fmt not in ("qcow2", "raw"):
         raise UserError(f"{file}: format {fmt!r} is not supported; give a qcow2 or raw disk")
+    vsize = int(info.get("virtual-size", 0))
+    if vsize < 1024 * 1024 or vsize % 512:
+        # qemu-img calls any file "raw": refuse what cannot be a disk (wrong file given)
+        raise UserError(f"{file}: not a disk image (format {fmt}, {vsize} bytes; a disk is at least 1 MiB in 512-byte sectors)")
     if info.get("backing-filename"):
         raise UserError(f"{file}: has a backing file; flatten it first (qemu-img convert -O qcow2)")
     for p, what in ((kernel, "kernel"), (initrd, "initrd")):
@@ -54,6 +58,9 @@ def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = No
             raise UserError(f"--{what} {p}: no such file")
     d = golden_dir(ctx, name)
     d.mkdir(parents=True, exist_ok=True)
+    from netslate.desktops.engine import _make_traversable
+
+    _make_traversable(d)  # QEMU (libvirt-qemu) opens the golden as a backing file
     with ctx.db.session() as s:
         version = (s.scalar(select(func.max(GoldenImage.version)).where(GoldenImage.name == name)) or 0) + 1
     tmp = d / f".{version}.qcow2.tmp"
@@ -110,9 +117,10 @@ def _copy_ro(src: Path, dst: Path) -> None:
 def from_image(ctx, name: str, image_ref: str, actor: str, size_mib: int = 0) -> dict:
     """A golden disk from a netslate image version: its rootfs as the disk, its kernel/initrd booted directly.
 
-    The rootfs artifact is an EROFS filesystem image; the desktop boots the image's own kernel and
-    initrd with root=/dev/vda. The disk is a qcow2 copy of the EROFS file (read-only filesystem:
-    the image's initramfs is expected to put an overlay on top, as for network boot).
+    The rootfs artifact is a filesystem image (uncompressed squashfs, EROFS or ext4, as the image
+    library stored it); the desktop boots the image's own kernel and initrd with root=/dev/vda and
+    rootfstype=<format>. The disk is a qcow2 copy of that file: a read-only filesystem, so the
+    image's initramfs is expected to put an overlay on top, as it does for network boot.
     """
     import tempfile
 
@@ -122,7 +130,7 @@ def from_image(ctx, name: str, image_ref: str, actor: str, size_mib: int = 0) ->
     arts = resolved.artifacts
     if "rootfs" not in arts:
         raise UserError(f"image {image}@{resolved.version} has no rootfs artifact")
-    with tempfile.TemporaryDirectory(dir=ctx.data_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=ctx.data_dir, prefix=".from-image-") as tmp:
         paths = {}
         for art in ("rootfs", "kernel", "initrd"):
             if art not in arts:
@@ -133,7 +141,12 @@ def from_image(ctx, name: str, image_ref: str, actor: str, size_mib: int = 0) ->
                 for block in ctx.library.read_range(rec, 0, int(rec["size"])):
                     f.write(block)
             paths[art] = p
-        cmdline = "root=/dev/vda ro console=ttyS0" if "kernel" in paths else None
+        # a disk is whole MiBs: pad the filesystem image (zeros past its end are never read)
+        size = paths["rootfs"].stat().st_size
+        mib = 1024 * 1024
+        os.truncate(paths["rootfs"], max(mib, -(-size // mib) * mib))
+        fstype = arts["rootfs"].get("format") or "auto"
+        cmdline = f"root=/dev/vda rootfstype={fstype} ro console=ttyS0 quiet" if "kernel" in paths else None
         return import_disk(ctx, name, paths["rootfs"], actor, kernel=paths.get("kernel"), initrd=paths.get("initrd"),
                            cmdline=cmdline, source=f"image:{image}@{resolved.version} {resolved.manifest_digest}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import shutil
 import threading
@@ -58,6 +59,20 @@ def connect(uri: str, fresh: bool = False):
             pass  # not every driver supports keepalive (local qemu:///system does not need it)
         _conns[uri] = conn
         return conn
+
+
+def close_all() -> None:
+    with _conns_lock:
+        conns = list(_conns.values())
+        _conns.clear()
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+atexit.register(close_all)  # close before interpreter teardown (libvirt's __del__ fails late)
 
 
 def drop_connection(uri: str) -> None:
@@ -179,10 +194,8 @@ def list_hosts(ctx) -> list[dict]:
 
 def show_host(ctx, name: str, refresh: bool = True) -> dict:
     with ctx.db.session() as s:
-        h = s.scalar(select(DesktopHost).where(DesktopHost.name == name))
-        if h is None:
+        if s.scalar(select(DesktopHost).where(DesktopHost.name == name)) is None:
             raise NotFound(f"no host named {name!r}")
-        uri, accel = h.uri, h.accel
     if refresh:
         refresh_host(ctx, name)
     with ctx.db.session() as s:

@@ -66,6 +66,9 @@ class DesktopPool(Base):
     hosts_selector: Mapped[str] = mapped_column(String(255), default="*")
     network: Mapped[str] = mapped_column(String(128), default="none")
     grace_seconds: Mapped[float] = mapped_column(Float, default=60.0)
+    # scheduled snapshots of persistent desktops: every N hours, keep the newest K (None: off)
+    snapshot_every_hours: Mapped[float | None] = mapped_column(Float, nullable=True)
+    snapshot_keep: Mapped[int] = mapped_column(Integer, default=7, server_default="7")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -117,4 +120,5 @@ class DesktopSnapshot(Base):
     name: Mapped[str] = mapped_column(String(63))
     file: Mapped[str] = mapped_column(String(1024))
     note: Mapped[str] = mapped_column(Text, default="")
+    scheduled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -24,7 +24,8 @@ def pool_dict(p: DesktopPool, desktops: list[Desktop] | None = None, addresses_u
         "persistence": "persistent" if p.persistent else "none",
         "assignment": "dedicated" if p.dedicated else "floating",
         "ip_range": f"{p.ip_first}-{p.ip_last}", "hosts": p.hosts_selector, "network": p.network,
-        "grace_seconds": p.grace_seconds, "created_at": p.created_at.isoformat() + "Z",
+        "grace_seconds": p.grace_seconds, "snapshot_every_hours": p.snapshot_every_hours,
+        "snapshot_keep": p.snapshot_keep, "created_at": p.created_at.isoformat() + "Z",
     }
     if desktops is not None:
         counts: dict[str, int] = {}
@@ -48,6 +49,17 @@ def _check_network(network: str) -> str:
     raise UserError(f"--network {network!r}: use bridge:NAME, network:NAME, user or none")
 
 
+def _check_schedule(persistent: bool, every: float | None, keep: int) -> None:
+    if every is None:
+        return
+    if not persistent:
+        raise UserError("--snapshot-every needs --persistence persistent (other desktops are reset anyway)")
+    if not 0 < every <= 24 * 365:
+        raise UserError("--snapshot-every must be more than 0 and at most 8760 hours")
+    if not 1 <= keep <= 100:
+        raise UserError("--snapshot-keep must be between 1 and 100")
+
+
 def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str) -> None:
     if size < 0 or spare < 0:
         raise UserError("--size and --spare must be 0 or more")
@@ -64,7 +76,8 @@ def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str
 
 def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: int | None, vcpus: int, memory_mib: int,
                 display: str, usb_redirect: int, smartcard: bool, persistence: str, assignment: str, ip_range: str,
-                hosts: str, actor: str, network: str = "none", video: str = "qxl", grace_seconds: float = 60.0) -> dict:
+                hosts: str, actor: str, network: str = "none", video: str = "qxl", grace_seconds: float = 60.0,
+                snapshot_every_hours: float | None = None, snapshot_keep: int = 7) -> dict:
     check_name(name, "pool name")
     if len(name) > MAX_POOL_NAME:
         raise UserError(f"pool name {name!r} is longer than {MAX_POOL_NAME} characters")
@@ -92,6 +105,7 @@ def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: in
     if grace_seconds < 0:
         raise UserError("--grace must be 0 or more seconds")
     network = _check_network(network)
+    _check_schedule(persistence == "persistent", snapshot_every_hours, snapshot_keep)
     with ctx.db.session() as s:
         if s.scalar(select(DesktopPool).where(DesktopPool.name == name)):
             raise Conflict(f"a pool named {name!r} already exists")
@@ -104,7 +118,8 @@ def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: in
         p = DesktopPool(name=name, golden=gname, golden_version=gver, size=size, spare=spare, max=max_, vcpus=vcpus,
                         memory_mib=memory_mib, display=display, video=video, usb_redirect=usb_redirect,
                         smartcard=smartcard, persistent=persistence == "persistent", dedicated=assignment == "dedicated",
-                        ip_first=first, ip_last=last, hosts_selector=hosts, network=network, grace_seconds=grace_seconds)
+                        ip_first=first, ip_last=last, hosts_selector=hosts, network=network, grace_seconds=grace_seconds,
+                        snapshot_every_hours=snapshot_every_hours, snapshot_keep=snapshot_keep)
         s.add(p)
         audit.record(s, actor, "desktop.pool.create", f"pool:{name}", golden=golden_ref, size=size, spare=spare, max=max_)
         s.flush()
@@ -141,7 +156,8 @@ def show_pool(ctx, name: str) -> dict:
 
 
 def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int | None = None, max_: int | None = None,
-                golden_ref: str | None = None, grace_seconds: float | None = None) -> dict:
+                golden_ref: str | None = None, grace_seconds: float | None = None,
+                snapshot_every_hours: float | None = None, snapshot_keep: int | None = None) -> dict:
     gname = gver = None
     if golden_ref is not None:
         gname, gver = golden.parse_ref(golden_ref)
@@ -159,6 +175,11 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
             p.golden, p.golden_version = gname, gver
         if grace_seconds is not None:
             p.grace_seconds = grace_seconds
+        if snapshot_every_hours is not None or snapshot_keep is not None:
+            every = p.snapshot_every_hours if snapshot_every_hours is None else (snapshot_every_hours or None)
+            keep = p.snapshot_keep if snapshot_keep is None else snapshot_keep
+            _check_schedule(p.persistent, every, keep)  # --snapshot-every 0 turns the schedule off
+            p.snapshot_every_hours, p.snapshot_keep = every, keep
         audit.record(s, actor, "desktop.pool.resize", f"pool:{name}", size=new_size, spare=new_spare, max=new_max,
                      golden=golden_ref)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))

@@ -26,6 +26,8 @@ class PoolSpec:
     dedicated: bool = False
     grace_seconds: float = 60.0
     hosts: tuple[str, ...] = ()  # hosts this pool may use (already resolved from its selector)
+    snapshot_every: float | None = None  # seconds between scheduled snapshots (persistent pools)
+    snapshot_keep: int = 7
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class DesktopObs:
     prior_state: str | None = None  # the state before `unknown`
     failures: int = 0
     reason: str = ""
+    last_scheduled_snapshot: float | None = None
+    scheduled_snapshots: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,16 @@ class ReleaseOrphanAddress(Action):
 
 
 @dataclass(frozen=True)
+class Snapshot(Action):
+    """A scheduled snapshot of a persistent desktop; older scheduled ones beyond `keep` are pruned."""
+    desktop_id: int
+    keep: int
+
+    def describe(self) -> str:
+        return f"scheduled snapshot of desktop {self.desktop_id} (keep {self.keep})"
+
+
+@dataclass(frozen=True)
 class Blocked(Action):
     pool: str
     reason: str
@@ -249,7 +263,8 @@ def plan(pools: list[PoolSpec], world: World) -> list[Action]:
             if d.failures >= MAX_FAILURES:
                 actions.append(SetState(d.id, S.QUARANTINE, d.reason or "failed repeatedly"))
             elif book(d.host):
-                actions.append(Reset(d.id, d.host, f"retry after error: {d.reason}"))
+                # a persistent desktop keeps its disk: retry the start, never wipe it
+                actions.append(Start(d.id, d.host) if pool.persistent else Reset(d.id, d.host, f"retry after error: {d.reason}"))
         elif d.state in S.RUNNING and not dom_up:
             if pool.persistent:
                 if book(d.host):
@@ -264,6 +279,11 @@ def plan(pools: list[PoolSpec], world: World) -> list[Action]:
             else:
                 actions.append(SetState(d.id, target, "logged off"))
         elif (
+            pool.persistent and pool.snapshot_every and d.state in S.RUNNING and dom_up
+            and (d.last_scheduled_snapshot is None or world.now - d.last_scheduled_snapshot >= pool.snapshot_every)
+        ):
+            actions.append(Snapshot(d.id, pool.snapshot_keep))
+        elif (
             d.state == S.READY and not pool.persistent and d.golden_version != pool.golden_version
         ):
             # roll a new golden version through unclaimed desktops only: nobody is forced off
@@ -276,8 +296,10 @@ def plan(pools: list[PoolSpec], world: World) -> list[Action]:
         claimed = sum(1 for d in mine if _effective_state(d) in S.CLAIMED or d.user)
         want = desired_count(pool, claimed)
         have = len(mine)
+        # quarantined desktops still hold a disk and an address: they count against max
+        quarantined = sum(1 for d in world.desktops if d.pool == pool.name and d.state == S.QUARANTINE)
         if have < want:
-            for _ in range(want - have):
+            for _ in range(min(want - have, pool.max - have - quarantined)):
                 candidates = [hosts[h] for h in pool.hosts if h in hosts and hosts[h].reachable]
                 if not candidates:
                     actions.append(Blocked(pool.name, "no reachable host for this pool"))

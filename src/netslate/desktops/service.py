@@ -92,9 +92,8 @@ def request_desktop(ctx, pool_name: str, user: str, timeout: float = 300.0, prov
                 mine.state = S.ASSIGNED
                 mine.logged_off_at = None
             return desktop_dict(s, mine)
-    did = _claim(ctx, pool, user)
-    if did is None and mine is not None:
-        did = mine.id  # theirs, still provisioning or resetting
+    # theirs, still provisioning or resetting: wait for it rather than take a second one
+    did = mine.id if mine is not None else _claim(ctx, pool, user)
     if did is None:
         if not provision:
             raise Conflict(f"pool {pool_name} has no free desktop right now")
@@ -175,7 +174,8 @@ def release_desktop(ctx, ref: str | int, actor: str) -> dict:
         d = _get(s, ref)
         if d.state not in S.CLAIMED:
             raise Conflict(f"desktop {d.name} is {d.state}, not assigned to anyone")
-        S.check(d.state, S.LOGGED_OFF) if d.state != S.LOGGED_OFF else None
+        if d.state != S.LOGGED_OFF:
+            S.check(d.state, S.LOGGED_OFF)
         d.state = S.LOGGED_OFF
         # back-date the logoff so the grace period is already over
         d.logged_off_at = utcnow() - dt.timedelta(days=3650)

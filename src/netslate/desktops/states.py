@@ -26,14 +26,14 @@ CLAIMED = frozenset({ASSIGNED, IN_USE, LOGGED_OFF})
 RUNNING = frozenset({READY, ASSIGNED, IN_USE, LOGGED_OFF})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    PROVISIONING: frozenset({READY, ERROR, DESTROYING, UNKNOWN}),
+    PROVISIONING: frozenset({READY, ASSIGNED, ERROR, DESTROYING, UNKNOWN}),  # assigned: made for a waiting user
     READY: frozenset({ASSIGNED, RESETTING, ERROR, DESTROYING, UNKNOWN}),
     ASSIGNED: frozenset({IN_USE, LOGGED_OFF, RESETTING, READY, ERROR, DESTROYING, UNKNOWN}),
     IN_USE: frozenset({LOGGED_OFF, RESETTING, ERROR, DESTROYING, UNKNOWN}),
     # persistent desktops go back to their user (assigned) or the pool (ready) without a reset
     LOGGED_OFF: frozenset({IN_USE, RESETTING, ASSIGNED, READY, ERROR, DESTROYING, UNKNOWN}),
     RESETTING: frozenset({READY, ASSIGNED, ERROR, DESTROYING, UNKNOWN}),
-    ERROR: frozenset({QUARANTINE, RESETTING, DESTROYING}),
+    ERROR: frozenset({QUARANTINE, RESETTING, DESTROYING, READY, ASSIGNED}),  # persistent: restarted as it was
     QUARANTINE: frozenset({RESETTING, DESTROYING}),
     DESTROYING: frozenset(),
     # a host came back: the desktop returns to what it was (or is reset / destroyed)

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-MODULES = ["virtio_blk", "virtio_pci", "ext4"]
+MODULES = ["virtio_blk", "virtio_pci", "ext4", "erofs", "squashfs"]
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -32,6 +32,9 @@ if mount -t ext4 /dev/vda /mnt; then
   cat /proc/sys/kernel/random/uuid > /mnt/scratch.txt
   sync
   echo "NETSLATE-SCRATCH-WRITTEN=$(cat /mnt/scratch.txt)"
+elif mount -t squashfs -o ro /dev/vda /mnt 2>/dev/null || mount -t erofs -o ro /dev/vda /mnt 2>/dev/null; then
+  # a golden made from a netslate image version: its read-only root filesystem image
+  echo "NETSLATE-IMAGE-ROOT-HOSTNAME=$(cat /mnt/etc/hostname 2>/dev/null)"
 else
   echo NETSLATE-NO-DISK
 fi
@@ -58,9 +61,11 @@ def build_initramfs(out: Path, kernel: Path | None = None) -> Path:
     busybox = shutil.which("busybox")
     if busybox is None:
         raise RuntimeError("busybox not found: install busybox-static")
-    dep = subprocess.run(
-        ["modprobe", "--show-depends", "-S", release, *MODULES], capture_output=True, text=True, check=True
-    ).stdout
+    # one module per call: extra words would be taken as module parameters
+    dep = "".join(
+        subprocess.run(["modprobe", "--show-depends", "-S", release, m], capture_output=True, text=True, check=True).stdout
+        for m in MODULES
+    )
     paths: list[str] = []
     for line in dep.splitlines():
         parts = line.split()

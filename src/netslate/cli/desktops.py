@@ -1,0 +1,361 @@
+"""`netslate host`, `netslate pool` and `netslate desktop`: virtual desktop pools on libvirt."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from netslate.audit import default_actor
+from netslate.cli.common import console, emit, human_bytes, state, table
+
+host_app = typer.Typer(help="Hypervisor hosts (libvirt URIs) that run desktops.", no_args_is_help=True)
+pool_app = typer.Typer(help="Desktop pools: golden image, size, spare, addresses, consoles.", no_args_is_help=True)
+desktop_app = typer.Typer(help="Desktops: request, release, consoles, snapshots, golden images.", no_args_is_help=True)
+image_app = typer.Typer(help="Golden images: versioned qcow2 base disks.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Snapshots of persistent desktops (external qcow2 layers).", no_args_is_help=True)
+desktop_app.add_typer(image_app, name="image")
+desktop_app.add_typer(snapshot_app, name="snapshot")
+
+JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+# ---------- hosts ----------
+
+
+@host_app.command("add")
+def host_add(
+    ctx: typer.Context, name: str, uri: str,
+    accel: str = typer.Option("auto", "--accel", help="auto (kvm if libvirt offers it), kvm or tcg."),
+    max_starting: int = typer.Option(4, "--max-starting", help="Desktops booting at once on this host."),
+    reserve: int = typer.Option(512, "--reserve", help="MiB of memory kept for the host."),
+    console_address: str = typer.Option("127.0.0.1", "--console-address", help="Address consoles listen on and .vv files point to."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="KEY=VALUE, for pool --hosts selectors."),
+    json_: bool = JSON,
+):
+    """Register a libvirt host (qemu:///system, qemu+ssh://HOST/system)."""
+    from netslate.desktops.hosts import add_host
+
+    data = add_host(state(ctx).context(), name, uri, default_actor(), accel=accel, max_starting=max_starting,
+                    reserve_mib=reserve, console_address=console_address, labels=label)
+    emit(data, json_, lambda d: console.print(f"added host {d['name']} ({d['capacity'].get('cpus')} CPUs, "
+                                              f"{d['capacity'].get('memory_mib')} MiB, {d['capacity'].get('domain_type')})"))
+
+
+def _render_hosts(rows):
+    table(["name", "uri", "reachable", "cpus", "memory MiB", "free MiB", "disk free", "desktops"],
+          [[h["name"], h["uri"], h["reachable"], h["capacity"].get("cpus"), h["capacity"].get("memory_mib"),
+            h["capacity"].get("free_memory_mib"), human_bytes(h["capacity"].get("disk_dir_free", 0)), h["desktops"]] for h in rows])
+
+
+@host_app.command("list")
+def host_list(ctx: typer.Context, json_: bool = JSON):
+    """List hosts with their last known capacity."""
+    from netslate.desktops.hosts import list_hosts
+
+    emit(list_hosts(state(ctx).context()), json_, _render_hosts)
+
+
+@host_app.command("show")
+def host_show(ctx: typer.Context, name: str, json_: bool = JSON):
+    """Show one host (capacity is read from libvirt now)."""
+    from netslate.desktops.hosts import show_host
+
+    emit(show_host(state(ctx).context(), name), json_, lambda d: _render_hosts([d]))
+
+
+@host_app.command("rm")
+def host_rm(ctx: typer.Context, name: str):
+    """Remove a host that runs no desktops."""
+    from netslate.desktops.hosts import remove_host
+
+    remove_host(state(ctx).context(), name, default_actor())
+    console.print(f"removed host {name}")
+
+
+# ---------- golden images ----------
+
+
+@image_app.command("import")
+def image_import(
+    ctx: typer.Context, name: str, file: Path,
+    kernel: Optional[Path] = typer.Option(None, "--kernel", help="Boot this kernel directly (no bootloader in the disk)."),
+    initrd: Optional[Path] = typer.Option(None, "--initrd"),
+    cmdline: Optional[str] = typer.Option(None, "--cmdline"),
+    json_: bool = JSON,
+):
+    """Import FILE (qcow2 or raw) as the next version of golden image NAME."""
+    from netslate.desktops.golden import import_disk
+
+    data = import_disk(state(ctx).context(), name, file, default_actor(), kernel=kernel, initrd=initrd, cmdline=cmdline)
+    emit(data, json_, lambda d: console.print(f"imported golden {d['name']}@{d['version']} ({human_bytes(d['virtual_size'])})"))
+
+
+@image_app.command("from-image")
+def image_from_image(ctx: typer.Context, name: str, image: str = typer.Argument(..., metavar="IMAGE@VERSION"), json_: bool = JSON):
+    """A golden disk from a netslate image version (its rootfs as the disk, its kernel booted directly)."""
+    from netslate.desktops.golden import from_image
+
+    data = from_image(state(ctx).context(), name, image, default_actor())
+    emit(data, json_, lambda d: console.print(f"made golden {d['name']}@{d['version']} from {image}"))
+
+
+@image_app.command("list")
+def image_list(ctx: typer.Context, name: Optional[str] = typer.Argument(None), json_: bool = JSON):
+    """List golden images and their versions."""
+    from netslate.desktops.golden import list_goldens
+
+    emit(list_goldens(state(ctx).context(), name), json_,
+         lambda rows: table(["name", "version", "virtual", "on disk", "created"],
+                            [[g["name"], g["version"], human_bytes(g["virtual_size"]), human_bytes(g["actual_size"]), g["created_at"]] for g in rows]))
+
+
+@image_app.command("rm")
+def image_rm(ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME@VERSION")):
+    """Remove a golden version no pool or desktop uses."""
+    from netslate.desktops.golden import parse_ref, remove_golden
+    from netslate.errors import UserError
+
+    name, ver = parse_ref(ref)
+    if ver is None:
+        raise UserError("give NAME@VERSION")
+    remove_golden(state(ctx).context(), name, ver, default_actor())
+    console.print(f"removed golden {name}@{ver}")
+
+
+# ---------- pools ----------
+
+
+def _render_pools(rows):
+    table(["name", "golden", "size", "spare", "max", "desktops", "states", "addresses", "display"],
+          [[p["name"], f"{p['golden']}@{p['golden_version'] or 'newest'}", p["size"], p["spare"], p["max"], p.get("desktops"),
+            " ".join(f"{k}={v}" for k, v in sorted((p.get("states") or {}).items())),
+            f"{p.get('addresses_used', '?')}/{p.get('addresses_total', '?')}", p["display"]] for p in rows])
+
+
+@pool_app.command("create")
+def pool_create(
+    ctx: typer.Context, name: str,
+    golden: str = typer.Option(..., "--golden", help="IMG or IMG@VER (without a version: follow the newest)."),
+    size: int = typer.Option(1, "--size", help="Desktops kept provisioned."),
+    spare: int = typer.Option(1, "--spare", help="Unassigned ready desktops kept on top of the assigned ones."),
+    max_: Optional[int] = typer.Option(None, "--max", help="Hard cap (default size+spare)."),
+    vcpus: int = typer.Option(1, "--vcpus"),
+    memory: int = typer.Option(1024, "--memory", help="MiB per desktop."),
+    display: str = typer.Option("spice", "--display", help="spice (with VNC out of band) or vnc."),
+    video: str = typer.Option("qxl", "--video", help="qxl or virtio."),
+    usb_redirect: int = typer.Option(0, "--usb-redirect", help="SPICE USB redirection channels."),
+    smartcard: bool = typer.Option(False, "--smartcard", help="SPICE smart card passthrough."),
+    persistence: str = typer.Option("none", "--persistence", help="none (reset at logoff) or persistent."),
+    assignment: str = typer.Option("floating", "--assignment", help="floating or dedicated (same desktop per user)."),
+    ip_range: str = typer.Option(..., "--ip-range", help="FIRST-LAST addresses for the desktops."),
+    hosts: str = typer.Option("*", "--hosts", help="Host selector: names/globs (a,b*) or labels (rack=3)."),
+    network: str = typer.Option("none", "--network", help="bridge:NAME, network:NAME, user or none."),
+    grace: float = typer.Option(60.0, "--grace", help="Seconds after logoff before a reset."),
+    snapshot_every: Optional[float] = typer.Option(None, "--snapshot-every", help="Hours between scheduled snapshots (persistent pools)."),
+    snapshot_keep: int = typer.Option(7, "--snapshot-keep", help="Scheduled snapshots kept per desktop."),
+    json_: bool = JSON,
+):
+    """Create a pool (nothing is written unless every parameter is valid)."""
+    from netslate.desktops.pools import create_pool
+
+    data = create_pool(state(ctx).context(), name, golden, size, spare, max_, vcpus, memory, display, usb_redirect,
+                       smartcard, persistence, assignment, ip_range, hosts, default_actor(), network=network, video=video,
+                       grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+    emit(data, json_, lambda d: console.print(f"created pool {d['name']} (size {d['size']}, spare {d['spare']}, max {d['max']})"))
+
+
+@pool_app.command("list")
+def pool_list(ctx: typer.Context, json_: bool = JSON):
+    """List pools with desktop counts by state."""
+    from netslate.desktops.pools import list_pools
+
+    emit(list_pools(state(ctx).context()), json_, _render_pools)
+
+
+@pool_app.command("show")
+def pool_show(ctx: typer.Context, name: str, json_: bool = JSON):
+    """Show a pool and its desktops."""
+    from netslate.desktops.pools import show_pool
+
+    def render(p):
+        _render_pools([p])
+        _render_desktops(p["desktop_list"])
+
+    emit(show_pool(state(ctx).context(), name), json_, render)
+
+
+@pool_app.command("resize")
+def pool_resize(
+    ctx: typer.Context, name: str,
+    size: Optional[int] = typer.Option(None, "--size"), spare: Optional[int] = typer.Option(None, "--spare"),
+    max_: Optional[int] = typer.Option(None, "--max"),
+    golden: Optional[str] = typer.Option(None, "--golden", help="Move the pool to IMG[@VER]; desktops take it at their next reset."),
+    grace: Optional[float] = typer.Option(None, "--grace"),
+    snapshot_every: Optional[float] = typer.Option(None, "--snapshot-every", help="Hours between scheduled snapshots; 0 turns them off."),
+    snapshot_keep: Optional[int] = typer.Option(None, "--snapshot-keep"),
+    json_: bool = JSON,
+):
+    """Change a pool's size, spare, max, golden image, grace period or snapshot schedule."""
+    from netslate.desktops.pools import resize_pool
+
+    data = resize_pool(state(ctx).context(), name, default_actor(), size, spare, max_, golden, grace,
+                       snapshot_every, snapshot_keep)
+    emit(data, json_, lambda d: console.print(f"pool {d['name']}: size {d['size']}, spare {d['spare']}, max {d['max']}"))
+
+
+@pool_app.command("rm")
+def pool_rm(ctx: typer.Context, name: str, force: bool = typer.Option(False, "--force", help="Also destroy desktops in use."),
+            json_: bool = JSON):
+    """Remove a pool and destroy its desktops."""
+    from netslate.desktops.engine import Engine
+    from netslate.desktops.pools import remove_pool
+
+    c = state(ctx).context()
+    n = remove_pool(c, name, default_actor(), force)
+    result = Engine(c).reconcile()
+    emit({"pool": name, "destroyed": n, "actions": result["actions"]}, json_,
+         lambda d: console.print(f"removed pool {name} ({n} desktops destroyed)"))
+
+
+@pool_app.command("reconcile")
+def pool_reconcile(ctx: typer.Context, name: Optional[str] = typer.Argument(None),
+                   wait: bool = typer.Option(False, "--wait", help="Keep going until throttled work is done too."),
+                   timeout: float = typer.Option(300.0, "--timeout"), json_: bool = JSON):
+    """Run the reconcile loop once (the server runs it in the background)."""
+    from netslate.desktops.engine import Engine
+
+    result = Engine(state(ctx).context()).reconcile(name, wait=wait, timeout=timeout,
+                                                     on_action=None if json_ else lambda a: console.print(a.describe()))
+    emit(result, json_, lambda d: console.print(f"{len(d['actions'])} action(s)" + "".join(f"\nblocked: {b}" for b in d["blocked"])))
+
+
+# ---------- desktops ----------
+
+
+def _render_desktops(rows):
+    table(["id", "name", "pool", "host", "state", "user", "ip", "golden"],
+          [[d["id"], d["name"], d["pool"], d["host"], d["state"], d["user"], d["ip"], d["golden_version"]] for d in rows])
+
+
+@desktop_app.command("request")
+def desktop_request(ctx: typer.Context, pool: str, user: str = typer.Option(..., "--user"), json_: bool = JSON):
+    """Get a desktop for USER: a prestarted one when there is one."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().post(f"/api/v1/pools/{pool}/request", json={"user": user})
+    else:
+        from netslate.desktops.service import request_desktop
+
+        data = request_desktop(st.context(), pool, user)
+    emit(data, json_, lambda d: console.print(f"desktop {d['id']} ({d['name']}) for {d['user']}: {d['ip']} on {d['host']}"))
+
+
+@desktop_app.command("release")
+def desktop_release(ctx: typer.Context, desktop: str, json_: bool = JSON):
+    """The user is done: reset the desktop now (non-persistent pools)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().post(f"/api/v1/desktops/{desktop}/release")
+    else:
+        from netslate.desktops.engine import Engine
+        from netslate.desktops.service import release_desktop, show_desktop
+
+        c = st.context()
+        data = release_desktop(c, desktop, default_actor())
+        if data["pool"]:
+            Engine(c).reconcile(data["pool"])
+        data = show_desktop(c, data["id"])
+    emit(data, json_, lambda d: console.print(f"released desktop {d['id']} ({d['state']})"))
+
+
+@desktop_app.command("list")
+def desktop_list(ctx: typer.Context, pool: Optional[str] = typer.Option(None, "--pool"),
+                 user: Optional[str] = typer.Option(None, "--user"), json_: bool = JSON):
+    """List desktops."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get("/api/v1/desktops", params={k: v for k, v in (("pool", pool), ("user", user)) if v})
+    else:
+        from netslate.desktops.service import list_desktops
+
+        data = list_desktops(st.context(), pool, user)
+    emit(data, json_, _render_desktops)
+
+
+@desktop_app.command("show")
+def desktop_show(ctx: typer.Context, desktop: str, json_: bool = JSON):
+    """Show one desktop (by id or name)."""
+    st = state(ctx)
+    if st.remote:
+        data = st.api().get(f"/api/v1/desktops/{desktop}")
+    else:
+        from netslate.desktops.service import show_desktop
+
+        data = show_desktop(st.context(), desktop)
+    emit(data, json_, lambda d: _render_desktops([d]))
+
+
+@desktop_app.command("session")
+def desktop_session(ctx: typer.Context, desktop: str, event: str = typer.Argument(..., help="logon or logoff"),
+                    user: Optional[str] = typer.Option(None, "--user"), json_: bool = JSON):
+    """Record a logon or logoff by hand (the in-guest agent posts these to the API)."""
+    from netslate.desktops.service import session_event
+
+    data = session_event(state(ctx).context(), desktop, event, user, default_actor(), source="cli")
+    emit(data, json_, lambda d: console.print(f"desktop {d['id']}: {d['state']}"))
+
+
+@desktop_app.command("console")
+def desktop_console(ctx: typer.Context, desktop: str,
+                    type_: Optional[str] = typer.Option(None, "--type", help="spice or vnc (admins: the out-of-band VNC)."),
+                    ttl: int = typer.Option(120, "--ttl", help="Seconds the ticket stays valid."),
+                    vv: Optional[Path] = typer.Option(None, "--vv", help="Write a remote-viewer file here."),
+                    json_: bool = JSON):
+    """Issue a console ticket (a password with an expiry) and print or save the connection details."""
+    from netslate.desktops.consoles import issue_ticket, vv_file
+    from netslate.fsutil import atomic_write
+
+    st = state(ctx)
+    if st.remote:
+        data = st.api().post(f"/api/v1/desktops/{desktop}/ticket", json={"type": type_, "ttl": ttl})
+    else:
+        data = issue_ticket(st.context(), desktop, type_, default_actor(), ttl=ttl, admin=True)
+    if vv is not None:
+        atomic_write(vv, vv_file(data).encode(), mode=0o600)
+    emit(data, json_, lambda d: console.print(f"{d['type']}://{d['host']}:{d['port']} password {d['password']} until {d['expires_at']}"))
+
+
+@snapshot_app.command("create")
+def snapshot_create(ctx: typer.Context, desktop: str, name: str, note: str = typer.Option("", "--note"), json_: bool = JSON):
+    """Freeze the desktop's disk as snapshot NAME (live when it runs)."""
+    from netslate.desktops.snapshots import create
+
+    data = create(state(ctx).context(), desktop, name, default_actor(), note)
+    emit(data, json_, lambda d: console.print(f"snapshot {d['name']} created"))
+
+
+@snapshot_app.command("list")
+def snapshot_list(ctx: typer.Context, desktop: str, json_: bool = JSON):
+    """List a desktop's snapshots."""
+    from netslate.desktops.snapshots import list_snapshots
+
+    emit(list_snapshots(state(ctx).context(), desktop), json_,
+         lambda rows: table(["name", "created", "note"], [[r["name"], r["created_at"], r["note"]] for r in rows]))
+
+
+@snapshot_app.command("revert")
+def snapshot_revert(ctx: typer.Context, desktop: str, name: str, json_: bool = JSON):
+    """Restore one desktop to snapshot NAME (it restarts; the rest of the pool is untouched)."""
+    from netslate.desktops.snapshots import revert
+
+    data = revert(state(ctx).context(), desktop, name, default_actor())
+    emit(data, json_, lambda d: console.print(f"desktop {d['desktop']} reverted to {name}"))
+
+
+@snapshot_app.command("rm")
+def snapshot_rm(ctx: typer.Context, desktop: str, name: str):
+    """Delete a snapshot (its data is merged into the layers above it)."""
+    from netslate.desktops.snapshots import remove
+
+    remove(state(ctx).context(), desktop, name, default_actor())
+    console.print(f"snapshot {name} removed")
