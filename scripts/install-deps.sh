@@ -8,9 +8,11 @@ APT_PACKAGES=(
   dnsmasq ipxe ovmf qemu-system-x86 qemu-utils
   libvirt-daemon-system libvirt-dev pkg-config gcc python3-dev
   busybox-static linux-image-amd64 kmod cpio zstd
+  novnc
   squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
   dnsperf bind9-utils
   pxelinux syslinux-common iproute2 curl ca-certificates util-linux e2fsprogs
+  isc-dhcp-server kea-dhcp4-server
   postgresql
   wrk
 )

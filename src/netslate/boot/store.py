@@ -34,7 +34,8 @@ from netslate.names import check_name
 from netslate.store.models import Machine, MachineMac
 
 PROFILE_KINDS = ("image", "local", "menu")
-MODES = ("ram",)
+# The netslate initramfs modes (netslate.initramfs.stage.MODES); a new mode is added in both places.
+MODES = ("ram", "cache")
 POLICIES = ("boot-default", "hold")
 DEFAULT_SITE = "default"
 CONSOLE_RE = re.compile(r"^[A-Za-z0-9,]{1,32}$")

@@ -53,6 +53,13 @@ def _register() -> None:
     app.add_typer(desktops_cli.host_app, name="host")
     app.add_typer(desktops_cli.pool_app, name="pool")
     app.add_typer(desktops_cli.desktop_app, name="desktop")
+    from netslate.cli import agent as agent_cli, fleet as fleet_cli
+
+    app.add_typer(agent_cli.app, name="agent")
+    app.add_typer(fleet_cli.app, name="fleet")
+    from netslate.cli import initramfs as initramfs_cli
+
+    app.add_typer(initramfs_cli.app, name="initramfs")
 
 
 _register()

@@ -28,6 +28,13 @@ def serve(
     srv_weight: int = typer.Option(100, "--srv-weight", help="RFC 2782 weight among equal priorities."),
     dns_listen: Optional[str] = typer.Option(None, "--dns-listen", help="Run the DNS responder on HOST:PORT (udp+tcp; [::]:53 is dual-stack)."),
     dns_domain: Optional[str] = typer.Option(None, "--dns-domain", help="Domain the DNS responder answers _netslate._tcp.DOMAIN SRV for."),
+    boot_interface: Optional[str] = typer.Option(None, "--boot-interface", help="Run dnsmasq (DHCP/TFTP for PXE) on IFACE."),
+    dhcp: Optional[str] = typer.Option(None, "--dhcp", help="proxy (default: next to an existing DHCP server) | full | off (TFTP only)."),
+    dhcp_range: Optional[str] = typer.Option(None, "--dhcp-range", help="FIRST,LAST[,NETMASK] for --dhcp full."),
+    tftp_root: Optional[str] = typer.Option(None, "--tftp-root", help="TFTP root (default DATA/tftp)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Server config file (YAML) with the boot settings above."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (same as the global option)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://... (same as the global option)."),
 ):
     """Run the netslate server."""
     import uvicorn
@@ -36,17 +43,32 @@ def serve(
     from netslate.server.auth import ensure_admin_token
 
     st = state(ctx)
+    st.data_dir = data_dir or st.data_dir
+    st.database_url = database_url or st.database_url
     host, port = parse_listen(listen)
     context = st.context()
     path, created = ensure_admin_token(context)
     if created:
-        err_console.print(f"created admin token in {path} (mode 0600)")
+        err_console.print(f"created admin token in {path} (mode 0600)", soft_wrap=True)
     else:
-        err_console.print(f"admin token: {path}")
-    err_console.print(f"signing key {context.signing_key.fingerprint}")
+        err_console.print(f"admin token: {path}", soft_wrap=True)
+    err_console.print(f"signing key {context.signing_key.fingerprint}", soft_wrap=True)
     from netslate.discovery.service import serve_options
 
     options = {"listen": (host, port)}
     options.update(serve_options(context, site, advertise, server_name, dns_listen, dns_domain, srv_priority, srv_weight))
+    from netslate.boot.dnsmasq import serve_options as boot_serve_options
+
+    options.update(boot_serve_options(config, boot_interface, dhcp, dhcp_range, tftp_root))
+    if workers > 1:
+        # Several processes: each worker builds the app from the same settings (stateless over the store).
+        import json
+        import os
+
+        os.environ["NETSLATE_SERVE_SETTINGS"] = json.dumps(
+            {"data_dir": str(context.data_dir), "database_url": context.database_url, "options": options}, default=list)
+        uvicorn.run("netslate.server.app:app_from_environment", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level, access_log=False)
+        return
     app = create_app(context, options)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -43,7 +43,29 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     app.include_router(config_router.router)
     from netslate.server.routers import boot as boot_router, machines as machines_router
 
-    app.include_router(boot_router.serving)
-    app.include_router(boot_router.api)
+    boot_router.install(app)
     app.include_router(machines_router.router)
+    from netslate.boot.dnsmasq import install as install_dnsmasq
+
+    install_dnsmasq(app, app.state.options)
+    from netslate.desktops.background import install as install_desktops
+    from netslate.server.routers import desktops as desktops_router
+
+    app.include_router(desktops_router.router)
+    install_desktops(app)
+    from netslate.server.routers import fleet as fleet_router
+
+    app.include_router(fleet_router.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for `netslate serve --workers N`: settings come from NETSLATE_SERVE_SETTINGS."""
+    import json
+    import os
+
+    settings = json.loads(os.environ["NETSLATE_SERVE_SETTINGS"])
+    options = settings["options"]
+    if isinstance(options.get("listen"), list):
+        options["listen"] = tuple(options["listen"])
+    return create_app(Context(settings["data_dir"], settings["database_url"]), options)
