@@ -18,3 +18,16 @@ def test_unknown_machine_boots_the_site_default_profile(live_server, tmp_path):
     assert r.status == 200
     assert "netslate.image=lab@1" in script
     assert "default profile of site default" in script
+
+
+def test_local_image_rm_refuses_a_pinned_version(cli, tmp_path):
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k" * 5000)
+    assert cli("image", "import", "lab", "--kernel", str(kernel)).code == 0
+    assert cli("image", "import", "lab", "--kernel", str(kernel)).code == 0
+    assert cli("machine", "add", "--mac", "52:54:00:00:00:78", "--name", "pc1").code == 0
+    assert cli("machine", "pin", "pc1", "lab@1").code == 0
+    r = cli("image", "rm", "lab@1")
+    assert r.code == 2 and "pinned" in r.stderr
+    assert cli("machine", "unpin", "pc1").code == 0
+    assert cli("image", "rm", "lab@1").code == 0

@@ -215,13 +215,6 @@ class BootEngine:
             attempts=int(options.get("boot_retry_attempts", 6)), delay=int(options.get("boot_retry_delay", 2))
         ).check()
         self.events = EventWriter(ctx)
-        # Refuse `image rm` of a version a pin or a profile uses (through this process's library).
-        checks = ctx.library.usage_checks
-        if not any(getattr(c, "__name__", "") == "boot_versions_in_use" for c in checks):
-            def boot_versions_in_use(name: str, version: int) -> list[str]:
-                return bstore.versions_in_use(ctx, name, version)
-
-            checks.append(boot_versions_in_use)
         self._snap: Snapshot | None = None
         self._lock = threading.Lock()
         self._fp_sql, self._fp_query = SQL_FINGERPRINT, Q_FINGERPRINT

@@ -106,8 +106,14 @@ class Library:
         self.tmp_dir = ctx.data_dir / "tmp"
         self._manifests: dict[tuple[int, str], dict] = {}
         self._cache_lock = threading.Lock()
-        # Other parts register checks that refuse `rm` of a version in use: fn(name, version) -> [reasons].
-        self.usage_checks: list[Callable[[str, int], list[str]]] = []
+        # Checks that refuse `rm` of a version in use: fn(name, version) -> [reasons]. Boot pins and
+        # profiles always count, whether the CLI works locally or through a server.
+        self.usage_checks: list[Callable[[str, int], list[str]]] = [self._boot_usage]
+
+    def _boot_usage(self, name: str, version: int) -> list[str]:
+        from netslate.boot.store import versions_in_use
+
+        return versions_in_use(self.ctx, name, version)
 
     # ---------- reading ----------
 
