@@ -516,10 +516,33 @@ def m_mounts(doc: dict, c: Ctx) -> list[str]:
     return changes
 
 
+def pool_as_static(net: dict, dns: dict) -> tuple[dict, dict]:
+    """`mode: pool` with the server's lease → the same thing as static settings (pure).
+
+    The leased address goes on the first interface (by name) that has no addresses of its own,
+    or, with no interfaces listed, on the Ethernet interfaces (en*/eth*). The pool's DNS servers
+    apply unless the document sets its own."""
+    lease = net["lease"]
+    itf = {"dhcp": False, "addresses": [lease["cidr"]]}
+    if lease.get("gateway"):
+        itf["gateway"] = lease["gateway"]
+    interfaces = {k: dict(v or {}) for k, v in (net.get("interfaces") or {}).items()}
+    target = next((k for k in sorted(interfaces) if not interfaces[k].get("addresses")), None)
+    if target is not None:
+        interfaces[target] = {**interfaces[target], **itf}
+    elif not interfaces:
+        interfaces["*"] = itf
+    if lease.get("dns") and not (dns or {}).get("servers"):
+        dns = {**(dns or {}), "servers": list(lease["dns"])}
+    return {"mode": "static", "interfaces": interfaces}, dns
+
+
 def network_files(net: dict | None, dns: dict | None) -> dict[str, str]:
     """systemd-networkd files (name → content) for a network + dns section (pure)."""
     net = net or {}
     dns = dns or {}
+    if net.get("mode") == "pool" and net.get("lease"):
+        net, dns = pool_as_static(net, dns)
     dns_lines = [f"DNS={s}" for s in dns.get("servers") or []]
     if dns.get("search"):
         dns_lines.append("Domains=" + " ".join(dns["search"]))
@@ -534,8 +557,11 @@ def network_files(net: dict | None, dns: dict | None) -> dict[str, str]:
         return files
     for name, itf in sorted(interfaces.items()):
         itf = itf or {}
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-        match = [f"MACAddress={itf['mac']}"] if itf.get("mac") else [f"Name={name}"]
+        safe = "default" if name == "*" else re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        if name == "*":  # a pool lease with no interface named: the Ethernet interfaces
+            match = ["Type=ether", "Name=en* eth*"]
+        else:
+            match = [f"MACAddress={itf['mac']}"] if itf.get("mac") else [f"Name={name}"]
         body = ["[Match]"] + match + ["", "[Network]"]
         dhcp = itf.get("dhcp")
         if dhcp is None:
@@ -553,8 +579,9 @@ def network_files(net: dict | None, dns: dict | None) -> dict[str, str]:
 
 def m_network(doc: dict, c: Ctx) -> list[str]:
     net, dns = doc.get("network"), doc.get("dns")
-    if (net or {}).get("mode") == "pool" and not any((i or {}).get("addresses") for i in ((net or {}).get("interfaces") or {}).values()):
-        raise ModuleError(f"network mode 'pool' ({(net or {}).get('pool')}) came without an address from the server")
+    if (net or {}).get("mode") == "pool" and not (net or {}).get("lease"):
+        why = (net or {}).get("lease_error") or "the server sent no lease"
+        raise ModuleError(f"network mode 'pool' ({(net or {}).get('pool')}) came without an address: {why}")
     d = c.path("/etc/systemd/network")
     want = network_files(net, dns)
     changes = []

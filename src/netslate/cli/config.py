@@ -21,6 +21,15 @@ app = typer.Typer(help="Layered configuration: tree, working copy, generations, 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
+def _register_ippools() -> None:
+    from netslate.cli import ippools as ippools_cli
+
+    app.add_typer(ippools_cli.app, name="ippool")
+
+
+_register_ippools()
+
+
 def _actor() -> str:
     from netslate.audit import default_actor
 
@@ -299,6 +308,9 @@ def explain(ctx: typer.Context, machine: str, generation: Optional[int] = typer.
 
         for ptr, src in d["sources"].items():
             console.print(f"  {ptr} = {json.dumps(get_pointer(d['document'], ptr))}  [dim]({src})[/dim]", highlight=False)
+        lease = d.get("ip_lease")
+        if lease:
+            console.print(f"IP pool {lease.get('pool')}: " + (lease.get("cidr") or lease.get("error") or lease.get("note", "")), highlight=False)
 
     emit(data, json_, render)
 

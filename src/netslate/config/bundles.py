@@ -207,9 +207,61 @@ def render(doc: dict, machine: dict, facts: dict, generation: int) -> dict:
     return out
 
 
-def build_payload(m: Machine, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None) -> tuple[dict, str]:
-    """The bundle payload for one machine, and its ETag (stable while the content is)."""
+def pool_name(doc: dict) -> str | None:
+    """The IP pool a resolved document leases from, if its network mode is 'pool'."""
+    net = doc.get("network")
+    if isinstance(net, dict) and net.get("mode") == "pool":
+        return str(net.get("pool") or "")
+    return None
+
+
+def with_lease(doc: dict, lease: dict | None, error: str | None) -> dict:
+    """The document with the machine's leased address (or why there is none) under `network`."""
+    net = dict(doc.get("network") or {})
+    if lease is not None:
+        net["lease"] = lease
+    if error is not None:
+        net["lease_error"] = error
+    return {**doc, "network": net}
+
+
+def lease_wanted(ctx) -> "callable":
+    """(machine id, pool name) → does that machine still resolve to that pool? (for ippools)."""
+    with ctx.db.engine.connect() as conn:
+        st = load_state(conn)
+
+    def wants(machine_id: int, pool: str) -> bool:
+        with ctx.db.engine.connect() as conn:
+            row = conn.execute(select(_M.c.tree_path).where(_M.c.id == machine_id)).first()
+        if row is None:
+            return False
+        gen = effective_generation(st, row[0])
+        doc, _ = cache_for(ctx).get(ctx, gen).resolve_machine(row[0], machine_id)
+        return pool_name(doc) == pool
+
+    return wants
+
+
+def machine_lease(ctx, machine_id: int, doc: dict) -> tuple[dict | None, str | None]:
+    """(lease, error) for a resolved document in pool mode: leases an address if needed."""
+    from netslate.config import ippools
+
+    name = pool_name(doc)
+    if not name:
+        return None, "network.mode is 'pool' but network.pool names no pool"
+    try:
+        return ippools.lease_for(ctx, machine_id, name, wants=lease_wanted(ctx)), None
+    except ippools.PoolError as exc:
+        return None, str(exc)
+
+
+def build_payload(m: Machine, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None,
+                  ctx=None) -> tuple[dict, str]:
+    """The bundle payload for one machine, and its ETag (stable while the content is).
+    With `ctx`, a document in network mode 'pool' gets the machine's leased address."""
     doc, _ = cache.resolve_machine(m.tree_path, m.id)
+    if ctx is not None and pool_name(doc) is not None:
+        doc = with_lease(doc, *machine_lease(ctx, m.id, doc))
     machine = machine_facts(m)
     facts = (m.status or {}).get("facts") or {}
     doc = render(doc, machine, facts, generation)
@@ -241,7 +293,7 @@ def bundle(ctx, machine: str | int, credential: str | None = None, allow_unauthe
     authenticated = store.credential_ok(m, credential)
     gen = effective_generation(st, m.tree_path)
     t = cache_for(ctx).get(ctx, gen)
-    payload, etag = build_payload(m, st, t, gen, authenticated)
+    payload, etag = build_payload(m, st, t, gen, authenticated, ctx=ctx)
     return ctx.signing_key.sign(payload), etag, {"serial": st.serial, "machine_id": m.id}
 
 
@@ -256,6 +308,7 @@ def explain(ctx, machine: str | int, generation: int | None = None) -> dict:
         t = cache_for(ctx).get(ctx, gen)
         doc, prov = t.resolve_machine(m.tree_path, m.id)
         chain = t.chain(m.tree_path, m.id)
+        ip_lease = _explain_lease(ctx, m.id, doc)
         return {
             "machine": {"id": m.id, "name": m.name, "tree_path": m.tree_path},
             "generation": gen,
@@ -264,7 +317,30 @@ def explain(ctx, machine: str | int, generation: int | None = None) -> dict:
             "document": store.redact(doc),
             "sources": {p: store.display_key(s, src) for p, src in sorted(prov.items())},
             "note": "templates are shown unrendered; secret values are never shown",
+            **({"ip_lease": ip_lease} if ip_lease is not None else {}),
         }
+
+
+def _explain_lease(ctx, machine_id: int, doc: dict) -> dict | None:
+    """Explain's view of the pool lease, read only: the held address, or why there is none yet."""
+    from netslate.config import ippools
+
+    name = pool_name(doc)
+    if name is None:
+        return None
+    held = ippools.current_lease(ctx, machine_id)
+    if held is not None and held["pool"] == name:
+        return held
+    if not name:
+        return {"pool": None, "error": "network.mode is 'pool' but network.pool names no pool"}
+    try:
+        pool = ippools.show_pool(ctx, name)
+    except ippools.NotFound:
+        return {"pool": name, "error": f"IP pool {name!r} does not exist"}
+    if pool["free"] <= 0:
+        return {"pool": name, "error": f"IP pool {name!r} is exhausted: all {pool['size']} addresses are leased "
+                                       "(stale leases are reclaimed at the next bundle request)"}
+    return {"pool": name, "address": None, "note": "no address leased yet; the next bundle request leases one"}
 
 
 def warm(ctx, number: int, paths: list[str]) -> int:

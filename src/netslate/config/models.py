@@ -1,9 +1,9 @@
-"""Config tables: the shared working copy, immutable generations, and the rollout state."""
+"""Config tables: the shared working copy, immutable generations, the rollout state, and IP pools."""
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from netslate.store.db import Base, utcnow
@@ -47,3 +47,32 @@ class ConfigState(Base):
     canary_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     working_base: Mapped[int] = mapped_column(Integer, default=0)  # generation the working copy started from
     serial: Mapped[int] = mapped_column(Integer, default=0)  # bumped on every change that can alter a bundle
+
+
+class IpPool(Base):
+    """A named range of addresses that `network.mode: pool` documents lease from (see ippools.py)."""
+
+    __tablename__ = "config_ip_pools"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    first: Mapped[str] = mapped_column(String(45))
+    last: Mapped[str] = mapped_column(String(45))
+    prefix: Mapped[int] = mapped_column(Integer)
+    gateway: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    dns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class IpLease(Base):
+    """One machine's address in one pool. The unique constraints are what make allocation safe
+    under concurrency: one lease per machine, one machine per address."""
+
+    __tablename__ = "config_ip_leases"
+    __table_args__ = (UniqueConstraint("pool_id", "address", name="uq_config_ip_leases_pool_address"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("config_ip_pools.id", ondelete="CASCADE"), index=True)
+    # a removed machine frees its address with it
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), unique=True)
+    address: Mapped[str] = mapped_column(String(45))
+    leased_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -8,8 +8,10 @@ publishes exactly one wins and the other sees a stale working copy and gets a Co
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
+import logging
 import secrets as pysecrets
 from typing import Any
 
@@ -26,10 +28,28 @@ from netslate.store.db import utcnow
 from netslate.store.models import Machine
 
 REDACTED = "<redacted>"
+log = logging.getLogger(__name__)
 MACHINE_EFFECT_LIMIT = 500  # machines listed in a diff; the count is always exact
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _then_sweep_leases(fn):
+    """After a change that can move machines off an IP pool, release the leases they no longer use."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args, **kwargs):
+        out = fn(ctx, *args, **kwargs)
+        from netslate.config import bundles, ippools
+
+        try:
+            ippools.sweep(ctx, bundles.lease_wanted(ctx))
+        except Exception:  # the change itself is committed; a later sweep or bundle catches up
+            log.exception("releasing stale IP pool leases failed")
+        return out
+
+    return wrapper
 
 
 def lock(s: Session) -> ConfigState:
@@ -386,6 +406,7 @@ def _new_generation(s: Session, st: ConfigState, snapshot: dict, actor: str, mes
     return row
 
 
+@_then_sweep_leases
 def publish(ctx, message: str, actor: str, canary: str | None = None, expect_base: int | None = None) -> dict:
     if not message or not message.strip():
         raise UserError("a publish needs a message (-m TEXT)")
@@ -421,6 +442,7 @@ def publish(ctx, message: str, actor: str, canary: str | None = None, expect_bas
         raise Conflict("another publish won the race for this generation number; nothing was published") from None
 
 
+@_then_sweep_leases
 def promote(ctx, actor: str) -> dict:
     with ctx.db.session() as s:
         st = lock(s)
@@ -435,6 +457,7 @@ def promote(ctx, actor: str) -> dict:
         return {"generation": gen, "promoted_from": path, **state_dict(st)}
 
 
+@_then_sweep_leases
 def rollback(ctx, number: int, message: str, actor: str) -> dict:
     """Publish a new generation whose content equals generation `number` (machines see it as newer)."""
     if not message or not message.strip():
@@ -490,6 +513,7 @@ def status(ctx) -> dict:
 # ---------------------------------------------------------------- machines: placement, credentials
 
 
+@_then_sweep_leases
 def place(ctx, machine: str, path: str, actor: str) -> dict:
     path = tree.normalize(path)
     with ctx.db.session() as s:
