@@ -135,7 +135,8 @@ def _render_pools(rows):
 @pool_app.command("create")
 def pool_create(
     ctx: typer.Context, name: str,
-    golden: str = typer.Option(..., "--golden", help="IMG or IMG@VER (without a version: follow the newest)."),
+    golden: Optional[str] = typer.Option(None, "--golden", help="IMG or IMG@VER (without a version: follow the newest)."),
+    diskless: Optional[str] = typer.Option(None, "--diskless", help="IMAGE[@TAG|@VER]: no disk, PXE-boot this netslate image in ram mode (instead of --golden)."),
     size: int = typer.Option(1, "--size", help="Desktops kept provisioned."),
     spare: int = typer.Option(1, "--spare", help="Unassigned ready desktops kept on top of the assigned ones."),
     max_: Optional[int] = typer.Option(None, "--max", help="Hard cap (default size+spare)."),
@@ -160,7 +161,8 @@ def pool_create(
 
     data = create_pool(state(ctx).context(), name, golden, size, spare, max_, vcpus, memory, display, usb_redirect,
                        smartcard, persistence, assignment, ip_range, hosts, default_actor(), network=network, video=video,
-                       grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+                       grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep,
+                       diskless=diskless)
     emit(data, json_, lambda d: console.print(f"created pool {d['name']} (size {d['size']}, spare {d['spare']}, max {d['max']})"))
 
 

@@ -15,7 +15,7 @@ class DomainSpec:
     uuid: str
     vcpus: int
     memory_mib: int
-    disk_path: str
+    disk_path: str | None  # None: diskless (boots from the network)
     mac: str
     domain_type: str = "qemu"  # "qemu" = TCG, "kvm" when the host has acceleration
     display: str = "spice"  # spice (plus VNC out of band) | vnc (VNC only)
@@ -32,6 +32,8 @@ class DomainSpec:
     cmdline: str | None = None
     serial_log: str | None = None
     uefi_loader: str | None = None
+    boot_network: bool = False  # PXE via the NIC's iPXE option ROM (diskless desktops)
+    nic_model: str = "virtio"  # virtio | e1000 (both carry QEMU's iPXE ROM)
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -88,6 +90,8 @@ def build(spec: DomainSpec) -> str:
             _sub(os_, "initrd", spec.initrd)
         if spec.cmdline:
             _sub(os_, "cmdline", spec.cmdline)
+    elif spec.boot_network:
+        _sub(os_, "boot", dev="network")
     else:
         _sub(os_, "boot", dev="hd")
     feats = _sub(dom, "features")
@@ -101,10 +105,15 @@ def build(spec: DomainSpec) -> str:
     _sub(dom, "on_crash", "destroy")
     dev = _sub(dom, "devices")
 
-    disk = _sub(dev, "disk", type_="file", device="disk")
-    _sub(disk, "driver", name="qemu", type_="qcow2", cache="none", discard="unmap")
-    _sub(disk, "source", file=spec.disk_path)
-    _sub(disk, "target", dev="vda", bus="virtio")
+    if spec.disk_path:
+        disk = _sub(dev, "disk", type_="file", device="disk")
+        _sub(disk, "driver", name="qemu", type_="qcow2", cache="none", discard="unmap")
+        _sub(disk, "source", file=spec.disk_path)
+        _sub(disk, "target", dev="vda", bus="virtio")
+    if spec.nic_model not in ("virtio", "e1000"):
+        raise ValueError(f"nic model {spec.nic_model!r}")
+    if spec.boot_network and spec.network in ("none", "user"):
+        raise ValueError("a network boot needs a bridge or a libvirt network")
 
     if spec.network != "none":
         kind, _, value = spec.network.partition(":")
@@ -119,7 +128,7 @@ def build(spec: DomainSpec) -> str:
         else:
             raise ValueError(f"network {spec.network!r}")
         _sub(iface, "mac", address=spec.mac)
-        _sub(iface, "model", type_="virtio")
+        _sub(iface, "model", type_=spec.nic_model)
 
     # USB: an xHCI controller; with SPICE, N spicevmc redirection channels
     _sub(dev, "controller", type_="usb", model="qemu-xhci", ports="15")

@@ -178,6 +178,8 @@ class Engine:
 
     @staticmethod
     def _target_golden(s, p: DesktopPool) -> GoldenImage | None:
+        if p.diskless:
+            return None  # the boot rules decide what a diskless desktop boots
         q = select(GoldenImage).where(GoldenImage.name == p.golden)
         if p.golden_version is not None:
             return s.scalar(q.where(GoldenImage.version == p.golden_version))
@@ -338,7 +340,7 @@ class Engine:
                 if p is None:
                     raise UserError(f"no pool named {pool_name!r}")
                 target = self._target_golden(s, p)
-                if target is None:
+                if target is None and not p.diskless:
                     raise UserError(f"pool {pool_name}: golden image {p.golden} has no usable version")
                 number = (s.scalar(select(func.max(Desktop.number)).where(Desktop.pool_name == pool_name)) or 0) + 1
                 name = f"{self.prefix}{pool_name}-{number}"
@@ -350,7 +352,9 @@ class Engine:
                 mac = random_mac()
                 d = Desktop(name=name, pool_id=p.id, pool_name=pool_name, number=number, host=host,
                             uuid=str(uuidlib.uuid4()), mac=mac, state=S.PROVISIONING, user=user,
-                            golden_version=target.version, disk=str(disks_root(self.ctx) / name / "disk.qcow2"),
+                            golden_version=target.version if target else 0,
+                            # diskless: a path that never exists (destroy removes its parent directory)
+                            disk=str(disks_root(self.ctx) / name / ("diskless" if p.diskless else "disk.qcow2")),
                             assigned_at=utcnow() if user else None)
                 s.add(d)
                 try:
@@ -381,6 +385,8 @@ class Engine:
         if loaded is None:
             return
         d, p, g = loaded
+        if p is not None and p.diskless:
+            return self._provision_diskless(did, d, p, host_rows, reset)
         if p is None or g is None:
             raise RuntimeError("pool or golden image is gone")
         host = host_rows[d.host]
@@ -400,6 +406,21 @@ class Engine:
             row.golden_version = g.version
             row.disk = str(disk)
         self._start_domain(did, host_rows)
+        self._settle(did, p, reset, f"{g.name}@{g.version}")
+
+    def _provision_diskless(self, did: int, d: Desktop, p: DesktopPool, host_rows: dict, reset: bool) -> None:
+        """No disk: make sure the boot part sends this MAC the pool's image, then power-cycle the domain.
+        The image version is whatever the pool's ref (a tag, say) points to when the desktop PXE-boots."""
+        from netslate.desktops import diskless as dl
+
+        image, _, ref = p.diskless.partition("@")
+        dl.ensure_boot(self.ctx, p.name, image, ref)
+        dl.register_machine(self.ctx, p.name, d.name, d.mac)
+        self._kill_domain(host_rows[d.host].uri, d.name)  # the reset: power off, nothing to discard
+        self._start_domain(did, host_rows)
+        self._settle(did, p, reset, p.diskless)
+
+    def _settle(self, did: int, p: DesktopPool, reset: bool, booted: str) -> None:
         with self.ctx.db.session() as s:
             row = s.get(Desktop, did)
             target = S.after_reset(p.dedicated, row.user) if row.state in (S.RESETTING, S.PROVISIONING, S.ERROR) else row.state
@@ -416,7 +437,7 @@ class Engine:
             row.logged_off_at = None
             row.session = {}
             audit.record(s, ACTOR, "desktop.reset" if reset else "desktop.provisioned", row.name,
-                         golden=f"{g.name}@{g.version}", state=target)
+                         golden=booted, state=target)
 
     def start(self, did: int, host_rows: dict) -> None:
         self._start_domain(did, host_rows)
@@ -435,7 +456,8 @@ class Engine:
             dtype = (h.capacity or {}).get("domain_type") or ("qemu" if h.accel == "tcg" else "kvm" if h.accel == "kvm" else "qemu")
             locked_until = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
             return domainxml.DomainSpec(
-                name=d.name, uuid=d.uuid, vcpus=p.vcpus, memory_mib=p.memory_mib, disk_path=d.disk, mac=d.mac,
+                name=d.name, uuid=d.uuid, vcpus=p.vcpus, memory_mib=p.memory_mib,
+                disk_path=None if p.diskless else d.disk, mac=d.mac, boot_network=bool(p.diskless),
                 domain_type=dtype, display=p.display, video=p.video, usb_redirect=p.usb_redirect,
                 smartcard=p.smartcard, network=p.network, listen=h.console_address,
                 # consoles start locked: an unknown password that has already expired, until a ticket
@@ -495,9 +517,12 @@ class Engine:
                 d.prior_state = d.state
                 d.state = S.DESTROYING
                 d.reason = reason
-            name, host, disk = d.name, d.host, d.disk
+            name, host, disk, mac = d.name, d.host, d.disk, d.mac
         self._kill_domain(host_rows[host].uri, name)
         shutil.rmtree(Path(disk).parent, ignore_errors=True)
+        from netslate.desktops import diskless as dl
+
+        dl.unregister_machine(self.ctx, mac)  # a diskless desktop's inventory entry (nothing otherwise)
         with contextlib.suppress(FileNotFoundError):
             (logs_root(self.ctx) / f"{name}.log").unlink()
         with self.ctx.db.session() as s:

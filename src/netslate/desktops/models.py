@@ -69,6 +69,8 @@ class DesktopPool(Base):
     # scheduled snapshots of persistent desktops: every N hours, keep the newest K (None: off)
     snapshot_every_hours: Mapped[float | None] = mapped_column(Float, nullable=True)
     snapshot_keep: Mapped[int] = mapped_column(Integer, default=7, server_default="7")
+    # diskless pools: "IMAGE@REF" of a netslate image; desktops PXE-boot it in ram mode (no disk, no golden)
+    diskless: Mapped[str | None] = mapped_column(String(130), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

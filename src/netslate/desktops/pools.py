@@ -25,7 +25,7 @@ def pool_dict(p: DesktopPool, desktops: list[Desktop] | None = None, addresses_u
         "assignment": "dedicated" if p.dedicated else "floating",
         "ip_range": f"{p.ip_first}-{p.ip_last}", "hosts": p.hosts_selector, "network": p.network,
         "grace_seconds": p.grace_seconds, "snapshot_every_hours": p.snapshot_every_hours,
-        "snapshot_keep": p.snapshot_keep, "created_at": p.created_at.isoformat() + "Z",
+        "snapshot_keep": p.snapshot_keep, "diskless": p.diskless, "created_at": p.created_at.isoformat() + "Z",
     }
     if desktops is not None:
         counts: dict[str, int] = {}
@@ -74,15 +74,31 @@ def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str
         raise UserError(f"--ip-range has {n} addresses, fewer than --max {max_}")
 
 
-def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: int | None, vcpus: int, memory_mib: int,
+def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, max_: int | None, vcpus: int, memory_mib: int,
                 display: str, usb_redirect: int, smartcard: bool, persistence: str, assignment: str, ip_range: str,
                 hosts: str, actor: str, network: str = "none", video: str = "qxl", grace_seconds: float = 60.0,
-                snapshot_every_hours: float | None = None, snapshot_keep: int = 7) -> dict:
+                snapshot_every_hours: float | None = None, snapshot_keep: int = 7, diskless: str | None = None) -> dict:
     check_name(name, "pool name")
     if len(name) > MAX_POOL_NAME:
         raise UserError(f"pool name {name!r} is longer than {MAX_POOL_NAME} characters")
-    gname, gver = golden.parse_ref(golden_ref)
-    golden.resolve(ctx, gname, gver)  # unknown golden → NotFound, before anything is written
+    if (golden_ref is None) == (diskless is None):
+        raise UserError("give exactly one of --golden IMG[@VER] and --diskless IMAGE[@TAG|@VER]")
+    if diskless is not None:
+        from netslate.desktops import diskless as dl
+
+        iname, iref = dl.parse_ref(diskless)
+        ctx.library.resolve(iname, iref)  # unknown image or ref → NotFound, before anything is written
+        diskless = f"{iname}@{iref}"
+        if network and network not in ("none", "user") and ":" not in network:
+            network = f"bridge:{network}"  # --network BR is a bridge
+        if not (network.startswith("bridge:") or network.startswith("network:")):
+            raise UserError("a diskless pool boots from the network: give --network BRIDGE (or network:NAME)")
+        if persistence != "none":
+            raise UserError("diskless desktops have no disk to keep: --persistence must be none")
+        gname, gver = "", None
+    else:
+        gname, gver = golden.parse_ref(golden_ref)
+        golden.resolve(ctx, gname, gver)  # unknown golden → NotFound, before anything is written
     max_ = size + spare if max_ is None else max_
     first, last = addresses.parse_range(ip_range)
     validate_sizes(size, spare, max_, first, last)
@@ -119,9 +135,10 @@ def create_pool(ctx, name: str, golden_ref: str, size: int, spare: int, max_: in
                         memory_mib=memory_mib, display=display, video=video, usb_redirect=usb_redirect,
                         smartcard=smartcard, persistent=persistence == "persistent", dedicated=assignment == "dedicated",
                         ip_first=first, ip_last=last, hosts_selector=hosts, network=network, grace_seconds=grace_seconds,
-                        snapshot_every_hours=snapshot_every_hours, snapshot_keep=snapshot_keep)
+                        snapshot_every_hours=snapshot_every_hours, snapshot_keep=snapshot_keep, diskless=diskless)
         s.add(p)
-        audit.record(s, actor, "desktop.pool.create", f"pool:{name}", golden=golden_ref, size=size, spare=spare, max=max_)
+        audit.record(s, actor, "desktop.pool.create", f"pool:{name}", golden=golden_ref, diskless=diskless, size=size,
+                     spare=spare, max=max_)
         s.flush()
         return pool_dict(p, [], 0)
 
@@ -168,6 +185,8 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
         new_spare = p.spare if spare is None else spare
         new_max = p.max if max_ is None else max_
         validate_sizes(new_size, new_spare, new_max, p.ip_first, p.ip_last)
+        if golden_ref is not None and p.diskless:
+            raise UserError(f"pool {name} is diskless: it has no golden image (it boots {p.diskless})")
         if grace_seconds is not None and grace_seconds < 0:
             raise UserError("--grace must be 0 or more seconds")
         p.size, p.spare, p.max = new_size, new_spare, new_max
@@ -198,6 +217,11 @@ def remove_pool(ctx, name: str, actor: str, force: bool = False) -> int:
             d.prior_state = d.state
             d.state = S.DESTROYING
             d.pool_id = None
+        was_diskless = bool(p.diskless)
         s.delete(p)
         audit.record(s, actor, "desktop.pool.rm", f"pool:{name}", desktops=len(ds))
-        return len(ds)
+    if was_diskless:
+        from netslate.desktops import diskless as dl
+
+        dl.remove_boot(ctx, name)  # the desktops' inventory entries go as the reconciler destroys them
+    return len(ds)
