@@ -41,6 +41,9 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     from netslate.server.routers import config as config_router
 
     app.include_router(config_router.router)
+    from netslate.server.routers import ippools as ippools_router
+
+    app.include_router(ippools_router.router)
     from netslate.server.routers import boot as boot_router, machines as machines_router
 
     boot_router.install(app)
