@@ -212,3 +212,39 @@ def test_bad_input_errors(ctx, tree, tmp_path):
         ctx.library.import_files("x")
     with pytest.raises(NotFound):
         ctx.library.resolve("never", "1")
+
+
+def test_pull_without_zstandard_uses_raw_ranges(live_server, tree, tmp_path, monkeypatch):
+    """Booting machines have no zstandard: the stdlib path (Range requests, raw chunks) must work alone."""
+    import netslate.images.pull as pullmod
+
+    monkeypatch.setattr(pullmod, "_zstd", None)
+    lib = live_server.ctx.library
+    lib.import_files("plain", rootfs=tree)
+    s = pullmod.pull(live_server.url, "plain", "1", tmp_path / "cache", tmp_path / "out.img", range_min_chunks=4)
+    assert s.chunks_downloaded == len({c[2] for c in lib.resolve("plain", "1").artifacts["rootfs"]["chunks"]})
+    assert s.bytes_on_wire == s.bytes_downloaded  # raw transfer
+    assert hashlib.sha256((tmp_path / "out.img").read_bytes()).hexdigest() == lib.resolve("plain", "1").artifacts["rootfs"]["sha256"]
+
+
+def test_chunk_pack_endpoint_frames_stored_chunks(live_server, tree):
+    import httpx
+    import zstandard
+
+    lib = live_server.ctx.library
+    lib.import_files("pk", rootfs=tree)
+    ids = [c[2] for c in lib.resolve("pk", "1").artifacts["rootfs"]["chunks"][:5]] + ["0" * 64]
+    r = httpx.post(f"{live_server.url}/chunks/pack", json={"ids": ids})
+    assert r.status_code == 200
+    body, pos, seen = r.content, 0, []
+    for cid in ids:
+        kind, length = body[pos], int.from_bytes(body[pos + 1:pos + 5], "big")
+        data = body[pos + 5:pos + 5 + length]
+        pos += 5 + length
+        if kind == 2:
+            seen.append(None)
+            continue
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 24) if kind == 1 else data
+        seen.append(hashlib.sha256(raw).hexdigest())
+    assert seen == ids[:5] + [None] and pos == len(body)
+    assert httpx.post(f"{live_server.url}/chunks/pack", json={"ids": ["../etc/passwd"]}).status_code == 400

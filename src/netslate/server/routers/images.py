@@ -212,6 +212,44 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
                              media_type="application/octet-stream")
 
 
+class PackRequest(BaseModel):
+    ids: list[str] = Field(max_length=8192)
+
+
+PACK_RAW, PACK_ZSTD, PACK_MISSING = 0, 1, 2
+
+
+@serving.post("/chunks/pack")
+def get_pack(body: PackRequest, request: Request):
+    """Many chunks in one response, each as stored (zstd or raw), framed as
+    `<1 byte: 0 raw | 1 zstd | 2 missing><4 bytes big-endian length><bytes>`. The client
+    decompresses and verifies; the server only reads files. Not cacheable: /chunks/ID is."""
+    if any(not CHUNK_ID.match(c) for c in body.ids):
+        raise HTTPException(400, "not a chunk id")
+    store = request.app.state.ctx.chunks
+
+    def frames():
+        block: list[bytes] = []
+        size = 0
+        for cid in body.ids:
+            found = store.locate(cid)
+            try:
+                data = found[0].read_bytes() if found else b""
+            except FileNotFoundError:
+                found, data = None, b""
+            kind = PACK_MISSING if found is None else PACK_ZSTD if found[1] == "zstd" else PACK_RAW
+            block.append(bytes([kind]) + len(data).to_bytes(4, "big"))
+            block.append(data)
+            size += len(data) + 5
+            if size >= 1 << 20:
+                yield b"".join(block)
+                block, size = [], 0
+        if block:
+            yield b"".join(block)
+
+    return StreamingResponse(frames(), media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+
 @serving.head("/chunks/{chunk_id}", include_in_schema=False)
 def head_chunk(chunk_id: str, request: Request):
     return get_chunk(chunk_id, request)
