@@ -29,37 +29,56 @@ def _global(
     ctx.obj = CliState(data_dir=data_dir, database_url=database_url, server=server, token=token)
 
 
-def _register() -> None:
-    from netslate.cli import images, keys, serve, tokens
+# command name -> (module, attribute, is a sub-app). Only the invoked command's module is imported,
+# so `netslate image pull` does not pay for importing libvirt, SQLAlchemy models of every part, etc.
+COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "image": ("netslate.cli.images", "app", True),
+    "key": ("netslate.cli.keys", "app", True),
+    "token": ("netslate.cli.tokens", "app", True),
+    "serve": ("netslate.cli.serve", "serve", False),
+    "config": ("netslate.cli.config", "app", True),
+    "site": ("netslate.cli.discovery", "site_app", True),
+    "server": ("netslate.cli.discovery", "server_app", True),
+    "dns": ("netslate.cli.discovery", "dns_app", True),
+    "machine": ("netslate.cli.machine", "app", True),
+    "boot": ("netslate.cli.boot", "app", True),
+    "host": ("netslate.cli.desktops", "host_app", True),
+    "pool": ("netslate.cli.desktops", "pool_app", True),
+    "desktop": ("netslate.cli.desktops", "desktop_app", True),
+    "agent": ("netslate.cli.agent", "app", True),
+    "fleet": ("netslate.cli.fleet", "app", True),
+    "initramfs": ("netslate.cli.initramfs", "app", True),
+}
+_GLOBAL_OPTIONS_WITH_VALUE = {"--data-dir", "--database-url", "--server", "--token"}
 
-    app.add_typer(images.app, name="image")
-    app.add_typer(keys.app, name="key")
-    app.add_typer(tokens.app, name="token")
-    app.command("serve")(serve.serve)
-    from netslate.cli import config as config_cli
 
-    app.add_typer(config_cli.app, name="config")
-    from netslate.cli import discovery
+def _invoked(argv: list[str]) -> str | None:
+    """The command word in argv (after global options), or None."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        return word
+    return None
 
-    app.add_typer(discovery.site_app, name="site")
-    app.add_typer(discovery.server_app, name="server")
-    app.add_typer(discovery.dns_app, name="dns")
-    from netslate.cli import boot as boot_cli, machine as machine_cli
 
-    app.add_typer(machine_cli.app, name="machine")
-    app.add_typer(boot_cli.app, name="boot")
-    from netslate.cli import desktops as desktops_cli
+def _register(argv: list[str] | None = None) -> None:
+    import importlib
 
-    app.add_typer(desktops_cli.host_app, name="host")
-    app.add_typer(desktops_cli.pool_app, name="pool")
-    app.add_typer(desktops_cli.desktop_app, name="desktop")
-    from netslate.cli import agent as agent_cli, fleet as fleet_cli
-
-    app.add_typer(agent_cli.app, name="agent")
-    app.add_typer(fleet_cli.app, name="fleet")
-    from netslate.cli import initramfs as initramfs_cli
-
-    app.add_typer(initramfs_cli.app, name="initramfs")
+    wanted = _invoked(list(sys.argv[1:] if argv is None else argv))
+    names = [wanted] if wanted in COMMANDS else list(COMMANDS)  # help or a typo: list them all
+    for name in names:
+        module, attr, is_group = COMMANDS[name]
+        obj = getattr(importlib.import_module(module), attr)
+        if is_group:
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
 
 
 _register()
