@@ -9,10 +9,14 @@ import subprocess
 import sys
 
 
+@pytest.mark.timeout(1500)  # the fleet part boots real VMs under TCG: about 7 minutes on 2 cores
 def test_demo_runs_every_step_without_a_terminal(tmp_path):
     env = dict(os.environ, CI="true", NETSLATE_DEMO_DIR=str(tmp_path / "demo"))
-    proc = subprocess.run([sys.executable, "-m", "netslate.demo"], env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=1500)
+    with subprocess.Popen([sys.executable, "-m", "netslate.demo"], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        out, err = p.communicate(timeout=1500)
+    proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    demo_pid = p.pid
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "every step did what it claims" in proc.stdout
     assert "saved" in proc.stdout
@@ -20,3 +24,14 @@ def test_demo_runs_every_step_without_a_terminal(tmp_path):
     url = re.search(r"server (http://127\.0\.0\.1:\d+)", proc.stdout).group(1)
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/healthz", timeout=5)
+    if os.environ.get("NETSLATE_DEMO_FLEET", "1") != "0":
+        out = proc.stdout
+        assert re.search(r"vm-ram +configured +fleet@2 +server", out), out[-3000:]
+        assert re.search(r"vm-cache +configured +fleet@2 +server", out), out[-3000:]
+        assert "applied it live" in out
+        assert re.search(r"vm-cache rebooted onto fleet@4: downloaded [\d.]+ MiB \(\d+ of \d+ chunks", out)
+        assert "source=cache, queued report config_source=cache delivered" in out
+        assert "config rollback to generation 1 published as generation 3" in out
+        # it removed the namespace it made (vmlab names it nslab-<pid>-…)
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"nslab-{demo_pid}-" not in netns

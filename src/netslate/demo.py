@@ -38,6 +38,7 @@ class Demo:
         self.env = dict(os.environ, NETSLATE_DATA_DIR=str(self.data))
         self.server: subprocess.Popen | None = None
         self.url = ""
+        self.fleet = None  # netslate.demo_fleet.Fleet: namespace, server with dnsmasq, VMs
 
     def netslate(self, *args: str, json_out: bool = True, timeout: float = 900) -> dict | str:
         cmd = [sys.executable, "-m", "netslate", *args] + (["--json"] if json_out else [])
@@ -67,6 +68,9 @@ class Demo:
         raise StepFailed(f"server did not become healthy; see {self.workdir / 'server.log'}")
 
     def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
+            self.fleet = None
         if self.server and self.server.poll() is None:
             os.killpg(self.server.pid, signal.SIGTERM)
             try:
@@ -81,6 +85,21 @@ def human(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def fleet_enabled() -> bool:
+    """The fleet part (VMs) runs unless NETSLATE_DEMO_FLEET=0."""
+    return os.environ.get("NETSLATE_DEMO_FLEET", "1") != "0"
+
+
+def _as_step(fn):
+    """Fleet steps raise RuntimeError/TimeoutError; the demo reports them as a failed step."""
+    def wrapped():
+        try:
+            fn()
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+            raise StepFailed(str(exc)[-1500:]) from None
+    return wrapped
 
 
 def run(demo: Demo) -> None:
@@ -156,6 +175,20 @@ def run(demo: Demo) -> None:
             raise StepFailed(f"corrupt or missing chunks: {report}")
         console.print(f"   {report['chunks_checked']} chunks of {report['versions_checked']} versions verified")
 
+    if fleet_enabled():
+        from netslate.context import Context
+        from netslate.demo_fleet import Fleet, fleet_steps
+
+        fleet_data = demo.workdir / "fleet" / "data"
+        Context(fleet_data).init()
+        demo.fleet = Fleet(demo.workdir / "fleet", fleet_data)
+
+        def say(text: str) -> None:
+            console.print(f"   {text}", soft_wrap=True, highlight=False, markup=False)
+
+        for title, fn in fleet_steps(demo.fleet, say):
+            steps.append((title, _as_step(fn)))
+
     for i, (title, fn) in enumerate(steps, 1):
         console.print(f"[bold cyan]step {i}/{len(steps)}[/bold cyan] {title}")
         started = time.monotonic()
@@ -173,10 +206,15 @@ def main() -> int:
     workdir = Path(os.environ.get("NETSLATE_DEMO_DIR") or tempfile.mkdtemp(prefix="netslate-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     demo = Demo(workdir)
+    # SIGTERM (a CI time-out, kill) stops everything too, like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         run(demo)
         if interactive():
             console.print(f"\n[bold]netslate is running at {demo.url}[/bold]; admin token in {demo.data / 'admin.token'}. Ctrl-C stops it.")
+            if demo.fleet is not None and demo.fleet.server is not None:
+                console.print(f"[bold]the fleet server is {demo.fleet.server.url}[/bold] in namespace {demo.fleet.lab.name} "
+                              f"(ip netns exec {demo.fleet.lab.name} …); admin token in {demo.fleet.data / 'admin.token'}")
             try:
                 while demo.server.poll() is None:
                     time.sleep(1)
@@ -187,6 +225,9 @@ def main() -> int:
     except StepFailed as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]demo interrupted; stopping everything it started[/yellow]")
+        return 130
     finally:
         demo.stop()
         if not os.environ.get("NETSLATE_DEMO_DIR"):

@@ -1,0 +1,381 @@
+"""The fleet world of `make demo` and tests/e2e: a netslate server with dnsmasq (full DHCP + TFTP)
+in a vmlab namespace, a small systemd Debian image with the agent and the netslate initramfs,
+boot profiles for ram and cache mode, a config tree, and QEMU VMs that PXE-boot through iPXE.
+
+Everything here is plain orchestration of existing parts (vmlab, boot store, CLI); it owns no logic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netslate.vmlab import VM, LabNetwork, NetslateServer
+from netslate.vmlab.qemu import find_kernel
+
+MAC_RAM = "52:54:00:de:00:01"
+MAC_CACHE = "52:54:00:de:00:02"
+
+RECIPE = """\
+# The demo fleet image: minbase + systemd + python3 (the agent's standard library).
+# The kernel is the host's Debian kernel (no linux-image: initramfs-tools is slow to install);
+# the netslate initramfs loads the modules the boot needs before switch_root.
+suite: bookworm
+variant: minbase
+packages: [systemd-sysv, python3, iproute2{extra}]
+files:
+  - path: /boot/{kernel}
+    source: {kernel_path}
+  - path: /etc/motd
+    content: "netslate fleet image\\n"
+customise: |
+  echo "fleet {label}" > /etc/netslate-demo-version
+  systemctl mask systemd-timesyncd.service getty@tty1.service serial-getty@ttyS0.service \
+    systemd-logind.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
+"""
+
+
+def write_recipe(path: Path, label: str, extra_packages: tuple[str, ...] = ()) -> Path:
+    kernel = find_kernel()
+    if kernel is None:
+        raise RuntimeError("no /boot/vmlinuz-*: install linux-image-amd64 (scripts/install-deps.sh)")
+    extra = "".join(f", {p}" for p in extra_packages)
+    path.write_text(RECIPE.format(extra=extra, kernel=kernel.name, kernel_path=kernel, label=label))
+    return path
+
+
+def cli(data: Path, *args: str, json_out: bool = True, timeout: float = 900):
+    """Run the real `netslate` CLI on the local data directory; raise with its error line on failure."""
+    env = dict(os.environ, NETSLATE_DATA_DIR=str(data))
+    env.pop("NETSLATE_SERVER", None)
+    env.pop("NETSLATE_TOKEN", None)
+    cmd = [sys.executable, "-m", "netslate", *args] + (["--json"] if json_out else [])
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise RuntimeError(f"`netslate {' '.join(args)}` exited {p.returncode}: {p.stderr.strip()[-800:]}")
+    return json.loads(p.stdout) if json_out else p.stdout
+
+
+def build_fleet_image(data: Path, workdir: Path, label: str, extra_packages: tuple[str, ...] = (),
+                      tag: str | None = "stable") -> dict:
+    """mmdebstrap build (agent installed by the build hook) → + netslate initramfs → tag."""
+    recipe = write_recipe(workdir / f"fleet-{label}.yaml", label, extra_packages)
+    built = cli(data, "image", "build", "fleet", "--recipe", str(recipe))
+    args = ["initramfs", "build", "--image", f"fleet@{built['version']}"] + (["--tag", tag] if tag else [])
+    booted = cli(data, *args)
+    return {"build": built, "image": booted}
+
+
+def setup_boot(ctx) -> None:
+    """Two machines, a ram and a cache profile, one rule per MAC; active."""
+    from netslate.boot import store as bstore
+
+    common = dict(image="fleet", ref="stable", console="ttyS0")
+    bstore.add_profile(ctx, "fleet-ram", mode="ram", args=["panic=-1", "quiet"], **common)
+    bstore.add_profile(ctx, "fleet-cache", mode="cache", args=["panic=-1", "quiet", "netslate.disk=allow"], **common)
+    bstore.add_machine(ctx, [MAC_RAM], name="vm-ram")
+    bstore.add_machine(ctx, [MAC_CACHE], name="vm-cache")
+    bstore.add_rule(ctx, "r-ram", {"mac": MAC_RAM}, "fleet-ram")
+    bstore.add_rule(ctx, "r-cache", {"mac": MAC_CACHE}, "fleet-cache")
+    bstore.activate_rules(ctx)
+
+
+def setup_config(data: Path) -> dict:
+    """A site, a cluster, a pool, a setting at each level; both machines in the pool; publish."""
+    cli(data, "config", "set", "/site-a", "timezone", "Europe/Oslo", json_out=False)
+    cli(data, "config", "set", "/site-a/cluster-1", "sysctl[vm.swappiness]", "10", json_out=False)
+    cli(data, "config", "set", "/site-a/cluster-1/pool-x", "files",
+        '[{path: /etc/netslate-demo, content: "message one\\n"}]', json_out=False)
+    for m in ("vm-ram", "vm-cache"):
+        cli(data, "config", "place", m, "/site-a/cluster-1/pool-x", json_out=False)
+    return cli(data, "config", "publish", "-m", "demo: first generation")
+
+
+class Fleet:
+    """The namespace, the server (with dnsmasq) and the VMs; `close()` stops all of it."""
+
+    def __init__(self, workdir: Path, data: Path):
+        self.workdir = workdir
+        self.data = data
+        self.lab = LabNetwork().create()
+        self.server: NetslateServer | None = None
+        self.vms: dict[str, VM] = {}
+        self.disk = workdir / "vm-cache.qcow2"
+        # QEMU's serial socket path must stay under 108 bytes: deep work dirs (pytest) get a short one
+        self.vmdir = workdir / "vms"
+        self._short_vmdir = None
+        if len(str(self.vmdir)) > 60:
+            import tempfile
+
+            self.vmdir = self._short_vmdir = Path(tempfile.mkdtemp(prefix="nsfleet-"))
+
+    def start_server(self) -> NetslateServer:
+        lab = self.lab
+        self.server = NetslateServer(lab, self.data, ["--boot-interface", lab.bridge, "--dhcp", "full",
+                                                      "--dhcp-range", f"{lab.host_ip(100)},{lab.host_ip(150)},255.255.255.0"],
+                                     log_path=self.workdir / "serve.log")
+        self.server.start()
+        return self.server
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def vm(self, name: str, accel: str | None = None) -> VM:
+        if name not in self.vms:
+            mac = MAC_RAM if name == "vm-ram" else MAC_CACHE
+            extra: list[str] = []
+            if name == "vm-cache":
+                if not self.disk.exists():
+                    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "2G"], check=True)
+                extra = ["-drive", f"file={self.disk},if=virtio,format=qcow2"]
+            self.vms[name] = VM(self.lab, self.vmdir, name, mac, memory_mb=1536, accel=accel, extra=extra)
+        return self.vms[name]
+
+    def fleet(self) -> dict:
+        code, body = self.lab.http_get(self.server.url + "/api/v1/fleet", timeout=10)
+        if code != 200:
+            raise RuntimeError(f"GET /api/v1/fleet answered {code}")
+        return {m["name"]: m for m in json.loads(body)["machines"]}
+
+    def wait(self, pred, timeout: float, what: str, poll: float = 2.0) -> dict:
+        """Poll the fleet until pred(fleet) is true; a dead VM or the time-out raise, naming `what`."""
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.fleet()
+                if pred(last):
+                    return last
+            except (OSError, RuntimeError, ValueError):
+                pass
+            for vm in self.vms.values():
+                if vm.proc is not None and vm.proc.poll() is not None and vm.proc.returncode not in (0, None):
+                    raise RuntimeError(f"{vm.name} exited {vm.proc.returncode} while waiting for {what}")
+            time.sleep(poll)
+        raise TimeoutError(f"{what}: not reached in {timeout:.0f}s; fleet: "
+                           + json.dumps({n: {k: m.get(k) for k in ("state", "version", "image_source", "generation",
+                                                                    "config_source", "failures", "problems")}
+                                         for n, m in last.items()}))
+
+    def close(self) -> None:
+        for vm in self.vms.values():
+            vm.stop()
+        self.stop_server()
+        self.lab.close()
+        if self._short_vmdir is not None:
+            import shutil
+
+            shutil.rmtree(self._short_vmdir, ignore_errors=True)
+
+
+def configured(names, generation: int | None = None, source: str | None = None, since: str | None = None):
+    """A fleet predicate: every named machine is configured and healthy (optionally at a generation,
+    config from a source, with a report newer than `since`)."""
+    def pred(f: dict) -> bool:
+        for n in names:
+            m = f.get(n)
+            if not m or m["state"] != "configured" or m.get("healthy") is False:
+                return False
+            if generation is not None and m.get("generation") != generation:
+                return False
+            if source is not None and m.get("config_source") != source:
+                return False
+            if since is not None and (m.get("last_report") or "") <= since:
+                return False
+        return True
+    return pred
+
+
+def fleet_table(f: dict) -> list[str]:
+    rows = [f"{'machine':10} {'state':11} {'image':9} {'from':7} {'gen':4} {'config':7} healthy"]
+    for n, m in sorted(f.items()):
+        rows.append(f"{n:10} {m['state']:11} {'fleet@' + str(m.get('version')):9} {str(m.get('image_source')):7} "
+                    f"{str(m.get('generation')):4} {str(m.get('config_source')):7} {m.get('healthy')}")
+    return rows
+
+
+# ------------------------------------------------------------------------------ the scenario
+BYTES_RE = r"netslate: rootfs fleet@(\d+): downloaded (\d+) of (\d+) bytes \((\d+) of (\d+) chunks"
+
+
+def _utcnow() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def boot_bytes(vm: VM) -> dict:
+    """What the initramfs said it downloaded on this boot (from the serial console)."""
+    m = vm.wait_for(BYTES_RE, 5)
+    v, got, total, cgot, ctotal = (int(x) for x in m.groups())
+    return {"version": v, "bytes_downloaded": got, "bytes_total": total, "chunks_downloaded": cgot, "chunks_total": ctotal}
+
+
+def history(data: Path, name: str) -> list[dict]:
+    from sqlalchemy import select
+
+    from netslate.context import Context
+    from netslate.store.models import Machine
+
+    ctx = Context(data)
+    with ctx.db.session() as s:
+        m = s.scalars(select(Machine).where(Machine.name == name)).one()
+        return list(((m.status or {}).get("fleet") or {}).get("history") or [])
+
+
+def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 420) -> list[tuple[str, object]]:
+    """The issue's fleet demo as (title, fn) steps; each fn raises on a claim that does not hold.
+    `say(text)` prints a line of what happened; results land in fl.results (the benchmark figures)."""
+    data, work = fl.data, fl.workdir
+    fl.results = r = {}
+
+    def build_v1():
+        t = time.monotonic()
+        b = build_fleet_image(data, work, "v1")
+        r["v1"] = b["image"]["version"]
+        r["build_v1_seconds"] = round(time.monotonic() - t, 1)
+        say(f"fleet@{b['build']['version']}: mmdebstrap (systemd, python3, agent) {b['build']['bytes_total'] / 2**20:.0f} MiB; "
+            f"fleet@{r['v1']} = + netslate initramfs, tagged stable ({r['build_v1_seconds']}s)")
+        setup_boot(fl_ctx())
+        pub = setup_config(data)
+        r["gen1"] = pub["generation"]
+        say(f"profiles fleet-ram (mode=ram) and fleet-cache (mode=cache, netslate.disk=allow); config tree "
+            f"/site-a (timezone) → /cluster-1 (sysctl) → /pool-x (a file): generation {r['gen1']}")
+
+    def fl_ctx():
+        from netslate.context import Context
+
+        return Context(data)
+
+    def boot_fleet():
+        fl.start_server()
+        t0 = time.monotonic()
+        for n in ("vm-ram", "vm-cache"):
+            fl.vm(n, accel).start()
+        say(f"server {fl.server.url} (dnsmasq full DHCP + TFTP on {fl.lab.bridge}); VMs with {fl.vms['vm-ram'].accel.upper()}")
+        seen: dict[str, float] = {}
+
+        def pred(f):
+            for n in ("vm-ram", "vm-cache"):
+                if n not in seen and configured([n], r["gen1"])(f):
+                    seen[n] = round(time.monotonic() - t0, 1)
+            return len(seen) == 2
+        f = fl.wait(pred, boot_timeout, "both VMs configured")
+        r["first_boot_seconds"] = seen
+        for n in ("vm-ram", "vm-cache"):
+            b = boot_bytes(fl.vms[n])
+            r[f"first_boot_bytes_{n}"] = b["bytes_downloaded"]
+            if f[n]["version"] != r["v1"] or f[n]["image_source"] != "server":
+                raise RuntimeError(f"{n} booted {f[n]['version']} from {f[n]['image_source']}")
+        for line in fleet_table(f):
+            say(line)
+        say(f"power-on → configured: vm-ram {seen['vm-ram']}s, vm-cache {seen['vm-cache']}s; "
+            f"downloaded {r['first_boot_bytes_vm-ram'] / 2**20:.0f} MiB each")
+
+    def config_change():
+        t = time.monotonic()
+        cli(data, "config", "set", "/site-a/cluster-1/pool-x", "files",
+            '[{path: /etc/netslate-demo, content: "message two\\n"}]', json_out=False)
+        pub = cli(data, "config", "publish", "-m", "demo: change the pool's file")
+        r["gen2"] = pub["generation"]
+        fl.wait(configured(["vm-ram", "vm-cache"], r["gen2"]), 120, f"generation {r['gen2']} applied live")
+        r["live_config_seconds"] = round(time.monotonic() - t, 1)
+        say(f"published generation {r['gen2']}; both machines applied it live (long-poll) in {r['live_config_seconds']}s")
+
+    def image_update():
+        t = time.monotonic()
+        b = build_fleet_image(data, work, "v2", extra_packages=("less",))
+        r["v2"] = b["image"]["version"]
+        diff = cli(data, "image", "diff", "fleet", str(r["v1"]), str(r["v2"]))
+        say(f"fleet@{r['v2']} (+ less) built in {time.monotonic() - t:.0f}s, tagged stable; "
+            f"{diff['bytes_new'] / 2**20:.1f} MiB new of {diff['bytes_total'] / 2**20:.0f} MiB")
+        vm = fl.vms["vm-cache"]
+        since = _utcnow()
+        t0 = time.monotonic()
+        vm.restart()
+        fl.wait(lambda f: configured(["vm-cache"], since=since)(f) and f["vm-cache"]["version"] == r["v2"],
+                boot_timeout, f"vm-cache configured on fleet@{r['v2']}")
+        r["update_boot_seconds"] = round(time.monotonic() - t0, 1)
+        b = boot_bytes(vm)
+        r["update_bytes"] = b["bytes_downloaded"]
+        r["update_chunks"] = (b["chunks_downloaded"], b["chunks_total"])
+        if not 0 < b["bytes_downloaded"] < 0.2 * b["bytes_total"]:
+            raise RuntimeError(f"the update downloaded {b['bytes_downloaded']} of {b['bytes_total']} bytes")
+        say(f"vm-cache rebooted onto fleet@{r['v2']}: downloaded {b['bytes_downloaded'] / 2**20:.1f} MiB "
+            f"({b['chunks_downloaded']} of {b['chunks_total']} chunks, {b['bytes_downloaded'] / b['bytes_total']:.1%}); "
+            f"configured after {r['update_boot_seconds']}s")
+
+    def outage():
+        lab, vm = fl.lab, fl.vms["vm-cache"]
+        # iPXE needs the server for its script, kernel and initrd: for this boot the VM gets the
+        # image's kernel and initrd directly (what iPXE would load), and DHCP from a plain dnsmasq.
+        boot = {}
+        for a in ("kernel", "initrd"):
+            code, body = lab.http_get(f"{fl.server.url}/images/fleet/{r['v2']}/{a}", timeout=60)
+            if code != 200:
+                raise RuntimeError(f"GET {a} answered {code}")
+            boot[a] = work / f"outage-{a}"
+            boot[a].write_bytes(body)
+        res = cli(data, "image", "show", f"fleet@{r['v2']}")
+        key = fl_ctx().signing_key.public_b64
+        args = ["console=ttyS0", "panic=-1", "quiet", "netslate.disk=allow", f"netslate.server={fl.server.url}",
+                f"netslate.image=fleet@{r['v2']}", f"netslate.manifest={res['manifest_digest']}",
+                "netslate.mode=cache", f"netslate.key={key}", "netslate.retries=1"]
+        vm.stop()
+        fl.stop_server()
+        say("netslate server stopped (API, boot scripts, chunks); a plain dnsmasq keeps DHCP")
+        dhcp = lab.popen(["dnsmasq", "--keep-in-foreground", "--port=0", f"--interface={lab.bridge}", "--bind-interfaces",
+                          f"--dhcp-range={lab.host_ip(100)},{lab.host_ip(150)},255.255.255.0,1h",
+                          f"--dhcp-leasefile={work}/outage.leases", "--user=root", "--no-resolv", "--no-hosts",
+                          "--conf-file=/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            off = VM(lab, fl.vmdir, "vm-c2", MAC_CACHE, memory_mb=1536, accel=accel,
+                     extra=["-drive", f"file={fl.disk},if=virtio,format=qcow2", "-kernel", str(boot["kernel"]),
+                            "-initrd", str(boot["initrd"]), "-append", " ".join(args)])
+            fl.vms["vm-c2"] = off
+            t0 = time.monotonic()
+            off.start()
+            m = off.wait_for(r"netslate: booting fleet@(\d+) \(mode cache, source cache\)", boot_timeout)
+            if int(m.group(1)) != r["v2"]:
+                raise RuntimeError(f"booted fleet@{m.group(1)} from the cache, expected {r['v2']}")
+            off.wait_for(r"netslate-agent: config generation (\d+) from (the )?last-known-good|from cache", boot_timeout)
+            r["outage_boot_seconds"] = round(time.monotonic() - t0, 1)
+            say(f"vm-cache booted fleet@{r['v2']} from its NETSLATE disk and applied the last-known-good config "
+                f"({r['outage_boot_seconds']}s)")
+        finally:
+            lab.stop(dhcp)
+        since = _utcnow()
+        fl.start_server()
+        f = fl.wait(lambda f: f.get("vm-cache", {}).get("image_source") == "cache"
+                    and (f["vm-cache"].get("last_report") or "") > since, 180, "vm-cache reports after the outage")
+        hist = history(data, "vm-cache")
+        if not any(h.get("config_source") == "cache" for h in hist):
+            raise RuntimeError(f"no queued report with config_source=cache: {hist[-3:]}")
+        m = f["vm-cache"]
+        say(f"server back: vm-cache reports image fleet@{m['version']} source={m['image_source']}, "
+            f"queued report config_source=cache delivered; flags {m['flags']}")
+
+    def rollback():
+        cli(data, "image", "tag", "fleet", str(r["v1"]), "stable", "-m", "demo rollback", json_out=False)
+        show = cli(data, "image", "show", "fleet@stable")
+        if show["version"] != r["v1"]:
+            raise RuntimeError("stable does not point at the first version after the rollback")
+        pub = cli(data, "config", "rollback", str(r["gen1"]), "-m", "demo rollback")
+        gen = pub["generation"]
+        fl.wait(configured(["vm-ram"], gen), 120, f"rollback generation {gen} applied")
+        say(f"tag stable → fleet@{r['v1']}; config rollback to generation {r['gen1']} published as generation {gen}, "
+            f"applied live by vm-ram")
+
+    return [
+        ("build the fleet image (systemd + agent) with mmdebstrap, its initramfs, boot profiles and a config tree", build_v1),
+        ("PXE-boot two VMs (ram and cache mode) until both report configured and healthy", boot_fleet),
+        ("publish a config change; the running machines apply it live", config_change),
+        ("image v2 with one package more; vm-cache reboots and downloads only the changed chunks", image_update),
+        ("server down: vm-cache boots from its cache with last-known-good; reports source=cache when the server is back", outage),
+        ("roll back the image tag and the config generation", rollback),
+    ]
