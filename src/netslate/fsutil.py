@@ -1,5 +1,9 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory."""
+"""Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
 
+Standard library only: the agent ships this module in its zipapp.
+"""
+
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -9,6 +13,9 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot fsync a directory
+            raise
     finally:
         os.close(fd)
 
