@@ -19,6 +19,17 @@ def test_boot_script_has_retry_backoff_and_fallback():
     assert "set ns_delay:int32 4" in lines and "inc ns_delay ${ns_delay}" in lines  # doubling backoff
     assert "iseq ${ns_try} 4 && goto ns_giveup ||" in lines and "reboot" in lines
 
+    assert "sanboot" not in s  # only cache-mode profiles fall back to the local disk
+
+
+def test_boot_script_cache_profile_falls_back_to_the_local_disk():
+    bios = ipxe.boot_script(BOOT, [], ipxe.Retry(attempts=2), local_fallback=True, platform="pcbios").splitlines()
+    giveup = bios[bios.index(":ns_giveup"):]
+    # the NETSLATE disk's extlinux first (BIOS drive 0x80), then back to the firmware, then the usual fallback
+    assert giveup[2:4] == ["sanboot --no-describe --drive 0x80 ||", "exit 1 ||"] and "reboot" in giveup
+    efi = ipxe.boot_script(BOOT, [], ipxe.Retry(attempts=2), local_fallback=True, platform="efi").splitlines()
+    assert "exit 1 ||" in efi and not any(line.startswith("sanboot") for line in efi)
+
 
 @pytest.mark.parametrize("bad", ["a b", "x\nshell", "${net0/mac}", "a||b", "a&&b", "#x", "a;b", "'", ""])
 def test_boot_unsafe_args_refused(bad):

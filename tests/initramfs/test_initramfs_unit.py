@@ -93,14 +93,18 @@ def test_initramfs_stage_main_bad_cmdline_is_the_dead_end(tmp_path, monkeypatch,
 
 # ------------------------------------------------------------------ cache-mode rules (pure)
 def test_initramfs_cache_rules():
-    assert C.allowed_versions(None, "d") is None
-    assert C.allowed_versions({"image_pin": None}, "d") is None
-    assert C.allowed_versions({"image_pin": {"name": "d", "version": 4}}, "d") == {4}
-    assert C.allowed_versions({"image_pin": "d@5"}, "d") == {5}
-    assert C.allowed_versions({"image_pin": "other@5"}, "d") is None
-    assert C.pick_fallback([3, 5, 4], None) == [5, 4, 3]
-    assert C.pick_fallback([3, 5, 4], {4}) == [4]
-    assert C.pick_fallback([3, 5], {9}) == []
+    assert C.assigned_version(None, "d") is None
+    assert C.assigned_version({"image_pin": None}, "d") is None
+    assert C.assigned_version({"image_pin": {"name": "d", "version": 4, "source": "boot rule r"}}, "d") == 4
+    assert C.assigned_version({"image_pin": {"image": "d", "version": 6}}, "d") == 6  # older bundles' shape
+    assert C.assigned_version({"image_pin": "d@5"}, "d") == 5
+    assert C.assigned_version({"image_pin": "other@5"}, "d") is None
+    assert C.assigned_version({"image_pin": {"name": "d", "version": "x"}}, "d") is None
+    assert C.pick_fallback([3, 5, 4], None) == [(5, True), (4, True), (3, True)]
+    # assigned 4 (e.g. the tag was rolled back from 5): 4, then older; 5 only as the last resort
+    assert C.pick_fallback([3, 5, 4], 4) == [(4, True), (3, True), (5, False)]
+    assert C.pick_fallback([3, 5], 9) == [(5, True), (3, True)]
+    assert C.pick_fallback([6, 7], 5) == [(6, False), (7, False)]
     assert C.keep_versions(5, 4, [3, 4, 5]) == {4, 5}
     assert C.keep_versions(5, 5, [3, 4, 5]) == {4, 5}
     assert C.keep_versions(5, None, [5]) == {5}
@@ -302,7 +306,7 @@ def test_initramfs_cache_lkg_bundle_signature(ctx, tmp_path, capsys):
     signed = ctx.signing_key.sign({"kind": "netslate-bundle/1", "generation": 3, "image_pin": "img@2"})
     (lay.lkg / "bundle.json").write_text(json.dumps(signed))
     assert C.lkg_payload(env_key, lay)["image_pin"] == "img@2"
-    assert C.allowed_versions(C.lkg_payload(env_key, lay), "img") == {2}
+    assert C.assigned_version(C.lkg_payload(env_key, lay), "img") == 2
     signed["payload"]["image_pin"] = "img@1"  # edited on the disk: the pinned key refuses it
     (lay.lkg / "bundle.json").write_text(json.dumps(signed))
     assert C.lkg_payload(env_key, lay) is None
@@ -310,3 +314,28 @@ def test_initramfs_cache_lkg_bundle_signature(ctx, tmp_path, capsys):
     assert C.lkg_payload(env_nokey, lay)["image_pin"] == "img@1"  # no key pinned: the agent's saved copy
     (lay.lkg / "bundle.json").write_text("{garbage")
     assert C.lkg_payload(env_key, lay) is None and C.lkg_payload(env_nokey, lay) is None
+
+
+# ------------------------------------------------------------------ local boot (pure parts)
+def test_initramfs_localboot_entry_args_and_config():
+    from netslate.initramfs import localboot as L
+
+    booted = ("BOOT_IMAGE=/x initrd=initrd console=ttyS0,115200 panic=-1 netslate.server=http://10.0.0.1:8080 "
+              "netslate.image=fleet@4 netslate.manifest=sha256:" + "a" * 64 + " netslate.mode=cache netslate.disk=allow "
+              "BOOTIF=01-52-54-00-00-00-01 netslate.boot=local quiet")
+    args = L.entry_args(booted, "fleet", 3, "sha256:" + "b" * 64)
+    toks = args.split()
+    # this boot's image, digest, initrd name and boot interface are not carried over; the rest is
+    assert toks[:6] == ["console=ttyS0,115200", "panic=-1", "netslate.server=http://10.0.0.1:8080",
+                        "netslate.mode=cache", "netslate.disk=allow", "quiet"]
+    assert toks[6:] == ["netslate.image=fleet@3", "netslate.manifest=sha256:" + "b" * 64, "netslate.boot=local"]
+    assert S.parse_cmdline(args).boot == "local" and S.parse_cmdline(booted.replace(" netslate.boot=local", "")).boot == "network"
+    assert L.entry_args('a="x y" b', "i", 1, "sha256:" + "0" * 64).startswith('a="x y" b ')
+    assert L.serial_line(booted) == "SERIAL 0 115200" and L.serial_line("console=tty0") is None
+    conf = L.render_config("fleet", [{"version": 4, "args": "A4"}, {"version": 3, "args": "A3"}], "SERIAL 0 115200")
+    lines = conf.splitlines()
+    assert "DEFAULT fleet-4" in lines and "SERIAL 0 115200" in lines
+    assert lines[lines.index("LABEL fleet-3") + 1:lines.index("LABEL fleet-3") + 4] == [
+        "  LINUX /boot/images/fleet/3/vmlinuz", "  INITRD /boot/images/fleet/3/initrd", "  APPEND A3"]
+    with pytest.raises(ValueError):
+        L.render_config("fleet", [], None)

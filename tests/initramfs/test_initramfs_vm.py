@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from initramfs_world import (  # noqa: E402
-    MARKER, boot, boot_json, boot_many, chunk_requests, make_tiny, make_world, new_disk, ns_args,
+    KERNEL, MARKER, boot, boot_json, boot_many, chunk_requests, finish, make_tiny, make_world, new_disk, ns_args,
 )
 
 
@@ -137,3 +137,41 @@ def test_initramfs_vm_garbage_and_hanging_servers_are_survived(world):
     assert f"pull from {world.hostile['hang']} failed" in con and "timed out" in con
     rec = boot_json(con)
     assert rec["server"] == world.url and rec["source"] == "server"
+
+
+def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_is_down(world):
+    """Cache mode keeps the version's kernel + initrd on the NETSLATE disk with extlinux in its boot
+    sector. With the server gone, the real BIOS (SeaBIOS) tries PXE first (iPXE gets a DHCP lease
+    but nothing to boot), falls through to the disk, extlinux loads the cached kernel and netslate
+    initramfs, and the stage boots the verified cached rootfs with source=cache."""
+    from netslate.vmlab import VM
+
+    img = world.ctx.library.import_files("tinyk", rootfs=make_tiny(world.tmp / "tinyk", "K1", 7), kernel=KERNEL,
+                                         initrd=world.initrd, warn=lambda m: None)
+    r = world.ctx.library.resolve("tinyk", str(img["version"]))
+    # a server of its own that this test takes down (a counting proxy in front of the real one)
+    port = 8085
+    proxy = world.lab.popen([sys.executable, str(Path(__file__).parent / "hostile_server.py"), world.lab.address, str(port),
+                             world.url, "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    world.lab.wait_tcp(port, timeout=20)
+    server = f"http://{world.lab.address}:{port}"
+    disk = new_disk(world, "local")
+    try:
+        con = boot(world, "local1", ns_args(world, r, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
+        rec = boot_json(con)
+        assert (rec["source"], rec["version"], rec["booted_via"]) == ("server", r.version, "network")
+        assert rec["local_boot"] == {"installed": True, "versions": [r.version]}, rec["local_boot"]
+        assert "local boot: extlinux installed on the NETSLATE disk" in con
+    finally:
+        world.lab.stop(proxy)
+    # power on with no kernel given: the firmware boots NIC first, then the disk
+    vm = VM(world.lab, world.tmp / "vms", "local2", "52:54:00:5a:01:01", memory_mb=768, accel="tcg",
+            extra=["-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0,bootindex=2"])
+    with vm:
+        con = finish(vm)
+    assert re.search(r"iPXE", con), con[:2000]
+    assert "SYSLINUX" in con and f"netslate: local boot from the NETSLATE disk: tinyk@{r.version}" in con
+    rec = boot_json(con)
+    assert (rec["source"], rec["version"], rec["booted_via"]) == ("cache", r.version, "local disk")
+    assert "server unreachable" in rec["reason"]
+    assert f"{MARKER} version=K1" in con

@@ -168,11 +168,20 @@ def url_checked(value: str) -> str:
     return url(f"{parts.scheme}://{parts.netloc}", parts.path)
 
 
-def boot_script(boot: ImageBoot, comments: list[str], retry: Retry = Retry(), jitter_s: int = 0) -> str:
+def boot_script(boot: ImageBoot, comments: list[str], retry: Retry = Retry(), jitter_s: int = 0,
+                local_fallback: bool = False, platform: str | None = None) -> str:
+    """`local_fallback` (cache-mode profiles): when the downloads keep failing, boot the local disk
+    (the NETSLATE disk's extlinux) before the usual fallback."""
     retry.check()
     lines = ["#!ipxe", *_comment(comments)]
     lines += _boot_block("ns_boot", boot, retry, jitter_s, "ns_giveup")
-    lines += [":ns_giveup", _fallback_line(retry), ""]
+    lines += [":ns_giveup"]
+    if local_fallback:
+        lines.append("echo netslate: the server is unreachable, booting the local NETSLATE disk")
+        if platform != "efi":
+            lines.append("sanboot --no-describe --drive 0x80 ||")
+        lines.append("exit 1 ||")
+    lines += [_fallback_line(retry), ""]
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 E2FS = [Path("/sbin/mke2fs"), Path("/sbin/e2fsck")]
 MKE2FS_CONF = Path("/etc/mke2fs.conf")
+EXTLINUX = Path("/usr/bin/extlinux")  # local boot from the NETSLATE disk (ldlinux is built into it)
 
 # Modules the boot needs: NICs, disks, the image filesystems, overlay, loop. Missing optional
 # ones are skipped (built in, or not this kernel's business); missing required ones are an error.
@@ -56,7 +57,7 @@ NETSLATE_FILES = (
     "__init__.py", "crypto/__init__.py", "crypto/envelope.py", "crypto/ed25519.py",
     "images/__init__.py", "images/pull.py",
     "initramfs/__init__.py", "initramfs/stage.py", "initramfs/runtime.py",
-    "initramfs/mode_ram.py", "initramfs/mode_cache.py",
+    "initramfs/mode_ram.py", "initramfs/mode_cache.py", "initramfs/localboot.py",
 )
 
 
@@ -279,6 +280,10 @@ def add_e2fsprogs(c: Collector) -> None:
         c.copy(MKE2FS_CONF, "etc/mke2fs.conf")
 
 
+def add_extlinux(c: Collector) -> None:
+    c.binary(_need(EXTLINUX, "extlinux"), "usr/bin/extlinux")
+
+
 def _module_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix == ".xz":
@@ -326,6 +331,7 @@ def collect(modules_dir: Path, kver: str) -> tuple[Collector, dict]:
     add_python(c)
     add_netslate(c)
     add_e2fsprogs(c)
+    add_extlinux(c)
     c.file("init", (FILES / "init").read_bytes(), 0o755)
     c.file("etc/netslate/udhcpc.sh", (FILES / "udhcpc.sh").read_bytes(), 0o755)
     c.file("etc/netslate/kernel", (kver + "\n").encode())

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from netslate.crypto.envelope import SignatureError, open_envelope
 from netslate.images import pull as pullmod
+from netslate.initramfs import localboot
 from netslate.initramfs import runtime as rt
 from netslate.initramfs.stage import NoVerifiedImage
 
@@ -34,27 +35,34 @@ HISTORY = 20
 
 
 # ---------------------------------------------------------------- pure helpers
-def allowed_versions(bundle_payload: dict | None, image: str) -> set[int] | None:
-    """Versions of `image` the last-known-good bundle allows; None = no constraint.
+def assigned_version(bundle_payload: dict | None, image: str) -> int | None:
+    """The version of `image` the last-known-good bundle assigns this machine; None = no constraint.
 
-    The bundle's `image_pin` may be {"name", "version"} or "NAME@VERSION"."""
+    The bundle's `image_pin` is what the server's boot side assigned when the bundle was made (an
+    explicit pin or the boot rules' answer): {"name" (or "image"), "version", ...} or "NAME@VERSION"."""
     if not isinstance(bundle_payload, dict):
         return None
     pin = bundle_payload.get("image_pin")
     if isinstance(pin, str) and "@" in pin:
         name, _, v = pin.partition("@")
         pin = {"name": name, "version": v}
-    if isinstance(pin, dict) and pin.get("name") == image and str(pin.get("version", "")).isdigit():
-        return {int(pin["version"])}
+    if not isinstance(pin, dict):
+        return None
+    if (pin.get("name") or pin.get("image")) == image and str(pin.get("version", "")).isdigit():
+        return int(pin["version"])
     return None
 
 
-def pick_fallback(cached: list[int], allowed: set[int] | None) -> list[int]:
-    """Cached versions to try when no server answers, best first: newest allowed first."""
+def pick_fallback(cached: list[int], assigned: int | None) -> list[tuple[int, bool]]:
+    """Cached versions to try when no server answers, best first, each with "allowed by the last bundle".
+
+    Allowed: the assigned version, then older ones, newest first. A version newer than the
+    assignment was rolled back (or not yet given to this machine): tried only when nothing allowed
+    verifies, because a verified image beats the dead end."""
     ordered = sorted(set(cached), reverse=True)
-    if allowed is None:
-        return ordered
-    return [v for v in ordered if v in allowed]
+    if assigned is None:
+        return [(v, True) for v in ordered]
+    return [(v, True) for v in ordered if v <= assigned] + [(v, False) for v in sorted(v for v in ordered if v > assigned)]
 
 
 def keep_versions(current: int, last_booted: int | None, cached: list[int]) -> set[int]:
@@ -282,6 +290,17 @@ def lkg_payload(env: rt.Env, layout: Layout) -> dict | None:
         return None
 
 
+def kept_metas(layout: Layout, current: int, meta: dict) -> dict[int, dict]:
+    """{version: stored manifest} of the cached versions, the current one first (for local boot)."""
+    out = {current: meta}
+    for v in sorted(layout.cached(), reverse=True):
+        m = rt.read_json(layout.meta(v))
+        if v != current and isinstance(m, dict) and isinstance(m.get("payload"), dict) \
+                and m.get("digest") == pullmod.payload_digest(m["payload"]):
+            out[v] = m
+    return out
+
+
 def bind_persist(env: rt.Env, layout: Layout) -> list[str]:
     done = []
     for path in env.args.persist:
@@ -331,13 +350,16 @@ def boot(env: rt.Env) -> dict:
         rt.log(f"{reason}; trying the cached versions")
     if version is None:
         source = "cache"
-        allowed = allowed_versions(lkg_payload(env, layout), a.image)
-        if allowed is not None:
-            rt.log(f"last-known-good bundle allows {a.image}@{','.join(map(str, sorted(allowed)))}")
-        for v in pick_fallback(layout.cached(), allowed):
+        assigned = assigned_version(lkg_payload(env, layout), a.image)
+        if assigned is not None:
+            rt.log(f"last-known-good bundle assigns {a.image}@{assigned}; cached versions up to it are allowed")
+        for v, allowed in pick_fallback(layout.cached(), assigned):
             meta = verified_cached(layout, v)
             if meta:
                 version = v
+                if not allowed:
+                    reason += f"; no allowed version verifies, booting {a.image}@{v} (newer than the assigned {assigned})"
+                    rt.log(f"no cached version up to {a.image}@{assigned} verifies; booting {a.image}@{v}, the only verified one")
                 break
         if version is None and disk_error:
             # The server is fine, the disk is not (full, failing): RAM still gives a verified boot.
@@ -360,7 +382,11 @@ def boot(env: rt.Env) -> dict:
         rt.mount(str(root), rt.NEWROOT / "netslate", None, "bind")
     except OSError as exc:
         rt.log(f"NETSLATE disk not bound at /netslate: {exc}")
+    local = {"installed": None, "reason": "kept as it was (booted from the cache)"}
+    if source == "server" and server:
+        local = localboot.update(env, root, a.image, kept_metas(layout, version, meta), server, env.cmdline)
     record = {
+        "local_boot": local,
         "mode": "cache", "image": a.image, "version": version, "manifest_digest": meta["digest"],
         "source": source, "server": server, "reason": reason, "format": fmt, "disk": dev,
         "disk_mount": str(root), "lkg_dir": "/netslate/lkg", "persisted": kept,

@@ -54,6 +54,7 @@ def read_net() -> dict:
 class Env:
     args: BootArgs
     net: dict = field(default_factory=dict)
+    cmdline: str = ""  # /proc/cmdline as booted (the local boot entries reuse it)
 
     @property
     def key_bytes(self) -> bytes | None:

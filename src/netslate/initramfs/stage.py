@@ -58,6 +58,7 @@ class BootArgs:
     retries: int = 3  # rounds over the server list
     onfail: str = "shell"
     init: str = "/sbin/init"
+    boot: str = "network"  # network | local (extlinux on the NETSLATE disk loaded this kernel)
 
 
 def split_cmdline(text: str) -> list[str]:
@@ -121,7 +122,7 @@ def parse_cmdline(text: str) -> BootArgs:
     return BootArgs(
         servers=[s.rstrip("/") for s in servers], image=name, ref=ref, manifest=manifest, mode=mode, key=key,
         disk_allow=raw.get("disk") == "allow", persist=persist, timeout=timeout, retries=retries,
-        onfail=onfail, init=init,
+        onfail=onfail, init=init, boot="local" if raw.get("boot") == "local" else "network",
     )
 
 
@@ -155,7 +156,7 @@ def main(cmdline_path: str = "/proc/cmdline") -> int:
         rt.log(f"bad kernel command line: {exc}")
         return EXIT_NO_IMAGE
     rt.write_text(rt.RUN / "onfail", args.onfail + "\n")
-    env = rt.Env(args=args, net=rt.read_net())
+    env = rt.Env(args=args, net=rt.read_net(), cmdline=text)
     if not env.net:
         rt.log("no network (no DHCP lease); the server cannot be reached")
     started = time.monotonic()
@@ -171,6 +172,7 @@ def main(cmdline_path: str = "/proc/cmdline") -> int:
     record["key"] = args.key
     record["network"] = env.net
     record["persist"] = args.persist
+    record["booted_via"] = "local disk" if args.boot == "local" else "network"
     rt.write_text(rt.RUN / "boot.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
     rt.write_text(rt.RUN / "init", args.init + "\n")
     rt.log(f"booting {record['image']}@{record['version']} (mode {record['mode']}, source {record['source']})"
