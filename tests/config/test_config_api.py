@@ -81,15 +81,13 @@ def test_schema_is_published(live_server):
     assert {"hostname", "users", "files", "secrets", "health_checks", "network"} <= set(s["properties"])
 
 
-def test_bundle_is_signed_with_etag_and_image_pin(world):
+def test_bundle_is_signed_with_etag_and_image_pin(world, tmp_path):
     api, ids = world
-    with api.srv.ctx.db.session() as s:
-        s.get(Machine, ids["pc1"]).status = {"facts": {"cpus": 2}, "image_pin": {"image": "desktop", "version": 7}}
     r = api.bundle("pc1")
     assert r.status_code == 200
     p = open_envelope(r.json(), api.key)
     assert p["kind"] == "netslate-bundle/1" and p["machine_id"] == ids["pc1"] and p["generation"] == 1
-    assert p["issued_at"].endswith("Z") and p["image_pin"] == {"image": "desktop", "version": 7}
+    assert p["issued_at"].endswith("Z") and p["image_pin"] is None  # no boot rule, pin or default profile
     doc = p["document"]
     assert doc["hostname"] == "pc1-2" and doc["timezone"] == "Europe/Paris" and doc["sysctl"] == {"vm.swappiness": 10}
     assert [u["name"] for u in doc["users"]] == ["root", "alice"]
@@ -98,12 +96,17 @@ def test_bundle_is_signed_with_etag_and_image_pin(world):
     bad["payload"]["document"]["timezone"] = "UTC"
     with pytest.raises(Exception):
         open_envelope(bad, api.key)
-    # an explicit boot pin (boot part's table) is what the bundle carries
-    from netslate.boot.models import BootPin
+    # an explicit boot pin (netslate machine pin) is what the bundle carries; this machine has no MAC
+    from netslate.boot import store as bstore
 
-    with api.srv.ctx.db.session() as s:
-        s.add(BootPin(machine_id=ids["pc1"], image="desktop", version=9, actor="test"))
-    assert api.payload("pc1")["image_pin"] == {"image": "desktop", "version": 9, "source": "boot pin"}
+    ctx = api.srv.ctx
+    kernel = tmp_path / "vmlinuz"
+    for n in (1, 2):
+        kernel.write_bytes(b"k%d" % n * 3000)
+        ctx.library.import_files("desktop", kernel=kernel, tag="stable", warn=lambda m: None)
+    bstore.pin_machine(ctx, "pc1", "desktop@1")
+    assert api.payload("pc1")["image_pin"] == {"name": "desktop", "version": 1, "source": "boot pin",
+                                               "digest": ctx.library.resolve("desktop", "1").manifest_digest}
     r = api.bundle("pc1")
     etag = r.headers["etag"]
     r2 = api.bundle("pc1", headers={"If-None-Match": etag})

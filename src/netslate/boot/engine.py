@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 
 from netslate.boot import ipxe
 from netslate.boot import store as bstore
@@ -48,6 +48,17 @@ SQL_FINGERPRINT = str(Q_FINGERPRINT)
 SQL_BY_MAC = ("SELECT m.id, m.uuid, m.serial, m.manufacturer, m.product, m.labels, m.approved, m.tree_path, m.state"
               " FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?")
 SQL_BY_UUID = "SELECT id, uuid, serial, manufacturer, product, labels, approved, tree_path, state FROM machines WHERE uuid = ?"
+# assignment(): the machine row, its address (site hint) and its first MAC in sorted order, in one read.
+Q_ASSIGN = select(
+    *_MACHINE_COLS, M.c.ip_address,
+    select(func.min(MM.c.mac)).where(MM.c.machine_id == M.c.id).scalar_subquery(),
+).where(M.c.id == bindparam("id"))
+SQL_ASSIGN = ("SELECT m.id, m.uuid, m.serial, m.manufacturer, m.product, m.labels, m.approved, m.tree_path, m.state,"
+              " m.ip_address, (SELECT MIN(mm.mac) FROM machine_macs mm WHERE mm.machine_id = m.id)"
+              " FROM machines m WHERE m.id = ?")
+# decide() renders a script; assignment() only keeps the image and version, so any valid base will do.
+ASSIGN_BASE = "http://netslate.invalid"
+_MISS = object()
 
 
 @dataclass
@@ -87,6 +98,8 @@ class Snapshot:
     subnets: Any = None  # discovery's SubnetMap (client address → site), if discovery has subnets
     # Rendered decisions keyed on everything decide() reads: request facts + the raw machine row.
     decisions: dict[tuple, "Decision"] = field(default_factory=dict)
+    # assignment() answers keyed on the raw machine row (+ first MAC, address): machine id → image pin or None.
+    assignments: dict[tuple, dict | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -481,7 +494,8 @@ class BootEngine:
             script = ipxe.wait_script(base, [f"cannot boot: {_safe_text(t.error)}"], policy_retry, comments)
             return Decision("wait", script, rule=rname, profile=pname, image=t.name, pinned=pinned, detail=t.error)
         comments = comments + [f"image {t.name}@{t.version}" + (" (pinned)" if pinned else "")]
-        script = ipxe.boot_script(self._image_boot(t, profile, base), comments, self.retry, ipxe.jitter(facts.mac or ""))
+        script = ipxe.boot_script(self._image_boot(t, profile, base), comments, self.retry, ipxe.jitter(facts.mac or ""),
+                                  local_fallback=profile.get("mode") == "cache", platform=facts.platform)
         return Decision("image", script, rule=rname, profile=pname, image=t.name, version=t.version, pinned=pinned)
 
     def _menu_decision(self, snap: Snapshot, profile: dict, base: str, facts: Facts, comments: list[str], rname: str | None) -> Decision:
@@ -505,6 +519,54 @@ class BootEngine:
         menu = ipxe.Menu(name, tuple(entries), default, tag, comments=tuple(comments))
         return Decision("menu", ipxe.menu_script(menu, self.retry, ipxe.jitter(facts.mac or "")), rule=rname,
                         profile=profile["name"], image=name, version=default)
+
+    # ------------------------------------------------------------ assignment (signed bundles)
+
+    def assignment(self, machine_id: int) -> dict | None:
+        """The image version the boot side assigns this known machine now, as the signed config bundle
+        carries it (`image_pin`): {"name", "version", "digest", "source"}, source being "boot pin",
+        "boot rule NAME" or "site default profile". None for an unknown machine or a decision that is
+        not one image version (local disk, menu, wait, hold).
+
+        The same decide() as a boot request from the machine's first MAC (sorted), with its inventory
+        facts, no arch/platform, and its last known address as the site hint. A tag in a profile's ref
+        is resolved to its version now. Answers are cached on the snapshot, keyed on the raw machine
+        row, so they last until a rule, profile, pin, policy, tag or version changes (or the machine)."""
+        if self._sqlite_path:
+            c = self._sqlite()
+            fp = tuple(c.execute(self._fp_sql).fetchone())
+            row = c.execute(SQL_ASSIGN, (int(machine_id),)).fetchone()
+            key = row
+        else:
+            with self.ctx.db.engine.connect() as conn:
+                fp = tuple(conn.execute(self._fp_query).one())
+                row = conn.execute(Q_ASSIGN, {"id": int(machine_id)}).first()
+            key = None if row is None else tuple(
+                json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in row)
+        snap = self._snapshot_for(fp)
+        if row is None:
+            return None
+        hit = snap.assignments.get(key, _MISS)
+        if hit is _MISS:
+            hit = self._assign(snap, row)
+            if len(snap.assignments) >= DECISION_CACHE_MAX:
+                snap.assignments.clear()
+            snap.assignments[key] = hit
+        return dict(hit) if hit is not None else None
+
+    def _assign(self, snap: Snapshot, row) -> dict | None:
+        labels = json.loads(row[5]) if isinstance(row[5], str) else (row[5] or {})
+        m = MachineRow(row[0], row[1], row[2], row[3], row[4], labels, bool(row[6]), row[7], row[8])
+        q = {"mac": row[10], "uuid": None, "serial": None, "manufacturer": None, "product": None,
+             "arch": None, "platform": None}  # uuid/serial/…: decide() takes them from the machine row
+        d = self.decide(snap, m, q, ASSIGN_BASE, site_hint=self.site_of_address(snap, row[9]))
+        if d.kind != "image" or d.image is None or d.version is None:
+            return None
+        t = self._target(snap, d.image, str(d.version))
+        if t.error:
+            return None
+        source = "boot pin" if d.pinned else f"boot rule {d.rule}" if d.rule else "site default profile"
+        return {"name": d.image, "version": int(d.version), "digest": t.digest, "source": source}
 
     # ------------------------------------------------------------ explain
 
@@ -537,6 +599,24 @@ class BootEngine:
         out.update({"known": m is not None, "kind": d.kind, "rule": d.rule, "profile": d.profile, "image": d.image,
                     "version": d.version, "pinned": d.pinned, "script": d.script})
         return out
+
+
+_engines: dict[str, BootEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(ctx) -> BootEngine:
+    """One BootEngine per database URL for readers outside the boot endpoints (signed bundles).
+    Building one has no side effect beyond a schema check: its event writer starts no thread and
+    writes nothing until a boot request puts an event."""
+    key = str(ctx.db.url)
+    e = _engines.get(key)
+    if e is None:
+        with _engines_lock:
+            e = _engines.get(key)
+            if e is None:
+                e = _engines[key] = BootEngine(ctx)
+    return e
 
 
 def _safe_text(s: str) -> str:

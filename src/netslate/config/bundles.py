@@ -128,6 +128,7 @@ class MachineView:
     status: dict
     credential_sha256: str | None
     macs: list = field(default_factory=list)
+    image_pin: dict | None = None  # what the boot side assigns it now (image_assignment), set by bundle()
 
 
 _M = Machine.__table__
@@ -151,20 +152,19 @@ def load_machine(conn, ident) -> MachineView:
         raise NotFound(f"no machine {text!r} (give its id, name or SMBIOS UUID)")
     m = MachineView(*row)
     m.macs = [r[0] for r in conn.execute(select(_MM.c.mac).where(_MM.c.machine_id == m.id))]
-    pin = _boot_pin(conn, m.id)
-    if pin is not None:  # an operator's explicit pin (boot part) wins over what the machine reported
-        m.status = {**(m.status or {}), "image_pin": pin}
     return m
 
 
-def _boot_pin(conn, machine_id: int) -> dict | None:
+def image_assignment(ctx, machine_id: int) -> dict | None:
+    """The image version the boot side assigns the machine now, for the bundle's `image_pin`:
+    {"name", "version", "digest", "source"} (explicit boot pin, else the active boot rules, else the
+    site's default profile; a tag resolved to its version), or None (no boot part, or no single
+    image version: local disk, menu, no rule, held). Cached by the boot engine per snapshot."""
     try:
-        from netslate.boot.models import BootPin
+        from netslate.boot.engine import engine_for
     except ImportError:  # the boot part is optional for this one
         return None
-    t = BootPin.__table__
-    row = conn.execute(select(t.c.image, t.c.version).where(t.c.machine_id == machine_id)).first()
-    return {"image": row[0], "version": row[1], "source": "boot pin"} if row else None
+    return engine_for(ctx).assignment(machine_id)
 
 
 def load_state(conn):
@@ -258,7 +258,8 @@ def machine_lease(ctx, machine_id: int, doc: dict) -> tuple[dict | None, str | N
 def build_payload(m: Machine, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None,
                   ctx=None) -> tuple[dict, str]:
     """The bundle payload for one machine, and its ETag (stable while the content is).
-    With `ctx`, a document in network mode 'pool' gets the machine's leased address."""
+    With `ctx`, a document in network mode 'pool' gets the machine's leased address. `image_pin` is
+    `m.image_pin` (bundle() sets it from image_assignment), else None."""
     doc, _ = cache.resolve_machine(m.tree_path, m.id)
     if ctx is not None and pool_name(doc) is not None:
         doc = with_lease(doc, *machine_lease(ctx, m.id, doc))
@@ -276,7 +277,7 @@ def build_payload(m: Machine, st, cache: Tree, generation: int, authenticated: b
         "generation": generation,
         "tree_path": m.tree_path,
         "document": doc,
-        "image_pin": (m.status or {}).get("image_pin"),
+        "image_pin": getattr(m, "image_pin", None),
         "authenticated": authenticated,
         "secrets_removed": removed,
     }
@@ -290,6 +291,7 @@ def bundle(ctx, machine: str | int, credential: str | None = None, allow_unauthe
     with ctx.db.engine.connect() as conn:
         m = load_machine(conn, machine)
         st = load_state(conn)
+    m.image_pin = image_assignment(ctx, m.id)
     authenticated = store.credential_ok(m, credential)
     gen = effective_generation(st, m.tree_path)
     t = cache_for(ctx).get(ctx, gen)
