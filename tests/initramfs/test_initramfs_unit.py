@@ -339,3 +339,8 @@ def test_initramfs_localboot_entry_args_and_config():
         "  LINUX /boot/images/fleet/3/vmlinuz", "  INITRD /boot/images/fleet/3/initrd", "  APPEND A3"]
     with pytest.raises(ValueError):
         L.render_config("fleet", [], None)
+    sector = bytearray(512)
+    sector[3:11] = b"SYSLINUX"
+    assert not L.boot_sector_ok(bytes(sector))  # no 0x55AA
+    sector[510:512] = b"\x55\xaa"
+    assert L.boot_sector_ok(bytes(sector)) and not L.boot_sector_ok(b"") and not L.boot_sector_ok(bytes(512))

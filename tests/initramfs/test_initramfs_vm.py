@@ -162,6 +162,17 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
         assert (rec["source"], rec["version"], rec["booted_via"]) == ("server", r.version, "network")
         assert rec["local_boot"] == {"installed": True, "versions": [r.version]}, rec["local_boot"]
         assert "local boot: extlinux installed on the NETSLATE disk" in con
+        # something wipes the disk's first sector: the next verified boot puts extlinux back
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -z 0 512", str(disk)], check=True, capture_output=True)
+        # an update: the new version's boot files join the previous one's, the new one is the default
+        img2 = world.ctx.library.import_files("tinyk", rootfs=make_tiny(world.tmp / "tinyk2", "K2", 8), kernel=KERNEL,
+                                              initrd=world.initrd, warn=lambda m: None)
+        r2 = world.ctx.library.resolve("tinyk", str(img2["version"]))
+        con = boot(world, "local1b", ns_args(world, r2, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
+        rec = boot_json(con)
+        assert (rec["source"], rec["version"]) == ("server", r2.version)
+        assert rec["local_boot"] == {"installed": True, "versions": [r2.version, r.version]}, rec["local_boot"]
+        assert "the boot sector of /dev/vda no longer holds extlinux; installing it again" in con
     finally:
         world.lab.stop(proxy)
     # power on with no kernel given: the firmware boots NIC first, then the disk
@@ -170,8 +181,8 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
     with vm:
         con = finish(vm)
     assert re.search(r"iPXE", con), con[:2000]
-    assert "SYSLINUX" in con and f"netslate: local boot from the NETSLATE disk: tinyk@{r.version}" in con
+    assert "SYSLINUX" in con and f"netslate: local boot from the NETSLATE disk: tinyk@{r2.version}" in con
     rec = boot_json(con)
-    assert (rec["source"], rec["version"], rec["booted_via"]) == ("cache", r.version, "local disk")
+    assert (rec["source"], rec["version"], rec["booted_via"]) == ("cache", r2.version, "local disk")
     assert "server unreachable" in rec["reason"]
-    assert f"{MARKER} version=K1" in con
+    assert f"{MARKER} version=K2" in con

@@ -19,7 +19,9 @@ the rootfs they boot is verified again by the initramfs, as on every boot.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -28,6 +30,7 @@ from netslate.images import pull as pullmod
 from netslate.initramfs import runtime as rt
 
 EXTLINUX = "/usr/bin/extlinux"
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878  # _IOWR('X', 119/120, int)
 ARTIFACTS = (("kernel", "vmlinuz"), ("initrd", "initrd"))
 # Arguments that describe one particular boot, never copied into the local boot entries.
 _DROP = ("initrd=", "BOOT_IMAGE=", "BOOTIF=", "netslate.image=", "netslate.manifest=", "netslate.boot=")
@@ -125,9 +128,48 @@ def fetch_boot_files(env: rt.Env, root: Path, image: str, meta: dict, server: st
     return True
 
 
-def install_extlinux(root: Path) -> None:
-    """extlinux into the NETSLATE filesystem's boot sector (= the disk's first sector), once per
-    extlinux version. Raises OSError with extlinux's own words."""
+def boot_sector_ok(head: bytes) -> bool:
+    """extlinux's boot sector: "SYSLINUX" as the OEM name, and the 0x55AA signature."""
+    return len(head) >= 512 and head[3:11] == b"SYSLINUX" and head[510:512] == b"\x55\xaa"
+
+
+def read_boot_sector(dev: str | None) -> bytes:
+    if not dev:
+        return b""
+    try:
+        with open(dev, "rb") as f:
+            return f.read(512)
+    except OSError:
+        return b""
+
+
+def checkpoint(root: Path) -> None:
+    """Write the journal back to the filesystem's home blocks (freeze + thaw). extlinux reads ext4
+    without replaying the journal, so a machine switched off before ext4's own checkpoint would
+    otherwise find the old extlinux.conf (or none), and a later journal replay could put back a
+    copy of block 0 from before extlinux wrote its boot sector."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        except OSError as exc:
+            os.sync()
+            rt.log(f"local boot: cannot checkpoint the NETSLATE journal ({exc}); synced only")
+            return
+        for _ in range(3):
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+                return
+            except OSError as exc:
+                rt.log(f"local boot: thaw of the NETSLATE disk failed ({exc}); retrying")
+    finally:
+        os.close(fd)
+
+
+def install_extlinux(root: Path, dev: str | None = None) -> None:
+    """extlinux into the NETSLATE filesystem's boot sector (= the disk's first sector): once per
+    extlinux version, and again whenever that sector no longer holds it. Raises OSError with
+    extlinux's own words."""
     xdir = root / "boot" / "extlinux"
     xdir.mkdir(parents=True, exist_ok=True)
     ver = rt.run([EXTLINUX, "--version"], timeout=30)
@@ -135,7 +177,9 @@ def install_extlinux(root: Path) -> None:
     marker = xdir / "installed-by"
     try:
         if marker.read_text().strip() == version and (xdir / "ldlinux.sys").exists():
-            return
+            if dev is None or boot_sector_ok(read_boot_sector(dev)):
+                return
+            rt.log(f"local boot: the boot sector of {dev} no longer holds extlinux; installing it again")
     except OSError:
         pass
     proc = rt.run([EXTLINUX, "--install", str(xdir)], timeout=120)
@@ -157,7 +201,8 @@ def prune_boot_files(root: Path, image: str, keep: set[int], state: dict) -> Non
             state.pop(f"{image}/{d.name}", None)
 
 
-def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: str, cmdline: str) -> dict:
+def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: str, cmdline: str,
+           dev: str | None = None) -> dict:
     """After a verified boot from `server`: boot files for every kept version (metas: {v: meta},
     the current one first), extlinux installed, extlinux.conf rewritten. Returns what was done;
     never raises (the boot goes on without a local entry, and says why)."""
@@ -177,8 +222,9 @@ def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: 
         rt.write_text(state_path, json.dumps(state, sort_keys=True))
         if not entries:
             return {"installed": False, "reason": "no version with a verified kernel and initrd"}
-        install_extlinux(root)
+        install_extlinux(root, dev)
         rt.write_text(root / "boot" / "extlinux" / "extlinux.conf", render_config(image, entries, serial_line(cmdline)))
+        checkpoint(root)
     except OSError as exc:
         rt.log(f"local boot not installed: {exc}")
         return {"installed": False, "reason": str(exc)}

@@ -384,7 +384,7 @@ def boot(env: rt.Env) -> dict:
         rt.log(f"NETSLATE disk not bound at /netslate: {exc}")
     local = {"installed": None, "reason": "kept as it was (booted from the cache)"}
     if source == "server" and server:
-        local = localboot.update(env, root, a.image, kept_metas(layout, version, meta), server, env.cmdline)
+        local = localboot.update(env, root, a.image, kept_metas(layout, version, meta), server, env.cmdline, dev)
     record = {
         "local_boot": local,
         "mode": "cache", "image": a.image, "version": version, "manifest_digest": meta["digest"],
