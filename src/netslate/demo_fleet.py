@@ -348,6 +348,8 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
             vm.start()
             vm.wait_for(r"Booting from Hard Disk", boot_timeout)
             m = vm.wait_for(r"netslate: local boot from the NETSLATE disk: fleet@(\d+)", 60)
+            if int(m.group(1)) != r["v2"]:
+                raise RuntimeError(f"the disk's default local boot entry is fleet@{m.group(1)}, expected {r['v2']}")
             say(f"PXE found nothing to boot; the BIOS went on to the NETSLATE disk: extlinux loaded the cached "
                 f"kernel + initramfs of fleet@{m.group(1)}")
             m = vm.wait_for(r"netslate: booting fleet@(\d+) \(mode cache, source cache\)", boot_timeout)
