@@ -11,7 +11,7 @@ APT_PACKAGES=(
   novnc
   squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
   dnsperf bind9-utils
-  pxelinux syslinux-common extlinux iproute2 curl ca-certificates util-linux e2fsprogs
+  pxelinux syslinux-common extlinux fdisk dosfstools systemd-boot-efi iproute2 curl ca-certificates util-linux e2fsprogs
   isc-dhcp-server kea-dhcp4-server
   postgresql
   wrk

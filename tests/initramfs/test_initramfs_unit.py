@@ -344,3 +344,25 @@ def test_initramfs_localboot_entry_args_and_config():
     assert not L.boot_sector_ok(bytes(sector))  # no 0x55AA
     sector[510:512] = b"\x55\xaa"
     assert L.boot_sector_ok(bytes(sector)) and not L.boot_sector_ok(b"") and not L.boot_sector_ok(bytes(512))
+
+
+def test_initramfs_localboot_uefi_layout_with_real_sfdisk(tmp_path):
+    """The GPT that a UEFI machine's first cache boot writes, applied by the real sfdisk to a file."""
+    import json as _json
+
+    from netslate.initramfs import localboot as L
+
+    assert L.partition_path("/dev/vda", 2) == "/dev/vda2" and L.partition_path("/dev/nvme0n1", 1) == "/dev/nvme0n1p1"
+    disk = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "1G", str(disk)], check=True)
+    subprocess.run(["sfdisk", "--quiet", "--wipe", "always", str(disk)], input=L.gpt_script(), text=True, check=True)
+    table = _json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True).stdout)
+    parts = table["partitiontable"]["partitions"]
+    assert table["partitiontable"]["label"] == "gpt" and len(parts) == 2
+    assert parts[0]["type"] == L.GPT_ESP and parts[0]["name"] == "NSBOOT" and parts[0]["size"] * 512 == 256 << 20
+    assert parts[1]["type"] == L.GPT_LINUX and parts[1]["name"] == "NETSLATE"
+    assert parts[1]["start"] + parts[1]["size"] >= (1 << 30) // 512 - 2048  # the rest of the disk (1 MiB alignment)
+    files = L.render_loader("fleet", [{"version": 4, "args": "A4 netslate.boot=local"}, {"version": 3, "args": "A3"}])
+    assert files["loader/loader.conf"].startswith("default netslate-fleet-4.conf\n")
+    assert files["loader/entries/netslate-fleet-3.conf"].splitlines()[1:] == [
+        "linux /netslate/fleet/3/vmlinuz", "initrd /netslate/fleet/3/initrd", "options A3"]

@@ -186,3 +186,44 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
     assert (rec["source"], rec["version"], rec["booted_via"]) == ("cache", r2.version, "local disk")
     assert "server unreachable" in rec["reason"]
     assert f"{MARKER} version=K2" in con
+
+
+def test_initramfs_vm_uefi_firmware_falls_back_to_the_esp_when_the_server_is_down(world):
+    """The same with OVMF: the first cache boot of a UEFI machine lays the empty disk out as GPT
+    (NSBOOT EFI system partition + NETSLATE), puts systemd-boot, the kernel + initrd and a loader
+    entry on the ESP; with the server gone, OVMF tries PXE, then boots the disk's fallback loader."""
+    from netslate.vmlab import VM
+
+    img = world.ctx.library.import_files("tinyu", rootfs=make_tiny(world.tmp / "tinyu", "U1", 9), kernel=KERNEL,
+                                         initrd=world.initrd, warn=lambda m: None)
+    r = world.ctx.library.resolve("tinyu", str(img["version"]))
+    port = 8086
+    proxy = world.lab.popen([sys.executable, str(Path(__file__).parent / "hostile_server.py"), world.lab.address, str(port),
+                             world.url, "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    world.lab.wait_tcp(port, timeout=20)
+    server = f"http://{world.lab.address}:{port}"
+    disk = new_disk(world, "uefi")
+    drive = ["-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0,bootindex=2"]
+    cmdline = " ".join(["console=ttyS0", "panic=-1", "quiet",
+                        *ns_args(world, r, "cache", servers=[server], extra=("netslate.disk=allow",))])
+    try:
+        vm = VM(world.lab, world.tmp / "vms", "uefi1", "52:54:00:5a:02:01", firmware="uefi", memory_mb=768, accel="tcg",
+                extra=["-kernel", str(KERNEL), "-initrd", str(world.initrd), "-append", cmdline, *drive])
+        with vm:
+            con = finish(vm, timeout=300)
+        assert "partitioned /dev/vda for UEFI: /dev/vda1 EFI system partition (256 MiB, NSBOOT), /dev/vda2 NETSLATE" in con
+        rec = boot_json(con)
+        assert (rec["source"], rec["version"], rec["disk"]) == ("server", r.version, "/dev/vda2")
+        assert rec["local_boot"] == {"installed": True, "versions": [r.version], "firmware": "uefi"}, rec["local_boot"]
+    finally:
+        world.lab.stop(proxy)
+    vm = VM(world.lab, world.tmp / "vms", "uefi2", "52:54:00:5a:02:01", firmware="uefi", memory_mb=768, accel="tcg",
+            extra=drive)
+    with vm:
+        con = finish(vm, timeout=300)
+    assert "Nothing to boot" in con  # iPXE (the NIC's ROM) tried first
+    assert f"netslate tinyu@{r.version} (local boot from the NETSLATE disk)" in con  # systemd-boot's entry
+    assert "netslate: started from the NETSLATE disk" in con
+    rec = boot_json(con)
+    assert (rec["source"], rec["version"], rec["booted_via"]) == ("cache", r.version, "local disk")
+    assert f"{MARKER} version=U1" in con

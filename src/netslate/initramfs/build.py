@@ -34,7 +34,11 @@ PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 E2FS = [Path("/sbin/mke2fs"), Path("/sbin/e2fsck")]
 MKE2FS_CONF = Path("/etc/mke2fs.conf")
-EXTLINUX = Path("/usr/bin/extlinux")  # local boot from the NETSLATE disk (ldlinux is built into it)
+EXTLINUX = Path("/usr/bin/extlinux")  # BIOS local boot from the NETSLATE disk (ldlinux is built into it)
+# UEFI local boot: GPT + an EFI system partition with systemd-boot as the fallback loader.
+SFDISK = Path("/usr/sbin/sfdisk")
+MKFS_VFAT = Path("/usr/sbin/mkfs.fat")
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
 # Modules the boot needs: NICs, disks, the image filesystems, overlay, loop. Missing optional
 # ones are skipped (built in, or not this kernel's business); missing required ones are an error.
@@ -42,6 +46,7 @@ REQUIRED_MODULES = ("squashfs", "overlay", "loop")
 OPTIONAL_MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "e1000", "e1000e", "igb", "r8169",
     "sd_mod", "ahci", "ata_piix", "nvme", "ext4", "erofs", "crc32c_generic", "crc32c_intel", "libcrc32c",
+    "fat", "vfat", "nls_cp437", "nls_utf8", "nls_ascii",
 )
 
 # stdlib parts the boot never needs (GUI, tests, build tools, docs, unused databases).
@@ -280,8 +285,13 @@ def add_e2fsprogs(c: Collector) -> None:
         c.copy(MKE2FS_CONF, "etc/mke2fs.conf")
 
 
-def add_extlinux(c: Collector) -> None:
+def add_local_boot(c: Collector) -> None:
+    """What cache mode needs to make the NETSLATE disk bootable by the firmware (localboot.py)."""
     c.binary(_need(EXTLINUX, "extlinux"), "usr/bin/extlinux")
+    c.binary(_need(SFDISK, "fdisk"), "usr/sbin/sfdisk")
+    c.binary(_need(MKFS_VFAT, "dosfstools"), "usr/sbin/mkfs.fat")
+    c.symlink("usr/sbin/mkfs.vfat", "mkfs.fat")
+    c.copy(_need(SYSTEMD_BOOT, "systemd-boot-efi"), "usr/lib/netslate/systemd-bootx64.efi")
 
 
 def _module_bytes(path: Path) -> bytes:
@@ -331,7 +341,7 @@ def collect(modules_dir: Path, kver: str) -> tuple[Collector, dict]:
     add_python(c)
     add_netslate(c)
     add_e2fsprogs(c)
-    add_extlinux(c)
+    add_local_boot(c)
     c.file("init", (FILES / "init").read_bytes(), 0o755)
     c.file("etc/netslate/udhcpc.sh", (FILES / "udhcpc.sh").read_bytes(), 0o755)
     c.file("etc/netslate/kernel", (kver + "\n").encode())

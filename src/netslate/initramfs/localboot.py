@@ -1,5 +1,5 @@
-"""Local boot from the NETSLATE disk (cache mode, BIOS): the path the firmware takes when network
-boot fails (server down, no PXE answer).
+"""Local boot from the NETSLATE disk (cache mode, BIOS and UEFI): the path the firmware takes when
+network boot fails (server down, no PXE answer).
 
 After a verified boot from a server, the cache-mode stage keeps each kept version's kernel and
 initrd on the NETSLATE disk (fetched and verified against the signed manifest, like the rootfs)
@@ -13,6 +13,11 @@ cache allows (`netslate.boot=local` on the command line marks such a boot).
     boot/images/NAME/V/vmlinuz, initrd       the version's kernel and initrd, verified when written
     boot/state.json                          what was verified: {"NAME/V": {"kernel": sha256, "initrd": sha256}}
 
+UEFI machines get a GPT disk instead (made on first boot, see `make_uefi_layout`): an EFI system
+partition labelled NSBOOT (FAT32) and the NETSLATE ext4 partition. The ESP holds systemd-boot as
+the fallback loader EFI/BOOT/BOOTX64.EFI, one loader entry per kept version and copies of the
+verified kernel + initrd (netslate/NAME/V/); the firmware boots it when PXE fails.
+
 The files are verified when written, not when the firmware loads them (no Secure Boot chain);
 the rootfs they boot is verified again by the initramfs, as on every boot.
 """
@@ -24,6 +29,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import time
 from pathlib import Path
 
 from netslate.images import pull as pullmod
@@ -31,6 +38,11 @@ from netslate.initramfs import runtime as rt
 
 EXTLINUX = "/usr/bin/extlinux"
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878  # _IOWR('X', 119/120, int)
+SYSTEMD_BOOT = "/usr/lib/netslate/systemd-bootx64.efi"
+ESP_LABEL = "NSBOOT"
+ESP_MIB = 256  # two versions of kernel + netslate initramfs (~25 MB each) with room to grow
+GPT_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ARTIFACTS = (("kernel", "vmlinuz"), ("initrd", "initrd"))
 # Arguments that describe one particular boot, never copied into the local boot entries.
 _DROP = ("initrd=", "BOOT_IMAGE=", "BOOTIF=", "netslate.image=", "netslate.manifest=", "netslate.boot=")
@@ -84,6 +96,31 @@ def render_config(image: str, entries: list[dict], serial: str | None) -> str:
         lines += ["", f"LABEL {image}-{v}", f"  LINUX /boot/images/{image}/{v}/vmlinuz",
                   f"  INITRD /boot/images/{image}/{v}/initrd", f"  APPEND {e['args']}"]
     return "\n".join(lines) + "\n"
+
+
+def partition_path(disk: str, n: int) -> str:
+    """/dev/vda + 2 → /dev/vda2; /dev/nvme0n1 + 2 → /dev/nvme0n1p2."""
+    return f"{disk}p{n}" if disk[-1].isdigit() else f"{disk}{n}"
+
+
+def gpt_script() -> str:
+    """sfdisk input for a UEFI NETSLATE disk: the ESP first, NETSLATE on the rest."""
+    return (f"label: gpt\nsize={ESP_MIB}MiB, type={GPT_ESP}, name=\"{ESP_LABEL}\"\n"
+            f"type={GPT_LINUX}, name=\"NETSLATE\"\n")
+
+
+def render_loader(image: str, entries: list[dict]) -> dict[str, str]:
+    """systemd-boot's files on the ESP (path → text): loader.conf and one entry per version, the
+    first entry the default."""
+    if not entries:
+        raise ValueError("no local boot entries")
+    files = {"loader/loader.conf": f"default netslate-{image}-{entries[0]['version']}.conf\ntimeout 2\neditor no\n"}
+    for e in entries:
+        v = e["version"]
+        files[f"loader/entries/netslate-{image}-{v}.conf"] = (
+            f"title netslate {image}@{v} (local boot from the NETSLATE disk)\n"
+            f"linux /netslate/{image}/{v}/vmlinuz\ninitrd /netslate/{image}/{v}/initrd\noptions {e['args']}\n")
+    return files
 
 
 # ---------------------------------------------------------------- on the disk
@@ -201,13 +238,98 @@ def prune_boot_files(root: Path, image: str, keep: set[int], state: dict) -> Non
             state.pop(f"{image}/{d.name}", None)
 
 
+def is_uefi() -> bool:
+    return Path("/sys/firmware/efi").is_dir()
+
+
+def make_uefi_layout(disk: str) -> str | None:
+    """Partition an empty disk for a UEFI machine (GPT: ESP + NETSLATE) and format the ESP.
+    Returns the NETSLATE partition (to be formatted by the caller), or None with the reason logged."""
+    proc = rt.run_input(["sfdisk", "--quiet", "--wipe", "always", disk], gpt_script(), timeout=60)
+    if proc.returncode != 0:
+        rt.log(f"sfdisk {disk} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+        return None
+    esp, data = partition_path(disk, 1), partition_path(disk, 2)
+    deadline = time.monotonic() + 10
+    while not (os.path.exists(esp) and os.path.exists(data)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc = rt.run(["mkfs.vfat", "-F", "32", "-n", ESP_LABEL, esp], timeout=120)
+    if proc.returncode != 0:
+        rt.log(f"mkfs.vfat {esp} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+        return None
+    rt.log(f"partitioned {disk} for UEFI: {esp} EFI system partition ({ESP_MIB} MiB, {ESP_LABEL}), {data} NETSLATE")
+    return data
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 20), fb.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    except OSError:
+        return False
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy unless identical; a temporary name + rename, then fsync (FAT has no journal)."""
+    if _same_file(src, dst):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def update_esp(root: Path, image: str, entries: list[dict]) -> None:
+    """systemd-boot, the kept versions' kernel + initrd and the loader entries onto the ESP."""
+    proc = rt.run(["findfs", f"LABEL={ESP_LABEL}"], timeout=30)
+    esp_dev = proc.stdout.strip()
+    if proc.returncode != 0 or not esp_dev.startswith("/dev/"):
+        raise OSError("UEFI local boot needs the EFI system partition (NSBOOT) of a GPT NETSLATE disk; this "
+                      "NETSLATE disk has none (a whole-disk layout: wipe it to get the UEFI layout)")
+    mnt = rt.RUN / "esp"
+    rt.mount(esp_dev, mnt, "vfat", "rw,noatime")
+    try:
+        _copy(Path(SYSTEMD_BOOT), mnt / "EFI" / "BOOT" / "BOOTX64.EFI")
+        for e in entries:
+            src = _boot_dir(root, image, e["version"])
+            for _art, name in ARTIFACTS:
+                _copy(src / name, mnt / "netslate" / image / str(e["version"]) / name)
+        files = render_loader(image, entries)
+        for rel, text in files.items():
+            rt.write_text(mnt / rel, text)
+        keep = {str(e["version"]) for e in entries}
+        base = mnt / "netslate" / image
+        for d in (base.iterdir() if base.is_dir() else []):
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+        for f in (mnt / "loader" / "entries").glob(f"netslate-{image}-*.conf"):
+            if f"loader/entries/{f.name}" not in files:
+                f.unlink(missing_ok=True)
+        os.sync()
+    finally:
+        rt.umount_now(mnt)
+
+
 def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: str, cmdline: str,
            dev: str | None = None) -> dict:
     """After a verified boot from `server`: boot files for every kept version (metas: {v: meta},
-    the current one first), extlinux installed, extlinux.conf rewritten. Returns what was done;
-    never raises (the boot goes on without a local entry, and says why)."""
-    if not Path(EXTLINUX).exists():
+    the current one first), then the firmware's way to them: extlinux (BIOS) or systemd-boot on
+    the ESP (UEFI). Returns what was done; never raises (the boot goes on without a local entry,
+    and says why)."""
+    uefi = is_uefi()
+    if not uefi and not Path(EXTLINUX).exists():
         return {"installed": False, "reason": "extlinux is not in this initramfs"}
+    if uefi and not Path(SYSTEMD_BOOT).exists():
+        return {"installed": False, "reason": "systemd-boot is not in this initramfs"}
     state_path = root / "boot" / "state.json"
     state = rt.read_json(state_path, {}) or {}
     entries = []
@@ -222,10 +344,13 @@ def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: 
         rt.write_text(state_path, json.dumps(state, sort_keys=True))
         if not entries:
             return {"installed": False, "reason": "no version with a verified kernel and initrd"}
-        install_extlinux(root, dev)
-        rt.write_text(root / "boot" / "extlinux" / "extlinux.conf", render_config(image, entries, serial_line(cmdline)))
-        checkpoint(root)
+        if uefi:
+            update_esp(root, image, entries)
+        else:
+            install_extlinux(root, dev)
+            rt.write_text(root / "boot" / "extlinux" / "extlinux.conf", render_config(image, entries, serial_line(cmdline)))
+            checkpoint(root)
     except OSError as exc:
         rt.log(f"local boot not installed: {exc}")
-        return {"installed": False, "reason": str(exc)}
-    return {"installed": True, "versions": [e["version"] for e in entries]}
+        return {"installed": False, "reason": str(exc), "firmware": "uefi" if uefi else "bios"}
+    return {"installed": True, "versions": [e["version"] for e in entries], "firmware": "uefi" if uefi else "bios"}

@@ -175,6 +175,10 @@ def open_disk(env: rt.Env) -> tuple[Path | None, str, str | None]:
         dev = find_empty_disk()
         if dev is None:
             return None, "no NETSLATE disk and no empty disk to format", None
+        if localboot.is_uefi():  # GPT with an EFI system partition, so the firmware can boot the disk
+            disk, dev = dev, localboot.make_uefi_layout(dev)
+            if dev is None:
+                return None, f"could not partition {disk} for UEFI", disk
         if not mkfs(dev):
             return None, f"could not format {dev}", dev
         note = f"formatted {dev}"

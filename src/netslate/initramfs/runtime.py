@@ -65,6 +65,10 @@ def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
+def run_input(argv: list[str], data: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, input=data, capture_output=True, text=True, timeout=timeout)
+
+
 def mount(source: str, target: Path, fstype: str | None = None, options: str | None = None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     argv = ["mount"]
@@ -79,6 +83,12 @@ def mount(source: str, target: Path, fstype: str | None = None, options: str | N
 
 def umount(target: Path) -> None:
     run(["umount", "-l", str(target)])
+
+
+def umount_now(target: Path) -> None:
+    """A real (not lazy) unmount, so everything is written before the caller goes on."""
+    if run(["umount", str(target)]).returncode != 0:
+        umount(target)
 
 
 class FetchFailed(Exception):

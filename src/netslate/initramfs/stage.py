@@ -157,6 +157,8 @@ def main(cmdline_path: str = "/proc/cmdline") -> int:
         return EXIT_NO_IMAGE
     rt.write_text(rt.RUN / "onfail", args.onfail + "\n")
     env = rt.Env(args=args, net=rt.read_net(), cmdline=text)
+    if args.boot == "local":
+        rt.log("started from the NETSLATE disk (the firmware's fallback when network boot fails)")
     if not env.net:
         rt.log("no network (no DHCP lease); the server cannot be reached")
     started = time.monotonic()
