@@ -203,6 +203,7 @@ def fleet_table(f: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------ the scenario
 BYTES_RE = r"netslate: rootfs fleet@(\d+): downloaded (\d+) of (\d+) bytes \((\d+) of (\d+) chunks"
+CACHED_RE = r"netslate: rootfs fleet@(\d+) is cached and verified: downloaded 0 bytes"
 
 
 def _utcnow() -> str:
@@ -213,7 +214,11 @@ def _utcnow() -> str:
 
 def boot_bytes(vm: VM) -> dict:
     """What the initramfs said it downloaded on this boot (from the serial console)."""
-    m = vm.wait_for(BYTES_RE, 5)
+    m = vm.wait_for(BYTES_RE + "|" + CACHED_RE, 5)
+    if m.group(6):  # cached and verified: nothing downloaded
+        return {"version": int(m.group(6)), "bytes_downloaded": 0, "bytes_total": None, "chunks_downloaded": 0,
+                "chunks_total": None}
+    m = vm.wait_for(BYTES_RE, 1)
     v, got, total, cgot, ctotal = (int(x) for x in m.groups())
     return {"version": v, "bytes_downloaded": got, "bytes_total": total, "chunks_downloaded": cgot, "chunks_total": ctotal}
 
