@@ -370,11 +370,14 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
         fl.start_server()
         f = fl.wait(lambda f: f.get("vm-cache", {}).get("image_source") == "cache"
                     and (f["vm-cache"].get("last_report") or "") > since, 180, "vm-cache reports after the outage")
+        if f["vm-cache"].get("booted_via") != "local disk":
+            raise RuntimeError(f"vm-cache reports booted_via={f['vm-cache'].get('booted_via')!r}, expected 'local disk'")
         hist = history(data, "vm-cache")
         if not any(h.get("config_source") == "cache" for h in hist):
             raise RuntimeError(f"no queued report with config_source=cache: {hist[-3:]}")
         m = f["vm-cache"]
-        say(f"server back: vm-cache reports image fleet@{m['version']} source={m['image_source']}, "
+        say(f"server back: vm-cache reports image fleet@{m['version']} source={m['image_source']} "
+            f"booted via the {m['booted_via']}, "
             f"queued report config_source=cache delivered; flags {m['flags']}")
 
     def rollback():

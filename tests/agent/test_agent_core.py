@@ -36,11 +36,11 @@ def test_cmdline_and_bootjson_precedence():
     assert cmd["server"] == "10.0.0.1:8080,https://b.example" and cmd["machine"] == "m1"
     info = bootinfo.combine(cmd, {"servers": ["http://10.0.0.9:8080", "http://10.0.0.1:8080"], "key": k2.public_b64,
                                   "image": "desk", "version": 8, "mode": "cache", "source": "cache",
-                                  "lkg_dir": "/netslate/lkg"}, {"domain": "lab.test"})
+                                  "booted_via": "local disk", "lkg_dir": "/netslate/lkg"}, {"domain": "lab.test"})
     assert info.servers == ["http://10.0.0.1:8080", "https://b.example", "http://10.0.0.9:8080"]
     assert info.key == k1.public_bytes  # the kernel command line wins over boot.json
     assert (info.image, info.version, info.mode, info.image_source) == ("desk", 8, "cache", "cache")
-    assert info.lkg_dir == "/netslate/lkg" and info.domain == "lab.test"
+    assert info.lkg_dir == "/netslate/lkg" and info.domain == "lab.test" and info.booted_via == "local disk"
     bad = bootinfo.combine({"key": "not-base64!!"}, {}, {})
     assert bad.key is None and "not base64" in bad.problems[0]
     assert bootinfo.combine({"image": "x@3"}, None, None).version == 3
@@ -261,9 +261,11 @@ def test_report_queue_order_bound_and_damage(tmp_path, monkeypatch):
 def test_fleet_state_and_flags():
     now = dt.datetime(2026, 1, 1, 12, 0, 0)
     rep = fleet.clean_report({"phase": "configured", "generation": 3, "config_source": "cache", "image_source": "cache",
-                              "modules": {"files": "ok"}, "health": {"ok": True, "checks": []}, "sent_at": 100.0, "uptime_s": 60})
+                              "booted_via": "local disk", "modules": {"files": "ok"}, "health": {"ok": True, "checks": []}, "sent_at": 100.0, "uptime_s": 60})
     f, cur = fleet.merge_report(None, rep, now - dt.timedelta(minutes=1), True, "10.0.0.5")
     assert cur and f["booted_at"] == "2026-01-01T11:58:00Z"
+    assert fleet.view(f, True, None, 3, now)["booted_via"] == "local disk"
+    assert fleet.clean_report({"booted_via": "floppy"})["booted_via"] is None  # only network | local disk
     assert fleet.derive_state(f, True, None, now) == "configured"
     assert fleet.derive_state(f, True, now - dt.timedelta(seconds=10), now) == "booting"  # PXE boot after the report
     assert fleet.derive_state(f, True, None, now + dt.timedelta(minutes=10)) == "offline"

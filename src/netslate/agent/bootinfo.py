@@ -30,6 +30,7 @@ class BootInfo:
     mode: str | None = None  # ram | cache
     image_source: str | None = None  # server | cache (from the initramfs)
     image_reason: str | None = None
+    booted_via: str | None = None  # network | local disk (cache mode: the NETSLATE disk's own boot path)
     manifest_digest: str | None = None
     lkg_dir: str | None = None  # persistent (NETSLATE disk) in cache mode
     kernel_args: list[str] = field(default_factory=list)
@@ -110,6 +111,7 @@ def combine(cmdline: dict[str, str], boot: dict | None, agent: dict | None) -> B
     info.mode = _s(boot.get("mode")) or cmdline.get("mode")
     info.image_source = _s(boot.get("source")) or ("server" if info.image else None)
     info.image_reason = _s(boot.get("reason"))
+    info.booted_via = _s(boot.get("booted_via"))
     info.manifest_digest = _s(boot.get("manifest_digest")) or cmdline.get("manifest")
     info.lkg_dir = _s(boot.get("lkg_dir")) or _s(agent.get("lkg_dir"))
     return info

@@ -26,7 +26,7 @@ def build(*, phase: str, boot, generation, config_source, modules, changes, heal
     return {
         "phase": phase,  # booting | configured | heartbeat
         "image": boot.image, "version": boot.version, "image_source": boot.image_source,
-        "image_reason": boot.image_reason, "mode": boot.mode, "manifest_digest": boot.manifest_digest,
+        "image_reason": boot.image_reason, "booted_via": boot.booted_via, "mode": boot.mode, "manifest_digest": boot.manifest_digest,
         "generation": generation, "config_source": config_source,
         "modules": modules, "changes": changes, "health": health, "facts": facts, "timings": timings,
         "reboot_required": sorted(set(reboot_required)), "problems": problems,
