@@ -2,7 +2,7 @@
 the cache VM's update boot and its boot from the cache with the server down, through the firmware's
 fall-back to the NETSLATE disk), and the bytes per boot and per update, with real QEMU VMs PXE-booting the demo's systemd image (netslate.demo_fleet).
 
-    uv run python bench/fleet_boot.py      # prints one JSON object, appends it to bench/results/fleet_boot.json (about 9 minutes under TCG)
+    uv run python bench/fleet_boot.py      # prints one JSON object, appends it to bench/results/fleet_boot.json (about 6 minutes under TCG)
 """
 
 import sys

@@ -212,6 +212,16 @@ def _utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+LOCAL_BOOT_RE = r"netslate: local boot: (kernel|initrd) of fleet@(\d+): downloaded (\d+) of (\d+) bytes"
+
+
+def local_boot_bytes(vm: VM) -> int:
+    """Bytes the cache-mode initramfs fetched for the disk's local boot path (kernel + initrd)."""
+    import re
+
+    return sum(int(m.group(3)) for m in re.finditer(LOCAL_BOOT_RE, vm.console.text()))
+
+
 def boot_bytes(vm: VM) -> dict:
     """What the initramfs said it downloaded on this boot (from the serial console)."""
     m = vm.wait_for(BYTES_RE + "|" + CACHED_RE, 5)
@@ -276,6 +286,7 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
             return len(seen) == 2
         f = fl.wait(pred, boot_timeout, "both VMs configured")
         r["first_boot_seconds"] = seen
+        r["first_boot_local_boot_bytes_vm-cache"] = local_boot_bytes(fl.vms["vm-cache"])
         for n in ("vm-ram", "vm-cache"):
             b = boot_bytes(fl.vms[n])
             r[f"first_boot_bytes_{n}"] = b["bytes_downloaded"]
@@ -331,6 +342,7 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
         r["update_boot_seconds"] = round(time.monotonic() - t0, 1)
         b = boot_bytes(vm)
         r["update_bytes"] = b["bytes_downloaded"]
+        r["update_local_boot_bytes"] = local_boot_bytes(vm)
         r["update_chunks"] = (b["chunks_downloaded"], b["chunks_total"])
         if not 0 < b["bytes_downloaded"] < 0.2 * b["bytes_total"]:
             raise RuntimeError(f"the update downloaded {b['bytes_downloaded']} of {b['bytes_total']} bytes")

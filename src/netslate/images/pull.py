@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netslate.crypto.envelope import SignatureError, fingerprint, open_envelope, parse_public_key, payload_digest
+from netslate.fsutil import atomic_write
 
 try:  # optional: compressed transfer
     import zstandard as _zstd
@@ -122,29 +122,6 @@ def _chunk_path(cache: Path, cid: str) -> Path:
     return cache / "chunks" / cid[:2] / cid
 
 
-def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    """Temp file + rename. durable=False skips the fsync: used for chunk files, which are re-hashed
-    before every reuse (a torn chunk after a crash is discarded and fetched again)."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text())
@@ -173,7 +150,7 @@ def resolve_trust(http: _Http, cache: Path, trust: str | None) -> bytes:
         raise PullError("the server's /api/v1/keys answer is malformed") from None
     if trust and fingerprint(served) != trust:
         raise PullError(f"server key {fingerprint(served)} does not match --trust {trust}")
-    _atomic_write(pinned_file, base64.b64encode(served) + b"\n")
+    atomic_write(pinned_file, base64.b64encode(served) + b"\n")
     return served
 
 
@@ -223,7 +200,7 @@ def fetch_manifest(http: _Http, cache: Path, key: bytes | None, name: str, ref: 
         if int(tag.get("seq", -1)) < int(seen.get(slot, -1)):
             raise PullError(f"replayed tag refused: {name}:{ref} seq {tag.get('seq')} is older than the {seen[slot]} already seen")
         seen[slot] = int(tag["seq"])
-        _atomic_write(tags_file, json.dumps(seen, sort_keys=True).encode())
+        atomic_write(tags_file, json.dumps(seen, sort_keys=True).encode())
     return payload, digest
 
 
@@ -324,7 +301,7 @@ def pull(
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    _atomic_write(_seed_record_path(cache, output),
+    atomic_write(_seed_record_path(cache, output),
                   json.dumps({"output": str(output), "name": name, "version": payload["version"], "chunks": chunks}).encode())
     stats.seconds = time.monotonic() - started
     return stats
@@ -412,7 +389,7 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
                             data = b""
                     if hashlib.sha256(data).hexdigest() == cid:
                         place(cid, data)
-                        _atomic_write(_chunk_path(cache, cid), data, durable=False)
+                        atomic_write(_chunk_path(cache, cid), data, durable=False)
                         return cid, len(data), wire
                     last = f"chunk {cid[:12]} failed verification"
                 elif status == 404:

@@ -59,7 +59,7 @@ STDLIB_DROP_FILES = {"turtle.py", "pydoc.py", "antigravity.py", "this.py", "doct
 DYNLOAD_DROP = re.compile(r"^(_test|_ctypes_test|_xxtest|xxlimited|_tkinter|_curses|readline|nis|ossaudiodev|audioop|_dbm|_gdbm|_sqlite3|_crypt)")
 
 NETSLATE_FILES = (
-    "__init__.py", "crypto/__init__.py", "crypto/envelope.py", "crypto/ed25519.py",
+    "__init__.py", "fsutil.py", "crypto/__init__.py", "crypto/envelope.py", "crypto/ed25519.py",
     "images/__init__.py", "images/pull.py",
     "initramfs/__init__.py", "initramfs/stage.py", "initramfs/runtime.py",
     "initramfs/mode_ram.py", "initramfs/mode_cache.py", "initramfs/localboot.py",

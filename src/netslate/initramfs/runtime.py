@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netslate.fsutil import atomic_write
 from netslate.images import pull as pullmod
 from netslate.initramfs.stage import BootArgs, backoff, parse_env_file
 
@@ -27,13 +28,7 @@ def log(msg: str) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def read_json(path: Path, default=None):
