@@ -332,9 +332,12 @@ def test_initramfs_localboot_entry_args_and_config():
     assert S.parse_cmdline(args).boot == "local" and S.parse_cmdline(booted.replace(" netslate.boot=local", "")).boot == "network"
     assert L.entry_args('a="x y" b', "i", 1, "sha256:" + "0" * 64).startswith('a="x y" b ')
     assert L.serial_line(booted) == "SERIAL 0 115200" and L.serial_line("console=tty0") is None
+    assert L.serial_line("console=ttyS10,9600") == "SERIAL 10 9600"
+    # a token the kernel could not take back (a lone double quote) is dropped, not mangled
+    assert L.entry_args("x 'a\"b' y", "i", 1, "sha256:" + "0" * 64).startswith("x y netslate.image=i@1")
     conf = L.render_config("fleet", [{"version": 4, "args": "A4"}, {"version": 3, "args": "A3"}], "SERIAL 0 115200")
     lines = conf.splitlines()
-    assert "DEFAULT fleet-4" in lines and "SERIAL 0 115200" in lines
+    assert "DEFAULT fleet-4" in lines and "SERIAL 0 115200" in lines and "ALLOWOPTIONS 0" in lines
     assert lines[lines.index("LABEL fleet-3") + 1:lines.index("LABEL fleet-3") + 4] == [
         "  LINUX /boot/images/fleet/3/vmlinuz", "  INITRD /boot/images/fleet/3/initrd", "  APPEND A3"]
     with pytest.raises(ValueError):
@@ -363,6 +366,38 @@ def test_initramfs_localboot_uefi_layout_with_real_sfdisk(tmp_path):
     assert parts[1]["type"] == L.GPT_LINUX and parts[1]["name"] == "NETSLATE"
     assert parts[1]["start"] + parts[1]["size"] >= (1 << 30) // 512 - 2048  # the rest of the disk (1 MiB alignment)
     files = L.render_loader("fleet", [{"version": 4, "args": "A4 netslate.boot=local"}, {"version": 3, "args": "A3"}])
-    assert files["loader/loader.conf"].startswith("default netslate-fleet-4.conf\n")
+    assert files["loader/loader.conf"].startswith("default netslate-fleet-4.conf\n") and "editor no" in files["loader/loader.conf"]
+    assert list(files)[-1] == "loader/loader.conf"  # written after the entries it names
+    # the ESP is recognised by its FAT32 label, on the real mkfs.fat output
+    esp = tmp_path / "esp.img"
+    subprocess.run(["truncate", "-s", "64M", str(esp)], check=True)
+    subprocess.run(["mkfs.fat", "-F", "32", "-n", "NSBOOT", str(esp)], check=True, capture_output=True)
+    assert L.fat_label(esp.read_bytes()[:512]) == "NSBOOT" and L.fat_label(bytes(512)) is None
     assert files["loader/entries/netslate-fleet-3.conf"].splitlines()[1:] == [
         "linux /netslate/fleet/3/vmlinuz", "initrd /netslate/fleet/3/initrd", "options A3"]
+
+
+def test_initramfs_localboot_update_never_stops_the_boot(tmp_path, monkeypatch, capsys):
+    """Whatever goes wrong while making the disk bootable (here extlinux hanging past its time-out,
+    or a state file that is not an object), update() reports it and returns."""
+    from netslate.initramfs import localboot as L
+    from netslate.initramfs import runtime as rt
+
+    monkeypatch.setattr(rt, "RUN", tmp_path / "run")
+    monkeypatch.setattr(L, "is_uefi", lambda: False)
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "state.json").write_text("[1, 2]")
+    monkeypatch.setattr(L, "fetch_boot_files", lambda *a: True)
+
+    def hang(*_a, **_k):
+        raise subprocess.TimeoutExpired(["extlinux", "--install"], 120)
+
+    monkeypatch.setattr(L, "install_extlinux", hang)
+    env = rt.Env(args=S.parse_cmdline("netslate.server=http://h netslate.image=i@1 netslate.key=" + "A" * 43 + "="))
+    out = L.update(env, tmp_path, "i", {1: {"digest": "sha256:" + "0" * 64}}, "http://h", "quiet")
+    assert out["installed"] is False and "timed out" in out["reason"] and out["firmware"] == "bios"
+    assert "netslate: local boot not installed" in capsys.readouterr().out
+    # a missing manifest field is one version's problem, not the boot's
+    monkeypatch.setattr(L, "fetch_boot_files", lambda *a: (_ for _ in ()).throw(KeyError("artifacts")))
+    out = L.update(env, tmp_path, "i", {1: {"digest": "sha256:" + "0" * 64}}, "http://h", "quiet")
+    assert out == {"installed": False, "reason": "no version with a verified kernel and initrd", "firmware": "bios"}

@@ -177,10 +177,10 @@ def boot_script(boot: ImageBoot, comments: list[str], retry: Retry = Retry(), ji
     lines += _boot_block("ns_boot", boot, retry, jitter_s, "ns_giveup")
     lines += [":ns_giveup"]
     if local_fallback:
+        # BIOS: the first BIOS disk (the NETSLATE disk must come first in the BIOS order), then the
+        # usual fallback. UEFI: back to the firmware's next boot option (the disk's ESP).
         lines.append("echo netslate: the server is unreachable, booting the local NETSLATE disk")
-        if platform != "efi":
-            lines.append("sanboot --no-describe --drive 0x80 ||")
-        lines.append("exit 1 ||")
+        lines.append("sanboot --no-describe --drive 0x80 ||" if platform != "efi" else "exit 1 ||")
     lines += [_fallback_line(retry), ""]
     return "\n".join(lines)
 

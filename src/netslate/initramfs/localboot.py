@@ -28,8 +28,8 @@ import fcntl
 import json
 import os
 import re
-import shlex
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -59,11 +59,11 @@ def entry_args(cmdline: str, image: str, version: int, digest: str) -> str:
     for tok in split_cmdline(cmdline):
         if not tok or tok.startswith(_DROP):
             continue
-        if "\n" in tok or "\r" in tok:
-            continue
+        if "\n" in tok or "\r" in tok or '"' in tok:
+            continue  # the kernel knows only double quotes, and cannot nest them: such a token is dropped
         if not _SAFE_TOKEN.match(tok):
             k, sep, v = tok.partition("=")
-            tok = f'{k}="{v}"' if sep and '"' not in v else shlex.quote(tok)
+            tok = f'{k}="{v}"' if sep else f'"{tok}"'
         keep.append(tok)
     return " ".join(keep + [f"netslate.image={image}@{version}", f"netslate.manifest={digest}", "netslate.boot=local"])
 
@@ -73,7 +73,7 @@ def serial_line(cmdline: str) -> str | None:
     from netslate.initramfs.stage import split_cmdline
 
     for tok in split_cmdline(cmdline):
-        m = re.match(r"^console=ttyS([0-9])(?:,([0-9]{4,6}))?", tok)
+        m = re.match(r"^console=ttyS([0-9]+)(?:,([0-9]{4,6}))?", tok)
         if m:
             return f"SERIAL {m.group(1)} {m.group(2) or '115200'}"
     return None
@@ -88,7 +88,8 @@ def render_config(image: str, entries: list[dict], serial: str | None) -> str:
     if serial:
         lines.append(serial)
     first = entries[0]
-    lines += [f"DEFAULT {image}-{first['version']}", "PROMPT 1", "TIMEOUT 20",
+    # ALLOWOPTIONS 0: a label can be picked at the prompt, but no kernel argument added (init=/bin/sh)
+    lines += [f"DEFAULT {image}-{first['version']}", "PROMPT 1", "TIMEOUT 20", "ALLOWOPTIONS 0",
               f"SAY netslate: local boot from the NETSLATE disk: {image}@{first['version']}"
               + (f" (type {image}-{entries[1]['version']} for the previous version)" if len(entries) > 1 else "")]
     for e in entries:
@@ -114,13 +115,22 @@ def render_loader(image: str, entries: list[dict]) -> dict[str, str]:
     first entry the default."""
     if not entries:
         raise ValueError("no local boot entries")
-    files = {"loader/loader.conf": f"default netslate-{image}-{entries[0]['version']}.conf\ntimeout 2\neditor no\n"}
+    files = {}
     for e in entries:
         v = e["version"]
         files[f"loader/entries/netslate-{image}-{v}.conf"] = (
             f"title netslate {image}@{v} (local boot from the NETSLATE disk)\n"
             f"linux /netslate/{image}/{v}/vmlinuz\ninitrd /netslate/{image}/{v}/initrd\noptions {e['args']}\n")
+    # loader.conf last (dicts keep order): its default entry exists before it names it
+    files["loader/loader.conf"] = f"default netslate-{image}-{entries[0]['version']}.conf\ntimeout 2\neditor no\n"
     return files
+
+
+def fat_label(boot_sector: bytes) -> str | None:
+    """The volume label of a FAT32 boot sector (BS_VolLab at offset 71), else None."""
+    if len(boot_sector) < 90 or boot_sector[510:512] != b"\x55\xaa" or boot_sector[82:87] != b"FAT32":
+        return None
+    return boot_sector[71:82].decode("ascii", "replace").rstrip()
 
 
 # ---------------------------------------------------------------- on the disk
@@ -227,38 +237,84 @@ def install_extlinux(root: Path, dev: str | None = None) -> None:
 
 
 def prune_boot_files(root: Path, image: str, keep: set[int], state: dict) -> None:
-    base = root / "boot" / "images" / image
-    if not base.is_dir():
-        return
-    for d in base.iterdir():
-        if d.is_dir() and (not d.name.isdigit() or int(d.name) not in keep):
-            for f in d.iterdir():
-                f.unlink(missing_ok=True)
+    """Boot files of versions not kept go, and those of other images (the profile moved on)."""
+    images = root / "boot" / "images"
+    for d in sorted(images.glob("*/*")) if images.is_dir() else []:
+        if d.is_dir() and not (d.parent.name == image and d.name.isdigit() and int(d.name) in keep):
+            shutil.rmtree(d, ignore_errors=True)
+            state.pop(f"{d.parent.name}/{d.name}", None)
+    for d in images.iterdir() if images.is_dir() else []:
+        if d.is_dir() and d.name != image and not any(d.iterdir()):
             d.rmdir()
-            state.pop(f"{image}/{d.name}", None)
 
 
 def is_uefi() -> bool:
     return Path("/sys/firmware/efi").is_dir()
 
 
+def wipe_layout(disk: str) -> None:
+    """Zero the first and last MiB (MBR, both GPT copies, the ESP's boot sector): a layout that was
+    left half-made is an empty disk again, which the next boot may take afresh."""
+    try:
+        with open(disk, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            for off in (0, max(0, size - (1 << 20))):
+                f.seek(off)
+                f.write(bytes(min(1 << 20, size)))
+            f.flush()
+            os.fsync(f.fileno())
+        rt.log(f"wiped the half-made layout of {disk}")
+    except OSError as exc:
+        rt.log(f"could not wipe {disk}: {exc}")
+
+
 def make_uefi_layout(disk: str) -> str | None:
     """Partition an empty disk for a UEFI machine (GPT: ESP + NETSLATE) and format the ESP.
-    Returns the NETSLATE partition (to be formatted by the caller), or None with the reason logged."""
-    proc = rt.run_input(["sfdisk", "--quiet", "--wipe", "always", disk], gpt_script(), timeout=60)
-    if proc.returncode != 0:
-        rt.log(f"sfdisk {disk} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-        return None
-    esp, data = partition_path(disk, 1), partition_path(disk, 2)
-    deadline = time.monotonic() + 10
-    while not (os.path.exists(esp) and os.path.exists(data)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc = rt.run(["mkfs.vfat", "-F", "32", "-n", ESP_LABEL, esp], timeout=120)
-    if proc.returncode != 0:
-        rt.log(f"mkfs.vfat {esp} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+    Returns the NETSLATE partition (to be formatted by the caller), or None with the reason
+    logged; a layout that fails half-way is wiped again."""
+    try:
+        proc = rt.run_input(["sfdisk", "--quiet", "--wipe", "always", disk], gpt_script(), timeout=60)
+        if proc.returncode != 0:
+            rt.log(f"sfdisk {disk} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+            wipe_layout(disk)
+            return None
+        esp, data = partition_path(disk, 1), partition_path(disk, 2)
+        deadline = time.monotonic() + 10
+        while not (os.path.exists(esp) and os.path.exists(data)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc = rt.run(["mkfs.vfat", "-F", "32", "-n", ESP_LABEL, esp], timeout=120)
+        if proc.returncode != 0:
+            rt.log(f"mkfs.vfat {esp} failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+            wipe_layout(disk)
+            return None
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        rt.log(f"partitioning {disk} for UEFI failed: {exc}")
+        wipe_layout(disk)
         return None
     rt.log(f"partitioned {disk} for UEFI: {esp} EFI system partition ({ESP_MIB} MiB, {ESP_LABEL}), {data} NETSLATE")
     return data
+
+
+def parent_disk(part: str) -> str | None:
+    """/dev/vda2 → /dev/vda (from sysfs); None if `part` is not a partition."""
+    name = Path(part).name
+    sys_dir = Path("/sys/class/block") / name
+    if not (sys_dir / "partition").exists():
+        return None
+    return "/dev/" + sys_dir.resolve().parent.name
+
+
+def esp_of(dev: str | None) -> str | None:
+    """The ESP next to the NETSLATE partition: partition 1 of the same disk, if labelled NSBOOT."""
+    disk = parent_disk(dev) if dev else None
+    if disk is None:
+        return None
+    esp = partition_path(disk, 1)
+    try:
+        with open(esp, "rb") as f:
+            return esp if fat_label(f.read(512)) == ESP_LABEL else None
+    except OSError:
+        return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -282,38 +338,44 @@ def _copy(src: Path, dst: Path) -> None:
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def update_esp(root: Path, image: str, entries: list[dict]) -> None:
-    """systemd-boot, the kept versions' kernel + initrd and the loader entries onto the ESP."""
-    proc = rt.run(["findfs", f"LABEL={ESP_LABEL}"], timeout=30)
-    esp_dev = proc.stdout.strip()
-    if proc.returncode != 0 or not esp_dev.startswith("/dev/"):
+def update_esp(root: Path, image: str, entries: list[dict], dev: str | None) -> None:
+    """systemd-boot, the kept versions' kernel + initrd and the loader entries onto the ESP of the
+    NETSLATE disk. Whatever else netslate put there (other versions, other images) goes first, so
+    a small ESP holds the new set."""
+    esp_dev = esp_of(dev)
+    if esp_dev is None:
         raise OSError("UEFI local boot needs the EFI system partition (NSBOOT) of a GPT NETSLATE disk; this "
                       "NETSLATE disk has none (a whole-disk layout: wipe it to get the UEFI layout)")
     mnt = rt.RUN / "esp"
     rt.mount(esp_dev, mnt, "vfat", "rw,noatime")
     try:
+        files = render_loader(image, entries)
+        keep_dirs = {f"{image}/{e['version']}" for e in entries}
+        for d in sorted((mnt / "netslate").glob("*/*")) if (mnt / "netslate").is_dir() else []:
+            if f"{d.parent.name}/{d.name}" not in keep_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+        for f in (mnt / "loader" / "entries").glob("netslate-*.conf"):
+            if f"loader/entries/{f.name}" not in files:
+                f.unlink(missing_ok=True)
+        for f in mnt.rglob("*.tmp"):
+            f.unlink(missing_ok=True)
         _copy(Path(SYSTEMD_BOOT), mnt / "EFI" / "BOOT" / "BOOTX64.EFI")
         for e in entries:
             src = _boot_dir(root, image, e["version"])
             for _art, name in ARTIFACTS:
                 _copy(src / name, mnt / "netslate" / image / str(e["version"]) / name)
-        files = render_loader(image, entries)
-        for rel, text in files.items():
+        for rel, text in files.items():  # the entries, then loader.conf
             rt.write_text(mnt / rel, text)
-        keep = {str(e["version"]) for e in entries}
-        base = mnt / "netslate" / image
-        for d in (base.iterdir() if base.is_dir() else []):
-            if d.name not in keep:
-                shutil.rmtree(d, ignore_errors=True)
-        for f in (mnt / "loader" / "entries").glob(f"netslate-{image}-*.conf"):
-            if f"loader/entries/{f.name}" not in files:
-                f.unlink(missing_ok=True)
         os.sync()
     finally:
         rt.umount_now(mnt)
@@ -323,34 +385,44 @@ def update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: 
            dev: str | None = None) -> dict:
     """After a verified boot from `server`: boot files for every kept version (metas: {v: meta},
     the current one first), then the firmware's way to them: extlinux (BIOS) or systemd-boot on
-    the ESP (UEFI). Returns what was done; never raises (the boot goes on without a local entry,
-    and says why)."""
+    the ESP (UEFI). Returns what was done; never raises: the boot goes on without a local entry,
+    and says why."""
     uefi = is_uefi()
+    firmware = "uefi" if uefi else "bios"
+    try:
+        return _update(env, root, image, metas, server, cmdline, dev, uefi) | {"firmware": firmware}
+    except Exception as exc:  # noqa: BLE001 - a verified root is mounted; nothing here may stop the boot
+        rt.log(f"local boot not installed: {exc!r}" if not isinstance(exc, OSError) else f"local boot not installed: {exc}")
+        return {"installed": False, "reason": str(exc) or repr(exc), "firmware": firmware}
+
+
+def _update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server: str, cmdline: str,
+            dev: str | None, uefi: bool) -> dict:
     if not uefi and not Path(EXTLINUX).exists():
         return {"installed": False, "reason": "extlinux is not in this initramfs"}
     if uefi and not Path(SYSTEMD_BOOT).exists():
         return {"installed": False, "reason": "systemd-boot is not in this initramfs"}
+    if not uefi and dev and parent_disk(dev) is not None:
+        # extlinux would go into the partition's boot sector, which a BIOS never runs by itself
+        return {"installed": False, "reason": f"BIOS local boot needs the whole-disk NETSLATE layout; {dev} is a partition"}
     state_path = root / "boot" / "state.json"
-    state = rt.read_json(state_path, {}) or {}
+    state = rt.read_json(state_path, {})
+    state = state if isinstance(state, dict) else {}
     entries = []
-    try:
-        for v, meta in metas.items():
-            try:
-                if fetch_boot_files(env, root, image, meta, server, state):
-                    entries.append({"version": v, "args": entry_args(cmdline, image, v, meta["digest"])})
-            except pullmod.PullError as exc:
-                rt.log(f"local boot: cannot fetch the boot files of {image}@{v}: {exc}")
-        prune_boot_files(root, image, {e["version"] for e in entries}, state)
-        rt.write_text(state_path, json.dumps(state, sort_keys=True))
-        if not entries:
-            return {"installed": False, "reason": "no version with a verified kernel and initrd"}
-        if uefi:
-            update_esp(root, image, entries)
-        else:
-            install_extlinux(root, dev)
-            rt.write_text(root / "boot" / "extlinux" / "extlinux.conf", render_config(image, entries, serial_line(cmdline)))
-            checkpoint(root)
-    except OSError as exc:
-        rt.log(f"local boot not installed: {exc}")
-        return {"installed": False, "reason": str(exc), "firmware": "uefi" if uefi else "bios"}
-    return {"installed": True, "versions": [e["version"] for e in entries], "firmware": "uefi" if uefi else "bios"}
+    for v, meta in metas.items():
+        try:
+            if fetch_boot_files(env, root, image, meta, server, state):
+                entries.append({"version": v, "args": entry_args(cmdline, image, v, meta["digest"])})
+        except (pullmod.PullError, KeyError, TypeError, ValueError) as exc:
+            rt.log(f"local boot: cannot fetch the boot files of {image}@{v}: {exc}")
+    prune_boot_files(root, image, {e["version"] for e in entries}, state)
+    rt.write_text(state_path, json.dumps(state, sort_keys=True))
+    if not entries:
+        return {"installed": False, "reason": "no version with a verified kernel and initrd"}
+    if uefi:
+        update_esp(root, image, entries, dev)
+    else:
+        install_extlinux(root, dev)
+        rt.write_text(root / "boot" / "extlinux" / "extlinux.conf", render_config(image, entries, serial_line(cmdline)))
+        checkpoint(root)
+    return {"installed": True, "versions": [e["version"] for e in entries]}

@@ -179,7 +179,10 @@ def open_disk(env: rt.Env) -> tuple[Path | None, str, str | None]:
             disk, dev = dev, localboot.make_uefi_layout(dev)
             if dev is None:
                 return None, f"could not partition {disk} for UEFI", disk
-        if not mkfs(dev):
+            if not mkfs(dev):
+                localboot.wipe_layout(disk)  # else a GPT without NETSLATE would never be taken again
+                return None, f"could not format {dev}", dev
+        elif not mkfs(dev):
             return None, f"could not format {dev}", dev
         note = f"formatted {dev}"
     try:
