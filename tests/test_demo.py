@@ -30,7 +30,9 @@ def test_demo_runs_every_step_without_a_terminal(tmp_path):
         assert re.search(r"vm-cache +configured +fleet@2 +server", out), out[-3000:]
         assert "applied it live" in out
         assert re.search(r"vm-cache rebooted onto fleet@4: downloaded [\d.]+ MiB \(\d+ of \d+ chunks", out)
-        assert "source=cache, queued report config_source=cache delivered" in out
+        # the outage boot: PXE found nothing, the BIOS booted the NETSLATE disk's extlinux
+        assert "the BIOS went on to the NETSLATE disk: extlinux loaded the cached kernel + initramfs of fleet@4" in out
+        assert "source=cache booted via the local disk, queued report config_source=cache delivered" in out
         assert "config rollback to generation 1 published as generation 3" in out
         # it removed the namespace it made (vmlab names it nslab-<pid>-…)
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

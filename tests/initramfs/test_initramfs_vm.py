@@ -160,7 +160,7 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
         con = boot(world, "local1", ns_args(world, r, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
         rec = boot_json(con)
         assert (rec["source"], rec["version"], rec["booted_via"]) == ("server", r.version, "network")
-        assert rec["local_boot"] == {"installed": True, "versions": [r.version]}, rec["local_boot"]
+        assert rec["local_boot"] == {"installed": True, "versions": [r.version], "firmware": "bios"}, rec["local_boot"]
         assert "local boot: extlinux installed on the NETSLATE disk" in con
         # something wipes the disk's first sector: the next verified boot puts extlinux back
         subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -z 0 512", str(disk)], check=True, capture_output=True)
@@ -171,7 +171,7 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
         con = boot(world, "local1b", ns_args(world, r2, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
         rec = boot_json(con)
         assert (rec["source"], rec["version"]) == ("server", r2.version)
-        assert rec["local_boot"] == {"installed": True, "versions": [r2.version, r.version]}, rec["local_boot"]
+        assert rec["local_boot"] == {"installed": True, "versions": [r2.version, r.version], "firmware": "bios"}, rec["local_boot"]
         assert "the boot sector of /dev/vda no longer holds extlinux; installing it again" in con
     finally:
         world.lab.stop(proxy)
