@@ -139,6 +139,22 @@ def test_initramfs_vm_garbage_and_hanging_servers_are_survived(world):
     assert rec["server"] == world.url and rec["source"] == "server"
 
 
+def bootable_image(world, name: str, label: str, seed: int):
+    """A new version of a tiny image that has a kernel and the netslate initramfs (what local boot keeps)."""
+    img = world.ctx.library.import_files(name, rootfs=make_tiny(world.tmp / f"{name}-{label}", label, seed), kernel=KERNEL,
+                                         initrd=world.initrd, warn=lambda m: None)
+    return world.ctx.library.resolve(name, str(img["version"]))
+
+
+def own_server(world, port: int):
+    """A server of the test's own that it can take down: a pass-through proxy in front of the real one.
+    Returns (process, URL); stop it with world.lab.stop(process)."""
+    proxy = world.lab.popen([sys.executable, str(Path(__file__).parent / "hostile_server.py"), world.lab.address, str(port),
+                             world.url, "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    world.lab.wait_tcp(port, timeout=20)
+    return proxy, f"http://{world.lab.address}:{port}"
+
+
 def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_is_down(world):
     """Cache mode keeps the version's kernel + initrd on the NETSLATE disk with extlinux in its boot
     sector. With the server gone, the real BIOS (SeaBIOS) tries PXE first (iPXE gets a DHCP lease
@@ -146,15 +162,8 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
     initramfs, and the stage boots the verified cached rootfs with source=cache."""
     from netslate.vmlab import VM
 
-    img = world.ctx.library.import_files("tinyk", rootfs=make_tiny(world.tmp / "tinyk", "K1", 7), kernel=KERNEL,
-                                         initrd=world.initrd, warn=lambda m: None)
-    r = world.ctx.library.resolve("tinyk", str(img["version"]))
-    # a server of its own that this test takes down (a counting proxy in front of the real one)
-    port = 8085
-    proxy = world.lab.popen([sys.executable, str(Path(__file__).parent / "hostile_server.py"), world.lab.address, str(port),
-                             world.url, "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    world.lab.wait_tcp(port, timeout=20)
-    server = f"http://{world.lab.address}:{port}"
+    r = bootable_image(world, "tinyk", "K1", 7)
+    proxy, server = own_server(world, 8085)
     disk = new_disk(world, "local")
     try:
         con = boot(world, "local1", ns_args(world, r, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
@@ -165,9 +174,7 @@ def test_initramfs_vm_firmware_falls_back_to_the_netslate_disk_when_the_server_i
         # something wipes the disk's first sector: the next verified boot puts extlinux back
         subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -z 0 512", str(disk)], check=True, capture_output=True)
         # an update: the new version's boot files join the previous one's, the new one is the default
-        img2 = world.ctx.library.import_files("tinyk", rootfs=make_tiny(world.tmp / "tinyk2", "K2", 8), kernel=KERNEL,
-                                              initrd=world.initrd, warn=lambda m: None)
-        r2 = world.ctx.library.resolve("tinyk", str(img2["version"]))
+        r2 = bootable_image(world, "tinyk", "K2", 8)
         con = boot(world, "local1b", ns_args(world, r2, "cache", servers=[server], extra=("netslate.disk=allow",)), disk)
         rec = boot_json(con)
         assert (rec["source"], rec["version"]) == ("server", r2.version)
@@ -194,14 +201,8 @@ def test_initramfs_vm_uefi_firmware_falls_back_to_the_esp_when_the_server_is_dow
     entry on the ESP; with the server gone, OVMF tries PXE, then boots the disk's fallback loader."""
     from netslate.vmlab import VM
 
-    img = world.ctx.library.import_files("tinyu", rootfs=make_tiny(world.tmp / "tinyu", "U1", 9), kernel=KERNEL,
-                                         initrd=world.initrd, warn=lambda m: None)
-    r = world.ctx.library.resolve("tinyu", str(img["version"]))
-    port = 8086
-    proxy = world.lab.popen([sys.executable, str(Path(__file__).parent / "hostile_server.py"), world.lab.address, str(port),
-                             world.url, "pass"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    world.lab.wait_tcp(port, timeout=20)
-    server = f"http://{world.lab.address}:{port}"
+    r = bootable_image(world, "tinyu", "U1", 9)
+    proxy, server = own_server(world, 8086)
     disk = new_disk(world, "uefi")
     drive = ["-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0,bootindex=2"]
     cmdline = " ".join(["console=ttyS0", "panic=-1", "quiet",
