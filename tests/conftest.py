@@ -30,10 +30,25 @@ def live_server(ctx):
     srv.stop()
 
 
+@pytest.fixture(params=["local", "remote"])
+def cli_mode(request) -> str:
+    """Every CLI test runs twice: on the data directory, and through a real server over it."""
+    return request.param
+
+
 @pytest.fixture
-def cli(data_dir):
+def cli(data_dir, cli_mode, request):
+    server = None
+    if cli_mode == "remote":
+        server = start_server(request.getfixturevalue("ctx"))
+        request.addfinalizer(server.stop)
+
     def _run(*args: str, **kw) -> CliResult:
         kw.setdefault("data_dir", data_dir)
+        if server is not None and "NETSLATE_SERVER" not in (kw.get("env") or {}) and "--server" not in args:
+            kw["env"] = {"NETSLATE_SERVER": server.url, "NETSLATE_TOKEN": server.admin_token, **(kw.get("env") or {})}
         return run_cli(*args, **kw)
 
+    _run.mode = cli_mode
+    _run.server = server
     return _run

@@ -24,6 +24,7 @@ class CliState:
     server: str | None = None
     token: str | None = None
     _ctx: Any = field(default=None, repr=False)
+    _services: Any = field(default=None, repr=False)
 
     @property
     def remote(self) -> bool:
@@ -44,6 +45,23 @@ class CliState:
 
         return ApiClient(self.server, self.token)
 
+    @property
+    def services(self):
+        """The services, local or over --server, chosen once here; commands never branch on it."""
+        if self._services is None:
+            from netslate.services import Services
+
+            if self.server:
+                from netslate.services.framework import ANONYMOUS
+
+                self._services = Services.remote(self.api(), ANONYMOUS)
+            else:
+                from netslate.composition import Parts
+                from netslate.server.auth import local_principal
+
+                self._services = Services.local(Parts(self.context()), local_principal())
+        return self._services
+
 
 def state(ctx: typer.Context) -> CliState:
     obj = ctx.find_root().obj
@@ -55,6 +73,9 @@ def state(ctx: typer.Context) -> CliState:
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
     """Print `data` as JSON with --json, else through `render` (Rich)."""
+    from netslate.services.framework import plain
+
+    data = plain(data)
     if as_json or render is None:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     else:

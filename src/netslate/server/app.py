@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 from netslate import __version__
 from netslate.context import Context
 from netslate.errors import Conflict, NotFound, UserError
+from netslate.services.framework import Forbidden
 
 
 def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
@@ -18,19 +19,25 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    from netslate.composition import Parts
+
+    app.state.parts = Parts(ctx, options)
     app.state.options = options or {}
     app.state.health = {}  # part name -> callable returning a dict; /healthz reports each
 
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError):
+        if isinstance(exc, Forbidden):
+            if exc.authenticated:
+                return JSONResponse({"detail": str(exc)}, status_code=403)
+            return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    from netslate.server.routers import health, images, keys, tokens
+    from netslate.server.routers import health, images
 
     app.include_router(health.router)
-    app.include_router(keys.router)
-    app.include_router(tokens.router)
+    include_services(app)
     app.include_router(images.api)
     app.include_router(images.serving)
     from netslate.discovery.service import install as install_discovery
@@ -72,3 +79,14 @@ def app_from_environment() -> FastAPI:
     if isinstance(options.get("listen"), list):
         options["listen"] = tuple(options["listen"])
     return create_app(Context(settings["data_dir"], settings["database_url"]), options)
+
+
+def include_services(app: FastAPI) -> None:
+    """One generated router per service contract; each request gets the local service as its caller."""
+    from netslate import services
+    from netslate.server.auth import caller_of
+    from netslate.services.framework import router_for
+
+    for noun in services.NOUNS:
+        local = services.local_class(noun)
+        app.include_router(router_for(services.contract(noun), lambda request, caller, local=local: local(request.app.state.parts, caller), caller_of))

@@ -1,0 +1,1 @@
+"""Identity: who may act. API tokens now; people (users, directories, sessions) and machines next."""
