@@ -4,7 +4,7 @@ import re
 
 from netslate.errors import UserError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 def check_name(value: str, what: str = "name") -> str:

@@ -43,11 +43,11 @@ BIOS_BINARY = "undionly.kpxe"
 ARCH_BIOS = (0,)
 ARCH_EFI64 = (7, 9)
 
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\[\]:-]{1,260}(/[A-Za-z0-9._/-]{0,200})?$")
-_LEASE_RE = re.compile(r"^([0-9]{1,7}[smhd]?|infinite)$")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\[\]:-]{1,260}(/[A-Za-z0-9._/-]{0,200})?\Z")
+_LEASE_RE = re.compile(r"^([0-9]{1,7}[smhd]?|infinite)\Z")
 
 
 class DhcpConfigError(UserError):

@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-ARG_RE = re.compile(r"^[A-Za-z0-9._:/=,@+%-]{1,512}$")
-TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,:()/@=+\[\]<>*'-]{0,200}$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?$")
-RAW_URL_RE = re.compile(r"^[A-Za-z0-9:/.\[\]_@-]{1,1024}$")  # urlsplit silently drops tabs/newlines: check first
-PATH_RE = re.compile(r"^(/[A-Za-z0-9._@-]+)+$")
+ARG_RE = re.compile(r"^[A-Za-z0-9._:/=,@+%-]{1,512}\Z")
+TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,:()/@=+\[\]<>*'-]{0,200}\Z")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}\Z")
+HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?\Z")
+RAW_URL_RE = re.compile(r"^[A-Za-z0-9:/.\[\]_@-]{1,1024}\Z")  # urlsplit silently drops tabs/newlines: check first
+PATH_RE = re.compile(r"^(/[A-Za-z0-9._@-]+)+\Z")
 
 CHAIN_QUERY = (
     "mac=${net0/mac}&uuid=${uuid}&serial=${serial:uristring}&manufacturer=${manufacturer:uristring}"

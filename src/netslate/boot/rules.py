@@ -30,14 +30,14 @@ from netslate.errors import UserError
 SCALAR_SELECTORS = ("mac", "uuid", "serial", "manufacturer", "product", "arch", "platform")
 SELECTORS = SCALAR_SELECTORS + ("label", "group")
 
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # SMBIOS strings: printable, no characters that mean something to iPXE, a shell or a URL parser.
-TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,()+/:@-]{1,128}$")
-WORD_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:@/-]{0,63}$")
-GROUP_RE = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})*)?$")
+TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,()+/:@-]{1,128}\Z")
+WORD_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:@/-]{0,63}\Z")
+GROUP_RE = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})*)?\Z")
 PLATFORMS = {"pcbios": "pcbios", "bios": "pcbios", "efi": "efi", "uefi": "efi"}
 
 

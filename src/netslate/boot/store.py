@@ -38,8 +38,8 @@ PROFILE_KINDS = ("image", "local", "menu")
 MODES = ("ram", "cache")
 POLICIES = ("boot-default", "hold")
 DEFAULT_SITE = "default"
-CONSOLE_RE = re.compile(r"^[A-Za-z0-9,]{1,32}$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+CONSOLE_RE = re.compile(r"^[A-Za-z0-9,]{1,32}\Z")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 def _iso(t: dt.datetime | None) -> str | None:

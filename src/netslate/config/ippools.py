@@ -35,7 +35,7 @@ from netslate.errors import Conflict, NotFound, UserError
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 ALLOCATE_ATTEMPTS = 20
 
 

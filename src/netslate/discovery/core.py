@@ -21,7 +21,7 @@ DNS_TTL = 30  # seconds; short so a server that stops heartbeating drops out of 
 LOCATE_TTL = 300  # machines re-ask after this, and keep using a stale answer when the server is down
 
 _LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -28,9 +28,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # A fixed default epoch: mmdebstrap and dpkg use it for generated timestamps, so two builds of one
 # recipe differ less and share more chunks.
 DEFAULT_SOURCE_DATE_EPOCH = 1704067200
-_PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?([=/][A-Za-z0-9.+~:_-]+)?$")
-_SUITE = re.compile(r"^[a-z][a-z0-9.-]{0,40}$")
-_MIRROR = re.compile(r"^(https?|file)://[^\s'\"]+$")
+_PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?([=/][A-Za-z0-9.+~:_-]+)?\Z")
+_SUITE = re.compile(r"^[a-z][a-z0-9.-]{0,40}\Z")
+_MIRROR = re.compile(r"^(https?|file)://[^\s'\"]+\Z")
 
 Log = Callable[[str], None]
 
@@ -102,7 +102,7 @@ class Recipe(BaseModel):
     @classmethod
     def _components(cls, v: list[str]) -> list[str]:
         for c in v:
-            if not re.match(r"^[a-z0-9-]+(/[a-z0-9-]+)?$", c):
+            if not re.match(r"^[a-z0-9-]+(/[a-z0-9-]+)?\Z", c):
                 raise ValueError(f"not a component name: {c!r}")
         return v or ["main"]
 

@@ -34,8 +34,8 @@ try:  # optional: re-chunk a seed file we have no record of (needs pyfastcdc)
 except ImportError:  # pragma: no cover
     _cut_file = None
 
-_CHUNK_ID = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_CHUNK_ID = re.compile(r"^[0-9a-f]{64}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 RANGE_MAX_BYTES = 32 * 1024 * 1024  # one Range request covers at most this much of the artifact

@@ -107,7 +107,7 @@ def parse_ldd(text: str) -> list[str]:
     libs = []
     for line in text.splitlines():
         line = line.strip()
-        m = re.match(r"^\S+ => (/\S+) \(0x[0-9a-f]+\)$", line) or re.match(r"^(/\S+) \(0x[0-9a-f]+\)$", line)
+        m = re.match(r"^\S+ => (/\S+) \(0x[0-9a-f]+\)\Z", line) or re.match(r"^(/\S+) \(0x[0-9a-f]+\)\Z", line)
         if m:
             libs.append(m.group(1))
     return libs
@@ -371,7 +371,7 @@ def modules_dir_for(kernel_version: str | None, modules_dir: Path | None) -> tup
         return modules_dir, kernel_version or modules_dir.name
     if kernel_version is None:
         raise UserError("give --kernel-version VER or --modules-dir DIR")
-    if not re.match(r"^[A-Za-z0-9._+-]{1,100}$", kernel_version):
+    if not re.match(r"^[A-Za-z0-9._+-]{1,100}\Z", kernel_version):
         raise UserError(f"invalid kernel version {kernel_version!r}")
     d = Path("/lib/modules") / kernel_version
     if not d.is_dir():

@@ -46,7 +46,7 @@ GPT_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ARTIFACTS = (("kernel", "vmlinuz"), ("initrd", "initrd"))
 # Arguments that describe one particular boot, never copied into the local boot entries.
 _DROP = ("initrd=", "BOOT_IMAGE=", "BOOTIF=", "netslate.image=", "netslate.manifest=", "netslate.boot=")
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/@=+%\[\]-]+$")
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/@=+%\[\]-]+\Z")
 
 
 # ---------------------------------------------------------------- pure helpers

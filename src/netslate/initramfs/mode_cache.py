@@ -84,8 +84,8 @@ def persist_dir_name(path: str) -> str:
 def is_candidate_disk(name: str) -> bool:
     """Whole disks only (vda, sdb, nvme0n1), never partitions, loop, ram or optical devices."""
     if name.startswith("nvme"):
-        return re.match(r"^nvme[0-9]+n[0-9]+$", name) is not None
-    return re.match(r"^(vd|sd|hd|xvd)[a-z]+$", name) is not None
+        return re.match(r"^nvme[0-9]+n[0-9]+\Z", name) is not None
+    return re.match(r"^(vd|sd|hd|xvd)[a-z]+\Z", name) is not None
 
 
 # ---------------------------------------------------------------- the disk

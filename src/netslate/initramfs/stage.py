@@ -29,10 +29,10 @@ MODES = {
 EXIT_OK = 0
 EXIT_NO_IMAGE = 3
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_SERVER = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?/?$")
-_PERSIST = re.compile(r"^(/[A-Za-z0-9._@+-]+)+$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_SERVER = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?/?\Z")
+_PERSIST = re.compile(r"^(/[A-Za-z0-9._@+-]+)+\Z")
 _ONFAIL = ("shell", "reboot", "poweroff")
 
 

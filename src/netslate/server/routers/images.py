@@ -167,7 +167,7 @@ def get_manifest(name: str, ref: str, request: Request):
     return JSONResponse(doc, headers=headers)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 @serving.head("/images/{name}/{ref}/{artifact}", include_in_schema=False)
