@@ -92,7 +92,7 @@ def check_url(value: str) -> str:
 
 def check_path(value: str | os.PathLike, what: str = "path") -> str:
     s = str(value)
-    if not s.startswith("/") or any(c in s for c in "\n\r\0,#\"'") or len(s) > 1024:
+    if not s.startswith("/") or any(c in s for c in "\n\r\0,#\"'") or any(ord(c) < 32 or ord(c) == 127 for c in s) or len(s) > 1024:
         raise DhcpConfigError(f"invalid {what} {s!r:.80} (absolute, no commas, quotes or control characters)")
     return s
 

@@ -21,6 +21,7 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}\Z")
 HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?\Z")
 RAW_URL_RE = re.compile(r"^[A-Za-z0-9:/.\[\]_@-]{1,1024}\Z")  # urlsplit silently drops tabs/newlines: check first
 PATH_RE = re.compile(r"^(/[A-Za-z0-9._@-]+)+\Z")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # second line of defence: no CR, LF, NUL or other control character
 
 CHAIN_QUERY = (
     "mac=${net0/mac}&uuid=${uuid}&serial=${serial:uristring}&manufacturer=${manufacturer:uristring}"
@@ -33,26 +34,26 @@ class UnsafeValue(ValueError):
 
 
 def arg(value: str, what: str = "value") -> str:
-    if not isinstance(value, str) or not ARG_RE.match(value):
+    if not isinstance(value, str) or CONTROL_RE.search(value) or not ARG_RE.match(value):
         raise UnsafeValue(f"unsafe {what} for an iPXE script: {value!r:.80}")
     return value
 
 
 def text(value: str) -> str:
-    if not isinstance(value, str) or not TEXT_RE.match(value) or "${" in value:
+    if not isinstance(value, str) or CONTROL_RE.search(value) or not TEXT_RE.match(value) or "${" in value:
         raise UnsafeValue(f"unsafe text for an iPXE script: {value!r:.80}")
     return value
 
 
 def label(value: str) -> str:
-    if not isinstance(value, str) or not LABEL_RE.match(value):
+    if not isinstance(value, str) or CONTROL_RE.search(value) or not LABEL_RE.match(value):
         raise UnsafeValue(f"unsafe iPXE label: {value!r:.80}")
     return value
 
 
 def base_url(value: str) -> str:
     """http(s)://HOST[:PORT] with nothing else; what netslate.server= and the download URLs are built from."""
-    parts = urlsplit(value) if isinstance(value, str) and RAW_URL_RE.match(value) else None
+    parts = _split(value) if isinstance(value, str) and not CONTROL_RE.search(value) and RAW_URL_RE.match(value) else None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
@@ -66,9 +67,17 @@ def base_url(value: str) -> str:
 
 
 def url(base: str, path: str) -> str:
-    if not PATH_RE.match(path) or ".." in path:
+    if not isinstance(path, str) or CONTROL_RE.search(path) or not PATH_RE.match(path) or ".." in path:
         raise UnsafeValue(f"unsafe URL path: {path!r:.80}")
     return base_url(base) + path
+
+
+def _split(value: str):
+    """urlsplit, or None where it raises (an unclosed '[' in a Host header: ValueError)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -160,10 +169,10 @@ def _boot_block(prefix: str, boot: ImageBoot, retry: Retry, jitter_s: int, after
 
 
 def url_checked(value: str) -> str:
-    if not isinstance(value, str) or not RAW_URL_RE.match(value):
+    if not isinstance(value, str) or CONTROL_RE.search(value) or not RAW_URL_RE.match(value):
         raise UnsafeValue(f"unsafe URL: {value!r:.80}")
-    parts = urlsplit(value)
-    if parts.query or parts.fragment:
+    parts = _split(value)
+    if parts is None or parts.query or parts.fragment:
         raise UnsafeValue(f"unsafe URL: {value!r:.80}")
     return url(f"{parts.scheme}://{parts.netloc}", parts.path)
 

@@ -17,6 +17,7 @@ MAX_QUERY = 2048
 FIELDS = ("mac", "uuid", "serial", "manufacturer", "product", "arch", "platform", "asset")
 # SMBIOS strings are free text in the firmware; refuse only what could be an injection attempt.
 _BAD_TEXT = re.compile(r"[\x00-\x1f\x7f$|;`<>\\\"]|\.\./|\.\.\\")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # refused before strip(): a trailing newline is not whitespace to forgive
 _ZERO_UUIDS = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
 
 
@@ -61,6 +62,8 @@ def parse_boot_query(raw: bytes) -> dict[str, str | None]:
         if key in seen:
             raise BadBootRequest(f"query field {key!r} given twice")
         seen.add(key)
+        if _CONTROL.search(value):
+            raise BadBootRequest(f"refused {key} {_shown(value)}: control characters")
         value = value.strip()
         if not value:
             continue
