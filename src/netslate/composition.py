@@ -1,14 +1,39 @@
 """The composition root: every part built once, every background service in one visible order.
 
 The server builds one `Parts` for its lifetime (`netslate.server.app`); the local CLI builds one
-per command without background services. Services receive it and never build parts themselves.
+per command and never starts background services. Services receive it and never build parts.
+
+Start order (stop is the reverse), and why:
+1. boot events writer — boot requests may arrive as soon as the socket listens;
+2. config notifier — wakes long-polling agents when a generation is published;
+3. dnsmasq supervisor (+ TFTP root) — needs the boot engine for pxelinux files;
+4. discovery — registers this server (heartbeats) and answers DNS SRV;
+5. desktops reconcile loop — may add DHCP reservations, which dnsmasq picks up;
+6. the noVNC console relay.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Callable
 
 from netslate.context import Context
+
+log = logging.getLogger("netslate.server")
+
+
+@dataclass
+class Background:
+    """One background service: how to start it, stop it, and report its health."""
+
+    name: str
+    start: Callable[[], None]
+    stop: Callable[[], None]
+    health: Callable[[], dict] | None = None
 
 
 class Parts:
@@ -19,3 +44,146 @@ class Parts:
     @cached_property
     def library(self):
         return self.ctx.library
+
+    @cached_property
+    def boot_engine(self):
+        """The one boot engine (and its cache) of this process: boot scripts, bundles' image pins."""
+        from netslate.boot.engine import BootEngine
+
+        return BootEngine(self.ctx, self.options)
+
+    @cached_property
+    def config_notifier(self):
+        from netslate.config.notify import Notifier
+
+        return Notifier(self.ctx)
+
+    # ---------- background services (server only) ----------
+
+    @cached_property
+    def dnsmasq(self):
+        """The dnsmasq supervisor, when `serve --boot-interface` asked for DHCP/TFTP; else None."""
+        if not self.options.get("boot_interface"):
+            return None
+        from netslate.boot.dnsmasq import DnsmasqSupervisor, reservations_from_db, settings_from_options
+
+        settings, prefixlen = settings_from_options(self.ctx, self.options)
+        return DnsmasqSupervisor(settings, self.ctx.data_dir / "dnsmasq", prefixlen,
+                                 reservations=lambda: reservations_from_db(self.ctx), on_tick=self._refresh_pxelinux)
+
+    _pxelinux_fingerprint = None
+
+    def _refresh_pxelinux(self) -> None:
+        # Only when the boot engine's fingerprint (rules, machines, images, tags) moved.
+        from netslate.boot import tftp
+        from netslate.boot.engine import pxelinux_files
+
+        settings = self.dnsmasq.settings
+        fp = self.boot_engine.snapshot().fingerprint
+        if fp != self._pxelinux_fingerprint:
+            base_url = settings.boot_url.rsplit("/", 1)[0]
+            tftp.write_pxelinux(Path(settings.tftp_root), pxelinux_files(self.boot_engine, base_url))
+            self._pxelinux_fingerprint = fp
+
+    def _start_dnsmasq(self) -> None:
+        from netslate.boot import tftp
+
+        tftp.install_binaries(Path(self.dnsmasq.settings.tftp_root))
+        try:
+            self._refresh_pxelinux()
+        except Exception as exc:  # TFTP of the iPXE binaries must work even so
+            log.error("pxelinux.cfg not written: %s", exc)
+        self.dnsmasq.start()
+
+    def dhcp_changed(self) -> str | None:
+        """After a DHCP-relevant change (reservations): "restarted", "reloaded", "unchanged", or None."""
+        return self.dnsmasq.reload() if self.dnsmasq is not None else None
+
+    @cached_property
+    def discovery(self):
+        """Server registration + heartbeats and the DNS SRV responder, when `serve` asked for them."""
+        if not (self.options.get("discovery_register") or self.options.get("dns_listen")):
+            return None
+        from netslate.discovery.service import DiscoveryService
+
+        return DiscoveryService(self.ctx, self.options)
+
+    @cached_property
+    def desktops_loop(self):
+        """The desktops reconcile loop: on by default inside `serve`, or when a test asks for it."""
+        from netslate.desktops.background import ReconcileLoop
+
+        wanted = self.options.get("desktops_reconcile")
+        if wanted is None:
+            wanted = "listen" in self.options and os.environ.get("NETSLATE_DESKTOPS_RECONCILE", "1") != "0"
+        if not wanted:
+            return None
+        interval = float(self.options.get("desktops_reconcile_interval") or os.environ.get("NETSLATE_DESKTOPS_RECONCILE_INTERVAL", "10"))
+        return ReconcileLoop(self.ctx, interval)
+
+    @cached_property
+    def console_port(self) -> int | None:
+        port = self.options.get("desktops_console_port") or os.environ.get("NETSLATE_CONSOLE_PORT")
+        return int(port) if port else None
+
+    def _console_relay(self) -> Background:
+        from netslate.desktops.relay import start_relay
+
+        listen = self.options.get("desktops_console_listen") or os.environ.get("NETSLATE_CONSOLE_LISTEN", "0.0.0.0")
+        proc = {}
+
+        def start():
+            proc["p"] = start_relay(self.ctx.data_dir, listen, self.console_port)
+
+        def stop():
+            p = proc.get("p")
+            if p is None:
+                return
+            p.terminate()
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+
+        return Background("console-relay", start, stop)
+
+    def health_checks(self) -> dict[str, Callable[[], dict]]:
+        """/healthz probes of the background services that are running."""
+        return {b.name: b.health for b in self.running if b.health is not None}
+
+    running: list[Background] = []
+
+    def start_background(self) -> None:
+        self.running = []
+        for b in self.background():
+            b.start()
+            self.running.append(b)
+            log.info("started %s", b.name)
+
+    def stop_background(self) -> None:
+        while self.running:
+            b = self.running.pop()
+            try:
+                b.stop()
+            except Exception as exc:  # stop the others all the same
+                log.error("stopping %s: %s", b.name, exc)
+
+    def background(self) -> list[Background]:
+        """What `netslate serve` runs besides HTTP, in start order."""
+        out = [Background("boot-events", lambda: None, lambda: self.boot_engine.events.flush(5)),
+               Background("config-notifier", lambda: None, lambda: None)]
+        if self.dnsmasq is not None:
+            out.append(Background("dnsmasq", self._start_dnsmasq, self.dnsmasq.stop, self.dnsmasq.health))
+        if self.discovery is not None:
+            d = self.discovery
+            out.append(Background("discovery-service", d.start, d.stop))
+            if self.options.get("dns_listen"):
+                out.append(Background("dns", lambda: None, lambda: None, d.health_dns))
+            if self.options.get("discovery_register"):
+                out.append(Background("discovery", lambda: None, lambda: None, d.health_registration))
+        if self.desktops_loop is not None:
+            loop = self.desktops_loop
+            out.append(Background("desktops", loop.start, loop.stop, loop.health))
+        if self.console_port:
+            out.append(self._console_relay())
+        return out

@@ -115,7 +115,7 @@ def test_boot_hold_approve_then_boot(live_server, tmp_path):
                    headers={"Authorization": f"Bearer {live_server.admin_token}"})
     assert r.status_code == 200 and r.json()["state"] == "approved"
     assert _kernel_line(_script(live_server, MAC_NEW)).startswith(f"kernel {live_server.url}/images/desk/1/kernel")
-    kinds = [e["kind"] for e in store.list_events(ctx) if e["mac"] == MAC_NEW] if live_server.app.state.boot_engine.events.flush() else []
+    kinds = [e["kind"] for e in store.list_events(ctx) if e["mac"] == MAC_NEW] if live_server.app.state.parts.boot_engine.events.flush() else []
     assert kinds == ["image", "hold", "hold"]
 
 
@@ -153,7 +153,7 @@ def test_boot_tag_move_and_pin(live_server, tmp_path):
     assert "netslate.image=desk@3 " in _kernel_line(_script(live_server, MAC_A))
     store.unpin_machine(ctx, MAC_B)
     assert "netslate.image=desk@3 " in _kernel_line(_script(live_server, MAC_B))
-    live_server.app.state.boot_engine.events.flush()
+    live_server.app.state.parts.boot_engine.events.flush()
     pinned = [e for e in store.list_events(ctx) if e["pinned"]]
     assert len(pinned) == 1 and pinned[0]["version"] == 2
 
@@ -261,7 +261,7 @@ def test_boot_events_flushed_on_shutdown(ctx):
     from nstest import start_server
 
     srv = start_server(ctx)
-    srv.app.state.boot_engine.events.interval = 3600  # nothing is written on the timer in this test
+    srv.app.state.parts.boot_engine.events.interval = 3600  # nothing is written on the timer in this test
     try:
         for i in range(20):
             _script(srv, f"52:54:00:0e:00:{i:02x}")

@@ -538,54 +538,6 @@ def settings_from_options(ctx, options: dict) -> tuple[DhcpSettings, int]:
     return s.checked(), prefixlen
 
 
-def install(app, options: dict) -> DnsmasqSupervisor | None:
-    """Called from create_app: when `boot_interface` is set, populate the TFTP root and run dnsmasq
-    for the app's lifetime, reporting in /healthz as "dnsmasq"."""
-    import contextlib
-
-    if not options.get("boot_interface"):
-        return None
-    from netslate.boot import tftp
-
-    ctx = app.state.ctx
-    settings, prefixlen = settings_from_options(ctx, options)
-    base_url = settings.boot_url.rsplit("/", 1)[0]
-    root = Path(settings.tftp_root)
-    seen = {"fp": None}
-
-    def refresh_pxelinux() -> None:
-        # Only when the boot engine's fingerprint (rules, machines, images, tags) moved.
-        from netslate.server.routers.boot import get_engine
-
-        fp = get_engine(app).snapshot().fingerprint
-        if fp != seen["fp"]:
-            tftp.write_pxelinux(root, tftp.pxelinux_from_engine(app, base_url))
-            seen["fp"] = fp
-
-    sup = DnsmasqSupervisor(settings, ctx.data_dir / "dnsmasq", prefixlen,
-                            reservations=lambda: reservations_from_db(ctx), on_tick=refresh_pxelinux)
-    app.state.dnsmasq = sup
-    previous = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with previous(a) as st:
-            tftp.install_binaries(root)
-            try:
-                refresh_pxelinux()
-            except Exception as exc:  # TFTP of the iPXE binaries must work even so
-                log.error("pxelinux.cfg not written: %s", exc)
-            sup.start()
-            app.state.health["dnsmasq"] = sup.health
-            try:
-                yield st
-            finally:
-                sup.stop()
-
-    app.router.lifespan_context = lifespan
-    return sup
-
-
 CONFIG_KEYS = ("boot_interface", "dhcp", "dhcp_range", "tftp_root", "efi_binary", "boot_url")
 
 
@@ -638,11 +590,3 @@ def serve_options(config: str | None, boot_interface: str | None, dhcp: str | No
     elif opts.get("dhcp_range") or opts.get("tftp_root") or (dhcp is not None):
         raise UserError("--dhcp, --dhcp-range and --tftp-root need --boot-interface IFACE")
     return opts
-
-
-def notify_change(app) -> str | None:
-    """For other parts: call after changing anything DHCP-relevant (reservations, settings).
-    Returns what happened ("restarted", "reloaded", "unchanged"), or None when dnsmasq is not run.
-    (The supervisor also checks for reservation changes every 2 s on its own.)"""
-    sup = getattr(app.state, "dnsmasq", None)
-    return sup.reload() if sup is not None else None

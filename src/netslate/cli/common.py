@@ -34,6 +34,10 @@ class CliState:
         """The local installation (data dir + database), initialised on first use."""
         if self.remote:
             raise UserError("this command works on the local data directory only; drop --server")
+        return self.own_context()
+
+    def own_context(self):
+        """This machine's data directory whatever --server says: for `serve` itself."""
         if self._ctx is None:
             from netslate.context import Context
 

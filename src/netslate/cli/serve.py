@@ -46,7 +46,7 @@ def serve(
     st.data_dir = data_dir or st.data_dir
     st.database_url = database_url or st.database_url
     host, port = parse_listen(listen)
-    context = st.context()
+    context = st.own_context()  # the server is this machine, even when NETSLATE_SERVER is set
     path, created = ensure_admin_token(context)
     if created:
         err_console.print(f"created admin token in {path} (mode 0600)", soft_wrap=True)

@@ -69,11 +69,3 @@ class Notifier:
             except Exception:  # a busy or briefly unreachable database must not kill the watcher
                 pass
             await asyncio.sleep(POLL_SECONDS)
-
-
-def notifier_for(app) -> Notifier:
-    n = getattr(app.state, "config_notifier", None)
-    if n is None:
-        n = Notifier(app.state.ctx)
-        app.state.config_notifier = n
-    return n

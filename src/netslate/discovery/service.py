@@ -159,28 +159,3 @@ class DiscoveryService:
         if self.heartbeat_error:
             out["error"] = self.heartbeat_error
         return out
-
-
-def install(app) -> None:
-    """Hook discovery into the app's lifespan when `netslate serve` asked for it."""
-    options = getattr(app.state, "options", {}) or {}
-    if not (options.get("discovery_register") or options.get("dns_listen")):
-        return
-    service = DiscoveryService(app.state.ctx, options)
-    app.state.discovery = service
-    previous = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with previous(a) as state:
-            service.start()
-            if service.dns is not None:
-                app.state.health["dns"] = service.health_dns
-            if service.name is not None:
-                app.state.health["discovery"] = service.health_registration
-            try:
-                yield state
-            finally:
-                service.stop()
-
-    app.router.lifespan_context = lifespan

@@ -1,29 +1,51 @@
-"""The ASGI app. Routers are included here; each lives in netslate/server/routers/<noun>.py."""
+"""The ASGI app: the generated service routers, the hand-written ones (firmware, streams,
+machine-facing routes), and the composition root's background services in one lifespan."""
+
+import contextlib
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from netslate import __version__
+from netslate import __version__, services
+from netslate.composition import Parts
 from netslate.context import Context
 from netslate.errors import Conflict, NotFound, UserError
-from netslate.services.framework import Forbidden
+from netslate.server.auth import caller_of
+from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images, ippools, machines
+from netslate.services.framework import Forbidden, router_for
+
+# Routes the service contracts cannot express: firmware and iPXE paths outside /api/v1, chunk and
+# artifact streams, uploads, the agent's long-poll and reports, consoles.
+HAND_WRITTEN = (
+    health.router, images.api, images.serving, discovery.router, config.router, ippools.router,
+    boot.serving, boot.api, machines.router, desktops.router, fleet.router,
+)
 
 
 def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     ctx.init()
+    parts = Parts(ctx, options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        await run_in_threadpool(parts.start_background)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(parts.stop_background)
+
     app = FastAPI(
         title="netslate",
         version=__version__,
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.ctx = ctx
-    from netslate.composition import Parts
-
-    app.state.parts = Parts(ctx, options)
-    app.state.options = options or {}
-    app.state.health = {}  # part name -> callable returning a dict; /healthz reports each
+    app.state.parts = parts
+    app.state.options = parts.options
 
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError):
@@ -34,38 +56,10 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    from netslate.server.routers import health, images
-
-    app.include_router(health.router)
+    for router in HAND_WRITTEN:
+        app.include_router(router)
     include_services(app)
-    app.include_router(images.api)
-    app.include_router(images.serving)
-    from netslate.discovery.service import install as install_discovery
-    from netslate.server.routers import discovery as discovery_router
-
-    app.include_router(discovery_router.router)
-    install_discovery(app)
-    from netslate.server.routers import config as config_router
-
-    app.include_router(config_router.router)
-    from netslate.server.routers import ippools as ippools_router
-
-    app.include_router(ippools_router.router)
-    from netslate.server.routers import boot as boot_router, machines as machines_router
-
-    boot_router.install(app)
-    app.include_router(machines_router.router)
-    from netslate.boot.dnsmasq import install as install_dnsmasq
-
-    install_dnsmasq(app, app.state.options)
-    from netslate.desktops.background import install as install_desktops
-    from netslate.server.routers import desktops as desktops_router
-
-    app.include_router(desktops_router.router)
-    install_desktops(app)
-    from netslate.server.routers import fleet as fleet_router
-
-    app.include_router(fleet_router.router)
+    app.add_middleware(boot.BootFastPath)
     return app
 
 
@@ -83,10 +77,6 @@ def app_from_environment() -> FastAPI:
 
 def include_services(app: FastAPI) -> None:
     """One generated router per service contract; each request gets the local service as its caller."""
-    from netslate import services
-    from netslate.server.auth import caller_of
-    from netslate.services.framework import router_for
-
     for noun in services.NOUNS:
         local = services.local_class(noun)
         app.include_router(router_for(services.contract(noun), lambda request, caller, local=local: local(request.app.state.parts, caller), caller_of))

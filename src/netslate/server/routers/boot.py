@@ -1,8 +1,6 @@
 """Boot endpoints for firmware (/boot.ipxe, /boot/ipxe; outside /api/v1) and the boot API (/api/v1/boot)."""
 
-import contextlib
 import logging
-import threading
 from typing import Any, Optional
 
 from fastapi import APIRouter, Request
@@ -19,19 +17,11 @@ from netslate.server import auth
 log = logging.getLogger("netslate.boot")
 serving = APIRouter(tags=["boot"])
 api = APIRouter(prefix="/api/v1/boot", tags=["boot"])
-_engine_lock = threading.Lock()
 IPXE_TYPE = "text/plain; charset=utf-8"
 
 
 def get_engine(app) -> BootEngine:
-    engine = getattr(app.state, "boot_engine", None)
-    if engine is None:
-        with _engine_lock:
-            engine = getattr(app.state, "boot_engine", None)
-            if engine is None:
-                engine = BootEngine(app.state.ctx, app.state.options)
-                app.state.boot_engine = engine
-    return engine
+    return app.state.parts.boot_engine
 
 
 def _remote(request: Request) -> str:
@@ -88,24 +78,6 @@ class BootFastPath:
             return
         await self.app(scope, receive, send)
 
-
-def install(app) -> None:
-    """Called by create_app: the boot routers plus the fast path for the boot script."""
-    app.include_router(serving)
-    app.include_router(api)
-    app.add_middleware(BootFastPath)
-    engine = get_engine(app)  # now, so the image library's in-use check is registered before any request
-    previous = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        async with previous(a) as st:
-            try:
-                yield st
-            finally:  # commit the last batch of boot events before the process goes
-                await run_in_threadpool(engine.events.flush, 5)
-
-    app.router.lifespan_context = lifespan
 
 # ------------------------------------------------------------------ /api/v1/boot
 

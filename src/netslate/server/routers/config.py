@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from netslate.config import bundles, schema, store
-from netslate.config.notify import notifier_for
 from netslate.server import auth
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
@@ -27,7 +26,7 @@ def _ctx(request: Request):
 
 
 def _bump(request: Request) -> None:
-    notifier_for(request.app).bump_threadsafe()
+    request.app.state.parts.config_notifier.bump_threadsafe()
     # resolve the new generation's node chains now, not on the first of many bundle requests
     threading.Thread(target=_warm, args=(_ctx(request),), daemon=True, name="config-warm").start()
 
@@ -206,7 +205,7 @@ async def bundle(request: Request, machine: str, wait: float = Query(0, ge=0)):
             credential = token
         elif await run_in_threadpool(auth.principal_for, ctx, token) is None:
             raise HTTPException(403, "the bearer token is neither this machine's credential nor an API token")
-    notifier = notifier_for(request.app)
+    notifier = request.app.state.parts.config_notifier
     seen = notifier.version
     envelope, etag, _info = await run_in_threadpool(bundles.bundle, ctx, machine, credential)
     if credential and not envelope["payload"]["authenticated"]:

@@ -28,7 +28,7 @@ def _ctx(request: Request):
 
 
 def _nudge(request: Request) -> None:
-    loop = getattr(request.app.state, "desktops_loop", None)
+    loop = request.app.state.parts.desktops_loop
     if loop is not None:
         loop.nudge()
 
@@ -140,7 +140,7 @@ def browser_console(ref: str, body: BrowserBody, request: Request):
     from netslate.desktops.relay import browser_url, issue_relay_token
     from netslate.errors import Conflict
 
-    port = getattr(request.app.state, "desktops_console_port", None)
+    port = request.app.state.parts.console_port
     if not port:
         raise Conflict("browser consoles are off: start the server with NETSLATE_CONSOLE_PORT set")
     principal, d = _console_principal(request, ref)

@@ -20,7 +20,7 @@ def healthz(request: Request):
         checks["database"] = {"ok": True}
     except Exception as exc:  # report, never crash the health endpoint
         checks["database"] = {"ok": False, "error": str(exc).splitlines()[0]}
-    for name, probe in request.app.state.health.items():
+    for name, probe in request.app.state.parts.health_checks().items():
         try:
             checks[name] = probe()
         except Exception as exc:
