@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 
-from netslate.crypto import ed25519
+from netslate.onmachine import ed25519
 
 
 class SignatureError(Exception):

@@ -1,9 +1,13 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
+"""Files on the machine: atomic writes (temp file in the same directory, fsync, rename, fsync the
+directory), tolerant JSON reads, and a whole-file size + SHA-256 check.
 
-Standard library only: the agent ships this module in its zipapp.
+Standard library only (the on-machine library): the agent's zipapp and the initramfs ship it, and
+the server side imports the same functions through `netslate.fsutil`.
 """
 
 import errno
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -42,3 +46,25 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def read_json(path, default=None):
+    """The JSON in `path`, or `default` when it is missing, unreadable or damaged (never fatal)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return default
+
+
+def file_matches(path, size: int, sha256: str) -> bool:
+    """True if the file at `path` has exactly `size` bytes and that SHA-256 (hex)."""
+    try:
+        if os.stat(path).st_size != size:
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest() == sha256
+    except OSError:
+        return False
