@@ -51,7 +51,7 @@ def host(name="h1", reachable=True, mem=8192, free=8192, slots=4, domains=()):
 def pool(**kw):
     base = dict(name="p", size=2, spare=1, max=4, memory_mib=512, golden_version=1, hosts=("h1",), grace_seconds=60)
     base.update(kw)
-    return R.PoolSpec(**base)
+    return R.DesktopPoolSpec(**base)
 
 
 def dsk(i, state=S.READY, host="h1", **kw):

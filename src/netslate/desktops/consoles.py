@@ -22,7 +22,7 @@ from netslate.errors import Conflict, UserError
 from netslate.desktops import domainxml, hosts as hostmod
 from netslate.desktops import states as S
 from netslate.desktops.models import DesktopHost, DesktopPool
-from netslate.desktops.service import _get
+from netslate.desktops.records import get_desktop as _get
 
 DEFAULT_TTL = 120
 MAX_TTL = 3600

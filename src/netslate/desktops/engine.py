@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import ipaddress
 import logging
-import os
 import secrets
 import shutil
-import subprocess
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -27,11 +24,14 @@ from sqlalchemy.exc import IntegrityError
 
 from netslate import audit
 from netslate.errors import Conflict, UserError
-from netslate.fsutil import atomic_write
 from netslate.store.db import utcnow
 
-from netslate.desktops import domainxml, hosts as hostmod, reconcile as R
+from netslate.desktops import diskless as dl
+from netslate.desktops import domains, domainxml, hosts as hostmod, reconcile as R, snapshots
 from netslate.desktops import states as S
+from netslate.desktops.disks import (  # noqa: F401  (qemu_img, linked_clone: older callers import them from here)
+    disks_root, installation_id, linked_clone, logs_root, make_traversable, qemu_img,
+)
 from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool, DesktopSnapshot, GoldenImage
 
 log = logging.getLogger("netslate.desktops")
@@ -40,54 +40,6 @@ ACTOR = "netslate:reconcile"
 
 def _epoch(t: dt.datetime | None) -> float | None:
     return None if t is None else t.replace(tzinfo=dt.timezone.utc).timestamp()
-
-
-def installation_id(ctx) -> str:
-    """A short id that keeps this installation's domains apart from anyone else's on a shared host."""
-    path = ctx.data_dir / "desktops" / "installation-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / ".id.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                atomic_write(path, (secrets.token_hex(3) + "\n").encode())
-        return path.read_text().strip()
-
-
-def disks_root(ctx) -> Path:
-    return ctx.data_dir / "desktops" / "disks"
-
-
-def logs_root(ctx) -> Path:
-    return ctx.data_dir / "desktops" / "logs"
-
-
-def _make_traversable(path: Path) -> None:
-    """QEMU runs as libvirt-qemu: every directory above a disk must be searchable (o+x), not readable."""
-    for p in [path, *path.parents]:
-        try:
-            st = p.stat()
-            if not st.st_mode & 0o001:
-                os.chmod(p, st.st_mode | 0o001)
-        except (PermissionError, FileNotFoundError):
-            break
-
-
-def qemu_img(*args: str) -> None:
-    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"qemu-img {args[0]} failed: {proc.stderr.strip()}")
-
-
-def linked_clone(golden: str, out: Path) -> None:
-    """A qcow2 overlay whose backing file is the golden image: the whole cost of a new desktop's disk."""
-    tmp = out.with_name("." + out.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    qemu_img("create", "-q", "-f", "qcow2", "-b", golden, "-F", "qcow2", str(tmp))
-    os.replace(tmp, out)
 
 
 def random_mac() -> str:
@@ -102,29 +54,15 @@ class Engine:
         self.prefix = f"ns-{self.inst}-"
         disks_root(ctx).mkdir(parents=True, exist_ok=True)
         logs_root(ctx).mkdir(parents=True, exist_ok=True)
-        _make_traversable(disks_root(ctx))
-        _make_traversable(logs_root(ctx))
+        make_traversable(disks_root(ctx))
+        make_traversable(logs_root(ctx))
         self.lock_path = ctx.data_dir / "desktops" / "reconcile.lock"
 
     # ---------- locking ----------
 
-    @contextlib.contextmanager
     def locked(self, timeout: float = 120.0):
         """One reconciler at a time per installation (the server loop and CLI commands share it)."""
-        f = open(self.lock_path, "a+")
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise Conflict("another reconcile pass is still running; try again") from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            f.close()
+        return domains.reconcile_lock(self.ctx, timeout)
 
     # ---------- observing ----------
 
@@ -132,7 +70,7 @@ class Engine:
         with self.ctx.db.session() as s:
             return list(s.scalars(select(DesktopHost)))
 
-    def observe(self) -> tuple[list[R.PoolSpec], R.World, dict]:
+    def observe(self) -> tuple[list[R.DesktopPoolSpec], R.World, dict]:
         host_rows = self._host_rows()
         hosts: dict[str, R.HostObs] = {}
         for h in host_rows:
@@ -142,7 +80,7 @@ class Engine:
             specs = []
             for p in pools:
                 target = self._target_golden(s, p)
-                specs.append(R.PoolSpec(
+                specs.append(R.DesktopPoolSpec(
                     name=p.name, size=p.size, spare=p.spare, max=p.max, memory_mib=p.memory_mib,
                     golden_version=target.version if target else 0, persistent=p.persistent, dedicated=p.dedicated,
                     grace_seconds=p.grace_seconds, hosts=tuple(hostmod.select_hosts(p.hosts_selector, host_rows)),
@@ -268,8 +206,6 @@ class Engine:
             elif isinstance(a, R.Destroy):
                 self.destroy(a.desktop_id, observed[a.desktop_id].state, host_rows, a.reason)
             elif isinstance(a, R.Snapshot):
-                from netslate.desktops import snapshots
-
                 snapshots.scheduled(self.ctx, a.desktop_id, a.keep)
             elif isinstance(a, R.DestroyOrphanDomain):
                 self._kill_domain(host_rows[a.host].uri, a.name)
@@ -398,7 +334,7 @@ class Engine:
                 for snap in s.scalars(select(DesktopSnapshot).where(DesktopSnapshot.desktop_id == did)):
                     s.delete(snap)
         ddir.mkdir(parents=True, exist_ok=True)
-        _make_traversable(ddir)
+        make_traversable(ddir)
         disk = ddir / "disk.qcow2"
         linked_clone(g.path, disk)
         with self.ctx.db.session() as s:
@@ -411,8 +347,6 @@ class Engine:
     def _provision_diskless(self, did: int, d: Desktop, p: DesktopPool, host_rows: dict, reset: bool) -> None:
         """No disk: make sure the boot part sends this MAC the pool's image, then power-cycle the domain.
         The image version is whatever the pool's ref (a tag, say) points to when the desktop PXE-boots."""
-        from netslate.desktops import diskless as dl
-
         image, _, ref = p.diskless.partition("@")
         dl.ensure_boot(self.ctx, p.name, image, ref)
         dl.register_machine(self.ctx, p.name, d.name, d.mac)
@@ -448,61 +382,13 @@ class Engine:
                 row.reason = ""
 
     def domain_spec(self, did: int, host_rows: dict) -> domainxml.DomainSpec:
-        with self.ctx.db.session() as s:
-            d = s.get(Desktop, did)
-            p = s.get(DesktopPool, d.pool_id)
-            g = s.scalar(select(GoldenImage).where(GoldenImage.name == p.golden, GoldenImage.version == d.golden_version))
-            h = host_rows[d.host]
-            dtype = (h.capacity or {}).get("domain_type") or ("qemu" if h.accel == "tcg" else "kvm" if h.accel == "kvm" else "qemu")
-            locked_until = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
-            return domainxml.DomainSpec(
-                name=d.name, uuid=d.uuid, vcpus=p.vcpus, memory_mib=p.memory_mib,
-                disk_path=None if p.diskless else d.disk, mac=d.mac, boot_network=bool(p.diskless),
-                domain_type=dtype, display=p.display, video=p.video, usb_redirect=p.usb_redirect,
-                smartcard=p.smartcard, network=p.network, listen=h.console_address,
-                # consoles start locked: an unknown password that has already expired, until a ticket
-                spice_password=secrets.token_urlsafe(18), vnc_password=secrets.token_hex(4),
-                password_valid_to=locked_until,
-                kernel=g.kernel if g else None, initrd=g.initrd if g else None, cmdline=g.cmdline if g else None,
-                serial_log=str(logs_root(self.ctx) / f"{d.name}.log"),
-                metadata={"installation": self.inst, "pool": p.name, "desktop": str(d.id)},
-            )
+        return domains.domain_spec(self.ctx, did, host_rows)
 
     def _start_domain(self, did: int, host_rows: dict) -> None:
-        import libvirt
-
-        spec = self.domain_spec(did, host_rows)
-        conn = hostmod.connect(host_rows[self._host_of(did)].uri)
-        try:
-            conn.lookupByName(spec.name)
-            running = True
-        except libvirt.libvirtError:
-            running = False
-        if not running:
-            # transient domains: the store holds the definition; nothing lingers in libvirt after destroy
-            conn.createXML(domainxml.build(spec), 0)
-        with self.ctx.db.session() as s:
-            row = s.get(Desktop, did)
-            row.started_at = utcnow()
-
-    def _host_of(self, did: int) -> str:
-        with self.ctx.db.session() as s:
-            return s.get(Desktop, did).host
+        domains.start_domain(self.ctx, did, host_rows)
 
     def _kill_domain(self, uri: str, name: str) -> None:
-        import libvirt
-
-        conn = hostmod.connect(uri)
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            return
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.isActive():
-                dom.destroy()
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.isPersistent():
-                dom.undefine()
+        domains.kill_domain(uri, name)
 
     def destroy(self, did: int, expect: str, host_rows: dict, reason: str) -> None:
         """destroying (persisted) → domain gone → disks gone → row and address gone (one transaction)."""
@@ -520,8 +406,6 @@ class Engine:
             name, host, disk, mac = d.name, d.host, d.disk, d.mac
         self._kill_domain(host_rows[host].uri, name)
         shutil.rmtree(Path(disk).parent, ignore_errors=True)
-        from netslate.desktops import diskless as dl
-
         dl.unregister_machine(self.ctx, mac)  # a diskless desktop's inventory entry (nothing otherwise)
         with contextlib.suppress(FileNotFoundError):
             (logs_root(self.ctx) / f"{name}.log").unlink()

@@ -14,7 +14,8 @@ from netslate.errors import NotFound, UserError
 from netslate.fsutil import fsync_dir
 from netslate.names import check_name
 
-from netslate.desktops.models import DesktopPool, GoldenImage
+from netslate.desktops.disks import make_traversable
+from netslate.desktops.models import Desktop, DesktopPool, GoldenImage
 
 
 def golden_dir(ctx, name: str) -> Path:
@@ -58,9 +59,7 @@ def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = No
             raise UserError(f"--{what} {p}: no such file")
     d = golden_dir(ctx, name)
     d.mkdir(parents=True, exist_ok=True)
-    from netslate.desktops.engine import _make_traversable
-
-    _make_traversable(d)  # QEMU (libvirt-qemu) opens the golden as a backing file
+    make_traversable(d)  # QEMU (libvirt-qemu) opens the golden as a backing file
     with ctx.db.session() as s:
         version = (s.scalar(select(func.max(GoldenImage.version)).where(GoldenImage.name == name)) or 0) + 1
     tmp = d / f".{version}.qcow2.tmp"
@@ -182,8 +181,6 @@ def list_goldens(ctx, name: str | None = None) -> list[dict]:
 
 
 def remove_golden(ctx, name: str, version: int, actor: str) -> None:
-    from netslate.desktops.models import Desktop
-
     with ctx.db.session() as s:
         g = s.scalar(select(GoldenImage).where(GoldenImage.name == name, GoldenImage.version == version))
         if g is None:

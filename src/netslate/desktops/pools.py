@@ -9,9 +9,11 @@ from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
 
 from netslate.desktops import addresses, golden
+from netslate.desktops import diskless as dl
 from netslate.desktops import states as S
 from netslate.desktops.hosts import select_hosts
 from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
+from netslate.desktops.records import desktop_dict
 
 MAX_POOL_NAME = 40
 
@@ -84,8 +86,6 @@ def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, m
     if (golden_ref is None) == (diskless is None):
         raise UserError("give exactly one of --golden IMG[@VER] and --diskless IMAGE[@TAG|@VER]")
     if diskless is not None:
-        from netslate.desktops import diskless as dl
-
         iname, iref = dl.parse_ref(diskless)
         ctx.library.resolve(iname, iref)  # unknown image or ref → NotFound, before anything is written
         diskless = f"{iname}@{iref}"
@@ -161,8 +161,6 @@ def list_pools(ctx) -> list[dict]:
 
 
 def show_pool(ctx, name: str) -> dict:
-    from netslate.desktops.service import desktop_dict
-
     with ctx.db.session() as s:
         p = _get(s, name)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id).order_by(Desktop.number)))
@@ -221,7 +219,5 @@ def remove_pool(ctx, name: str, actor: str, force: bool = False) -> int:
         s.delete(p)
         audit.record(s, actor, "desktop.pool.rm", f"pool:{name}", desktops=len(ds))
     if was_diskless:
-        from netslate.desktops import diskless as dl
-
         dl.remove_boot(ctx, name)  # the desktops' inventory entries go as the reconciler destroys them
     return len(ds)

@@ -15,7 +15,7 @@ MAX_FAILURES = 3  # an errored desktop is reset this many times, then quarantine
 
 
 @dataclass(frozen=True)
-class PoolSpec:
+class DesktopPoolSpec:
     name: str
     size: int
     spare: int
@@ -200,7 +200,7 @@ class _Budget:
         return min(h.free_memory_mib, by_netslate)
 
 
-def desired_count(pool: PoolSpec, claimed: int) -> int:
+def desired_count(pool: DesktopPoolSpec, claimed: int) -> int:
     """Keep `size` desktops, and `spare` unclaimed ones on top of the claimed, never above `max`."""
     return min(pool.max, max(pool.size, claimed + pool.spare))
 
@@ -209,7 +209,7 @@ def _effective_state(d: DesktopObs) -> str:
     return d.prior_state if d.state == S.UNKNOWN and d.prior_state else d.state
 
 
-def plan(pools: list[PoolSpec], world: World) -> list[Action]:
+def plan(pools: list[DesktopPoolSpec], world: World) -> list[Action]:
     actions: list[Action] = []
     hosts = world.hosts
     budget = _Budget()

@@ -12,33 +12,14 @@ from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
 from netslate.store.db import utcnow
 
+from netslate.desktops import reconcile as R
 from netslate.desktops import states as S
-from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
+from netslate.desktops.engine import Engine
+from netslate.desktops.models import Desktop, DesktopPool
+from netslate.desktops.records import desktop_dict, get_desktop
 
 
-def _iso(t: dt.datetime | None) -> str | None:
-    return t.isoformat() + "Z" if t else None
-
-
-def desktop_dict(s, d: Desktop) -> dict:
-    addr = s.scalar(select(DesktopAddress.ip).where(DesktopAddress.desktop_id == d.id))
-    host = s.scalar(select(DesktopHost).where(DesktopHost.name == d.host))
-    return {
-        "id": d.id, "name": d.name, "pool": d.pool_name if d.pool_id is not None else None, "host": d.host,
-        "state": d.state, "user": d.user, "ip": addr, "mac": d.mac, "golden_version": d.golden_version,
-        "disk": d.disk, "reason": d.reason, "failures": d.failures, "prior_state": d.prior_state,
-        "console_host": host.console_address if host else None,
-        "started_at": _iso(d.started_at), "assigned_at": _iso(d.assigned_at), "logged_off_at": _iso(d.logged_off_at),
-        "created_at": _iso(d.created_at),
-    }
-
-
-def _get(s, ref: str | int) -> Desktop:
-    ref = str(ref)
-    d = s.get(Desktop, int(ref)) if ref.isdigit() else s.scalar(select(Desktop).where(Desktop.name == ref))
-    if d is None:
-        raise NotFound(f"no desktop {ref!r}")
-    return d
+_get = get_desktop  # older name
 
 
 def list_desktops(ctx, pool: str | None = None, user: str | None = None) -> list[dict]:
@@ -104,9 +85,6 @@ def request_desktop(ctx, pool_name: str, user: str, timeout: float = 300.0, prov
 
 def _provision_for(ctx, pool: DesktopPool, user: str, timeout: float) -> int:
     """No prestarted desktop: make one for this user now (within --max), placed like the reconciler would."""
-    from netslate.desktops import reconcile as R
-    from netslate.desktops.engine import Engine
-
     eng = Engine(ctx)
     with eng.locked(timeout):
         did = _claim(ctx, pool, user)  # one may have become ready while we waited for the lock
@@ -118,7 +96,7 @@ def _provision_for(ctx, pool: DesktopPool, user: str, timeout: float) -> int:
         if spec is None or len(live) >= spec.max:
             raise Conflict(f"pool {pool.name} is full: all {pool.max} desktops are taken")
         # a one-desktop plan for this pool, ignoring the boot throttle (a user is waiting)
-        one = R.PoolSpec(**{**spec.__dict__, "size": len(live) + 1, "spare": 0, "max": len(live) + 1})
+        one = R.DesktopPoolSpec(**{**spec.__dict__, "size": len(live) + 1, "spare": 0, "max": len(live) + 1})
         hosts = {n: R.HostObs(**{**h.__dict__, "max_starting": 1000}) for n, h in world.hosts.items()}
         plan = R.plan([one], R.World(hosts=hosts, desktops=tuple(d for d in world.desktops if d.pool == pool.name),
                                      now=world.now))

@@ -24,11 +24,11 @@ from netslate import audit
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
 
-from netslate.desktops import hosts as hostmod
+from netslate.desktops import domains
 from netslate.desktops import states as S
-from netslate.desktops.engine import Engine, qemu_img
+from netslate.desktops.disks import qemu_img
 from netslate.desktops.models import Desktop, DesktopHost, DesktopPool, DesktopSnapshot
-from netslate.desktops.service import _get
+from netslate.desktops.records import get_desktop as _get
 
 
 def _backing(path: Path) -> str | None:
@@ -52,14 +52,7 @@ def _context(ctx, ref):
 
 
 def _domain(uri: str, name: str):
-    import libvirt
-
-    conn = hostmod.connect(uri)
-    try:
-        dom = conn.lookupByName(name)
-        return dom if dom.isActive() else None
-    except libvirt.libvirtError:
-        return None
+    return domains.running_domain(uri, name)
 
 
 def _label_like_domain(dom, path: Path) -> None:
@@ -142,9 +135,8 @@ def revert(ctx, ref, name: str, actor: str) -> dict:
             raise NotFound(f"desktop {d.name} has no snapshot {name!r}")
         frozen = Path(snap.file)
         referenced = {x.file for x in s.scalars(select(DesktopSnapshot).where(DesktopSnapshot.desktop_id == d.id))}
-    eng = Engine(ctx)
-    with eng.locked():
-        eng._kill_domain(h.uri, d.name)
+    with domains.reconcile_lock(ctx):
+        domains.kill_domain(h.uri, d.name)
         new = frozen.parent / f"layer-{secrets.token_hex(4)}.qcow2"
         qemu_img("create", "-q", "-f", "qcow2", "-b", str(frozen), "-F", "qcow2", str(new))
         old = Path(d.disk)
@@ -155,7 +147,7 @@ def revert(ctx, ref, name: str, actor: str) -> dict:
         if str(old) not in referenced:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()  # the changes made since the snapshot are discarded
-        eng._start_domain(d.id, {h.name: h})
+        domains.start_domain(ctx, d.id, {h.name: h})
     return {"desktop": d.name, "reverted_to": name, "disk": str(new)}
 
 
@@ -171,7 +163,7 @@ def remove(ctx, ref, name: str, actor: str) -> None:
     parent = _backing(Path(frozen))
     if parent is None:
         raise Conflict(f"snapshot {name}: cannot read its layer {frozen}")
-    with Engine(ctx).locked():
+    with domains.reconcile_lock(ctx):
         _merge_and_delete(ctx, d, h, snap.id, name, frozen, parent, others, actor)
 
 
