@@ -10,7 +10,7 @@ from pathlib import Path
 
 from netslate.crypto.keys import SigningKey, load_or_create
 from netslate.errors import UserError
-from netslate.settings import resolve_data_dir
+from netslate.settings import make_private_dir, resolve_data_dir, tighten
 from netslate.store.db import Database
 
 
@@ -25,11 +25,12 @@ class Context:
         if self._initialised:
             return self
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.data_dir)  # 0700: the database and keys are nobody else's (issue 11 #5)
         except PermissionError:
             raise UserError(f"cannot create data directory {self.data_dir}: permission denied (set --data-dir or NETSLATE_DATA_DIR)") from None
         lock_path = self.data_dir / ".init.lock"
-        with open(lock_path, "w") as lock:
+        tighten(lock_path)
+        with open(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.db.migrate()
             _ = self.signing_key

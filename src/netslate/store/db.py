@@ -9,6 +9,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from netslate.settings import make_private_file, tighten
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -18,6 +20,22 @@ class Base(DeclarativeBase):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite URL, None for in-memory databases and other engines."""
+    if not url.startswith("sqlite:///"):
+        return None
+    raw = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(raw) if raw and raw != ":memory:" else None
+
+
+def private_sqlite_files(db_file: Path) -> None:
+    """The database file is created 0600 before SQLite opens it (SQLite gives -wal and -shm the main
+    file's mode); files made 0644 by older versions are tightened on every open."""
+    make_private_file(db_file)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(db_file.with_name(db_file.name + suffix))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -33,6 +51,9 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         kwargs = {}
+        db_file = sqlite_path(url)
+        if db_file is not None and db_file.parent.is_dir():
+            private_sqlite_files(db_file)
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, future=True, **kwargs)
