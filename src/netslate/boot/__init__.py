@@ -1,0 +1,1 @@
+"""Network boot: rules, profiles, iPXE/pxelinux rendering, dnsmasq, the boot engine."""
