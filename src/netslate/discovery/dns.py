@@ -30,6 +30,36 @@ TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 MAX_TCP_CLIENTS = 256
 CACHE_SIZE = 4096  # finished answers kept per view
 ECS_OPTION = 8  # EDNS Client Subnet (RFC 7871): lets a resolver tell us where the client is
+MAX_NAME = 255  # octets of a name on the wire (RFC 1035 3.1); longer ones are FORMERR
+LOG_WINDOW = 10.0  # seconds: at most one log line per kind of bad packet per window (sources can be spoofed)
+
+
+class RateLimitedLog:
+    """One log line per kind per `window` seconds; the next line says how many were held back."""
+
+    def __init__(self, logger: logging.Logger, window: float = LOG_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.logger, self.window, self.clock = logger, window, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, *args) -> bool:
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self.window:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        suffix = f" ({held} more like it in the last {self.window:g} s not logged)" if held else ""
+        self.logger.warning(message + suffix, *args)
+        return True
+
+
+def name_octets(name) -> int:
+    """Length on the wire of a dnslib DNSLabel: a length octet per label, the label, the root octet."""
+    return sum(len(part) + 1 for part in name.label) + 1
 
 
 class Responder:
@@ -48,6 +78,7 @@ class Responder:
         self._rrs: dict = {}
         self._rr_view = None
         self._soa = SOA(f"ns.{self.domain}.", f"hostmaster.{self.domain}.", (1, 3600, 600, 604800, ttl))
+        self.log = RateLimitedLog(log)
 
     # ------------------------------------------------------------ one packet
 
@@ -55,8 +86,8 @@ class Responder:
         self.stats["queries"] += 1
         try:
             return self._handle(bytes(data), client, udp)
-        except Exception:  # never let a packet take the responder down
-            log.exception("DNS query from %s failed", client)
+        except Exception as exc:  # never let a packet take the responder down; one line, rate-limited
+            self.log.warning("servfail", "DNS query from %s failed: %s: %.200s", client, type(exc).__name__, exc)
             self.stats["servfail"] += 1
             try:
                 return self._error(data, RCODE.SERVFAIL)
@@ -103,6 +134,10 @@ class Responder:
             return self._error(data, RCODE.NOTIMP)
         if len(req.questions) != 1:
             self.stats["formerr"] += 1
+            return self._error(data, RCODE.FORMERR)
+        if any(name_octets(x.qname) > MAX_NAME for x in req.questions) or any(name_octets(x.rname) > MAX_NAME for x in [*req.rr, *req.auth, *req.ar]):
+            self.stats["formerr"] += 1
+            self.log.warning("long-name", "DNS query from %s refused (FORMERR): a name longer than %d octets", client, MAX_NAME)
             return self._error(data, RCODE.FORMERR)
         q = req.q
         reply = DNSRecord(DNSHeader(id=req.header.id, qr=1, aa=1, ra=0, rd=req.header.rd), q=q)
