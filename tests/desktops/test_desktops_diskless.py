@@ -23,6 +23,7 @@ from netslate.context import Context
 from netslate.desktops import hosts, service
 from netslate.desktops.engine import Engine
 from netslate.desktops.tinyguest import kernel_path
+from netslate.inventory import store as inventory
 
 from desktops_fixtures import URI, cleanup, ensure_libvirtd, traversable, wait_serial
 from nstest import free_port, run_cli
@@ -157,7 +158,7 @@ def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bri
         assert "<disk" not in xml and "<boot dev='network'/>" in xml and f"bridge='{BRIDGE}'" in xml, xml
         assert "<graphics type='vnc'" in xml and "<serial type='pty'>" in xml
         # the boot part knows it: inventory (approved, labelled) and an active rule → ram-mode profile
-        m = bstore.show_machine(ctx, d["mac"])
+        m = inventory.show_machine(ctx, d["mac"])
         assert m["approved"] and m["labels"].get("desktop-pool") == "dl", m
         prof = bstore.show_profile(ctx, "desktop-dl")
         assert (prof["image"], prof["ref"], prof["mode"]) == ("dl", "stable", "ram"), prof
@@ -188,7 +189,7 @@ def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bri
         _cli(data, "pool", "rm", "dl", "--force")
         engine.reconcile(wait=True, timeout=120)
         assert service.list_desktops(ctx, pool="dl") == []
-        assert not [x for x in bstore.list_machines(ctx) if d["mac"] in x["macs"]]
+        assert not [x for x in inventory.list_machines(ctx) if d["mac"] in x["macs"]]
         assert d["name"] not in _sh("virsh", "-c", URI, "list", "--name").stdout
     finally:
         server.terminate()

@@ -10,6 +10,7 @@ from netslate.context import Context
 from netslate.desktops import diskless as dl
 from netslate.desktops import domainxml, hosts, pools
 from netslate.errors import NotFound, UserError
+from netslate.inventory import store as inventory
 
 from desktops_fixtures import URI, ensure_libvirtd
 
@@ -103,13 +104,13 @@ def test_diskless_boot_registration_is_tie_free_and_leaves_pending_changes_alone
 
     dl.register_machine(ctx, "lab", "ns-x-lab-1", "52:54:00:12:34:56")
     dl.register_machine(ctx, "lab", "ns-x-lab-1", "52:54:00:12:34:56")  # idempotent
-    m = bstore.show_machine(ctx, "52:54:00:12:34:56")
+    m = inventory.show_machine(ctx, "52:54:00:12:34:56")
     assert m["approved"] and m["labels"] == {"desktop-pool": "lab"}
     # a machine netslate did not register for a desktop is never removed
-    bstore.add_machine(ctx, ["52:54:00:12:34:57"], name="real-pc")
+    inventory.add_machine(ctx, ["52:54:00:12:34:57"], name="real-pc")
     dl.unregister_machine(ctx, "52:54:00:12:34:57")
     dl.unregister_machine(ctx, "52:54:00:12:34:56")
-    macs = [x for m in bstore.list_machines(ctx) for x in m["macs"]]
+    macs = [x for m in inventory.list_machines(ctx) for x in m["macs"]]
     assert macs == ["52:54:00:12:34:57"]
     dl.remove_boot(ctx, "lab")
     assert "desktop-pool-lab" not in {r["name"] for r in bstore.list_rules(ctx, "active")["rules"]}

@@ -451,6 +451,34 @@ def activate_rules(ctx, actor: str | None = None) -> dict:
         return {"active_version": st.active_version, "rules": len(working), "diff": d}
 
 
+def activate_rule(ctx, name: str, actor: str | None = None) -> dict:
+    """Only the rule `name` goes from the working set to the active set (added, changed, or removed
+    when the working set no longer has it); other pending working-set changes stay pending.
+    A tie with another active rule is refused. Nothing changes (no new version) when both agree."""
+    actor = actor or audit.default_actor()
+    with ctx.db.session() as s:
+        want = s.scalar(select(BootRule).where(BootRule.ruleset == "working", BootRule.name == name))
+        row = s.scalar(select(BootRule).where(BootRule.ruleset == "active", BootRule.name == name))
+        st = s.get(BootState, 1)
+        if want is None and row is None or (want is not None and row is not None and rule_of(want) == rule_of(row)):
+            return {"active_version": st.active_version, "changed": False}
+        if want is not None:
+            check_no_ties(rule_of(want), [r for r in load_rules(s, "active") if r.name != name])
+            if row is None:
+                row = BootRule(ruleset="active", name=name)
+                s.add(row)
+            row.priority, row.selectors, row.profile = want.priority, want.selectors, want.profile
+        else:
+            s.delete(row)
+        bump(s)
+        st.active_version += 1
+        st.activated_at = dt.datetime.utcnow()
+        st.activated_by = actor
+        audit.record(s, actor, "boot.rules.activate", f"rule:{name}", only=name, removed=want is None)
+        return {"active_version": st.active_version, "changed": True}
+
+
+
 # ---------------------------------------------------------------- policies
 
 
