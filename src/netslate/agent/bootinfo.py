@@ -7,11 +7,11 @@ Precedence: command-line flags > kernel command line > boot.json > agent.json.
 from __future__ import annotations
 
 import base64
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from netslate.agent.util import read_json, under
+from netslate.onmachine.cmdline import netslate_args
 
 BOOT_JSON = "/run/netslate/boot.json"
 AGENT_JSON = "/etc/netslate/agent.json"
@@ -39,16 +39,7 @@ class BootInfo:
 
 def parse_cmdline(text: str) -> dict[str, str]:
     """`netslate.X=V` arguments of a kernel command line → {X: V}; everything else ignored."""
-    try:
-        words = shlex.split(text)
-    except ValueError:  # unbalanced quotes: fall back to plain splitting
-        words = text.split()
-    out = {}
-    for w in words:
-        if w.startswith("netslate.") and "=" in w:
-            k, _, v = w[len("netslate."):].partition("=")
-            out[k] = v
-    return out
+    return netslate_args(text)
 
 
 def normalize_server(text: str) -> str | None:

@@ -7,7 +7,7 @@ older signed bundle is refused; the server publishes a rollback as a *newer* gen
 
 from __future__ import annotations
 
-from netslate.crypto.envelope import SignatureError, open_envelope
+from netslate.onmachine.envelope import SignatureError, open_envelope
 
 BUNDLE_KIND = "netslate-bundle/1"
 

@@ -1,7 +1,9 @@
 """A minimal DNS client for `_netslate._tcp.<domain>` SRV lookups (RFC 1035, RFC 2782). Stdlib only.
 
 `build_query` and `parse_response` are pure; `query` sends one UDP packet with a bounded timeout.
-The parser is defensive: any malformed packet raises DnsError, never anything else.
+The parser is defensive: any malformed packet raises DnsError, never anything else. The answer's
+records are tried in the order of `netslate.onmachine.srv.rfc2782_order`, the weighted choice the
+server's discovery part uses too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import random
 import socket
 import struct
 from dataclasses import dataclass
+
+from netslate.onmachine.srv import rfc2782_order
 
 TYPE_A, TYPE_AAAA, TYPE_SRV = 1, 28, 33
 CLASS_IN = 1
@@ -126,27 +130,6 @@ def parse_response(data: bytes, qid: int | None = None) -> Answer:
     return Answer(flags & 0x000F, bool(flags & 0x0200), srv, addrs)
 
 
-def order_srv(records: list[Srv], rng: random.Random | None = None) -> list[Srv]:
-    """RFC 2782: lowest priority first; weighted random order within one priority; '.' dropped."""
-    rng = rng or random.Random()
-    usable = [r for r in records if r.target and r.target != "."]
-    out: list[Srv] = []
-    for prio in sorted({r.priority for r in usable}):
-        group = [r for r in usable if r.priority == prio]
-        # zero-weight records first so they have a (small) chance, as RFC 2782 says
-        group.sort(key=lambda r: r.weight != 0)
-        while group:
-            total = sum(r.weight for r in group)
-            pick = rng.randint(0, total) if total else 0
-            acc = 0
-            for idx, r in enumerate(group):
-                acc += r.weight
-                if acc >= pick:
-                    out.append(group.pop(idx))
-                    break
-    return out
-
-
 def query(server: str, port: int, name: str, qtype: int, timeout: float = 2.0) -> Answer:
     """One UDP question to one nameserver; DnsError or OSError on failure."""
     qid = random.randrange(65536)
@@ -190,7 +173,7 @@ def lookup_servers(domain: str, nameservers: list[tuple[str, int]], timeout: flo
         if ans.rcode not in (0, 3):  # SERVFAIL/REFUSED: try the next nameserver
             continue
         urls = []
-        for rec in order_srv(ans.srv, rng):
+        for rec in rfc2782_order(ans.srv, rng):
             addrs = ans.addresses.get(rec.target, [])
             if not addrs:
                 for qtype in (TYPE_A, TYPE_AAAA):

@@ -1,7 +1,7 @@
 """Build the agent zipapp and install it into an image tree (used by `netslate image build`).
 
 The zipapp holds only stdlib-only modules: `netslate/__init__.py`, `netslate/agent/*` (minus this
-installer), `netslate/fsutil.py` and `netslate/crypto/{envelope,ed25519}.py`.
+installer) and the on-machine library `netslate/onmachine/*`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ WantedBy=multi-user.target
 def stage(dest: Path) -> list[str]:
     """Copy the agent's modules into `dest` as a package tree; returns the relative paths."""
     src = _pkg_root()
-    files = [src / "__init__.py", src / "fsutil.py", src / "crypto" / "__init__.py", src / "crypto" / "envelope.py", src / "crypto" / "ed25519.py"]
+    files = [src / "__init__.py"] + sorted((src / "onmachine").glob("*.py"))
     files += sorted(p for p in (src / "agent").glob("*.py") if p.name not in EXCLUDE)
     out = []
     for f in files:

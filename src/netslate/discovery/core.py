@@ -11,6 +11,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from netslate.onmachine import srv as srv_order
+
 SERVICE = "_netslate._tcp"
 # SRV priority = tier * TIER_STEP + the server's own priority (0..TIER_STEP-1).
 SAME_SITE_TIER = 0
@@ -246,30 +248,10 @@ class View:
 
 
 def rfc2782_order(entries: list[Entry], rng) -> list[Entry]:
-    """RFC 2782 selection applied to the whole list: lowest priority first; within a priority,
-    repeatedly pick a record with probability weight/sum (weight-0 records placed first so they are
-    chosen only rarely, and in turn when all weights are 0)."""
-    by_prio: dict[int, list[Entry]] = {}
-    for e in entries:
-        by_prio.setdefault(e.priority, []).append(e)
-    out: list[Entry] = []
-    for prio in sorted(by_prio):
-        pool = list(by_prio[prio])
-        rng.shuffle(pool)  # "any order"
-        pool.sort(key=lambda e: e.weight != 0)  # stable: weight 0 first, rest stay shuffled
-        while pool:
-            total = sum(e.weight for e in pool)
-            # RFC 2782 draws from 0..total so weight-0 records (first) keep a small chance; without
-            # any weight-0 record, 1..total gives exactly weight/sum.
-            low = 0 if pool[0].weight == 0 else 1
-            pick = rng.randint(low, total) if total else 0
-            running = 0
-            for i, e in enumerate(pool):
-                running += e.weight
-                if running >= pick:
-                    out.append(pool.pop(i))
-                    break
-    return out
+    """RFC 2782 selection applied to the whole list (lowest priority first, weighted random within
+    one priority). The one weighted-choice function lives in the on-machine library, so the agent
+    orders DNS SRV answers exactly as this orders the locate answer."""
+    return srv_order.rfc2782_order(entries, rng)
 
 
 # ---------------------------------------------------------------- records and exports

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 from netslate.crypto.envelope import payload_digest
 
-MANIFEST_KIND = "netslate-manifest/1"
-TAG_KIND = "netslate-tag/1"
-ARTIFACTS = ("kernel", "initrd", "rootfs")
+# What machines read back (kinds, artifact names, the chunk-list rule) is the on-machine library's.
+from netslate.onmachine.manifest import ARTIFACTS, MANIFEST_KIND, TAG_KIND, check_chunk_list  # noqa: F401
 
 
 @dataclass
@@ -25,20 +24,6 @@ class ArtifactRecord:
         if self.format:
             d["format"] = self.format
         return d
-
-
-def check_chunk_list(chunks: list, size: int) -> None:
-    """Chunks must tile [0, size) exactly, in order."""
-    expected = 0
-    for entry in chunks:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-            raise ValueError("chunk entries are [offset, size, id]")
-        off, length, cid = entry
-        if off != expected or not isinstance(length, int) or length <= 0 or not isinstance(cid, str) or len(cid) != 64:
-            raise ValueError(f"chunk list does not tile the artifact at offset {expected}")
-        expected += length
-    if expected != size:
-        raise ValueError(f"chunks cover {expected} bytes but the artifact has {size}")
 
 
 def build_manifest(name: str, version: int, created_at: str, artifacts: dict[str, ArtifactRecord]) -> dict:

@@ -1,7 +1,7 @@
 """Delta pull: fetch an image artifact into a local cache, downloading only missing chunks.
 
-Standard library only (plus netslate.crypto, itself stdlib-only): booting machines and the agent
-run this. `zstandard` is used for compressed transfer when it happens to be importable.
+Standard library only (plus the on-machine library `netslate.onmachine`, itself stdlib-only):
+the initramfs runs this, and so does `netslate image pull`. `zstandard` is used for compressed transfer when it happens to be importable.
 
 Steps: fetch + verify the signed manifest (and tag statement) → find chunks already in the cache
 or in an existing output file (the seed) → download the rest in parallel, verifying each → write
@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import threading
 import time
 import urllib.parse
@@ -21,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netslate.crypto.envelope import SignatureError, fingerprint, open_envelope, parse_public_key, payload_digest
-from netslate.fsutil import atomic_write
+from netslate.onmachine.envelope import SignatureError, fingerprint, open_envelope, parse_public_key, payload_digest
+from netslate.onmachine.fsutil import atomic_write, fsync_dir, read_json
+from netslate.onmachine.manifest import MAX_CHUNK_BYTES, ManifestError, valid_image_name, valid_ref
+from netslate.onmachine.manifest import artifact as manifest_artifact
 
 try:  # optional: compressed transfer
     import zstandard as _zstd
@@ -34,10 +35,7 @@ try:  # optional: re-chunk a seed file we have no record of (needs pyfastcdc)
 except ImportError:  # pragma: no cover
     _cut_file = None
 
-_CHUNK_ID = re.compile(r"^[0-9a-f]{64}\Z")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-MAX_CHUNK_BYTES = 16 * 1024 * 1024
 RANGE_MAX_BYTES = 32 * 1024 * 1024  # one Range request covers at most this much of the artifact
 RANGE_WORKERS = 4  # measured on loopback: a few large ranges beat many small ones (docs/images.md)
 
@@ -122,13 +120,6 @@ def _chunk_path(cache: Path, cid: str) -> Path:
     return cache / "chunks" / cid[:2] / cid
 
 
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return default
-
-
 def resolve_trust(http: _Http, cache: Path, trust: str | None) -> bytes:
     """The server public key to trust: --trust KEY or FINGERPRINT, else the key pinned in the cache
     on first use. A server presenting another key than the pinned one is refused."""
@@ -195,7 +186,7 @@ def fetch_manifest(http: _Http, cache: Path, key: bytes | None, name: str, ref: 
         if tag.get("name") != name or tag.get("tag") != ref or tag.get("manifest_digest") != digest:
             raise PullError("tag statement does not match the manifest")
         tags_file = cache / "tags.json"
-        seen = _read_json(tags_file, {})
+        seen = read_json(tags_file, {})
         slot = f"{fingerprint(key)}|{name}|{ref}"
         if int(tag.get("seq", -1)) < int(seen.get(slot, -1)):
             raise PullError(f"replayed tag refused: {name}:{ref} seq {tag.get('seq')} is older than the {seen[slot]} already seen")
@@ -218,7 +209,7 @@ def _seed_maps(cache: Path, output: Path, exclude: Path) -> list[tuple[Path, dic
     records = sorted(seeds_dir.glob("*.json")) if seeds_dir.is_dir() else []
     own = _seed_record_path(cache, output)
     for rec_path in [own] + [r for r in records if r != own]:
-        record = _read_json(rec_path, None)
+        record = read_json(rec_path, None)
         if not record or not isinstance(record.get("chunks"), list):
             continue
         path = Path(str(record.get("output", "")))
@@ -255,9 +246,9 @@ def pull(
     `pinned_digest`: the manifest must have this digest. Without `trust` it replaces the key
     check (the initramfs with only `netslate.manifest=` on its command line); with `trust` both apply."""
     started = time.monotonic()
-    if not _NAME.match(name) or ".." in name:
+    if not valid_image_name(name):
         raise PullError(f"invalid image name {name!r}")
-    if not (ref.isdigit() or (_NAME.match(ref) and ".." not in ref)):
+    if not valid_ref(ref):
         raise PullError(f"invalid version or tag {ref!r}")
     cache = Path(cache_dir)
     output = Path(output).resolve()
@@ -265,18 +256,14 @@ def pull(
     http = _Http(server, timeout)
     key = resolve_trust(http, cache, trust) if (trust or not pinned_digest) else None
     payload, digest = fetch_manifest(http, cache, key, name, ref, pinned_digest)
-    art = payload["artifacts"].get(artifact)
-    if art is None:
+    arts = payload.get("artifacts")
+    if not isinstance(arts, dict) or artifact not in arts:
         raise PullError(f"{name}@{payload['version']} has no {artifact}")
+    try:  # the chunk entries must tile the artifact: then the verified chunks are the whole file
+        art = manifest_artifact(payload, artifact)
+    except ManifestError as exc:
+        raise PullError(f"manifest has a malformed chunk list: {exc}") from None
     chunks = art["chunks"]
-    expected = 0
-    for entry in chunks:
-        if not (isinstance(entry, list) and len(entry) == 3 and _CHUNK_ID.match(str(entry[2]))
-                and entry[0] == expected and isinstance(entry[1], int) and 0 < entry[1] <= MAX_CHUNK_BYTES):
-            raise PullError("manifest has a malformed chunk list (entries must tile the artifact)")
-        expected += entry[1]
-    if expected != art.get("size"):
-        raise PullError("manifest's chunk list does not cover the artifact's size")
     stats = PullStats(name=name, version=payload["version"], artifact=artifact, manifest_digest=digest,
                       bytes_total=art["size"], chunks_total=len(chunks), output=str(output), key=fingerprint(key) if key else "pinned-digest")
     unique: dict[str, int] = {}
@@ -296,11 +283,7 @@ def pull(
     finally:
         os.close(fd)
     os.replace(partial, output)
-    dfd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(output.parent)
     atomic_write(_seed_record_path(cache, output),
                   json.dumps({"output": str(output), "name": name, "version": payload["version"], "chunks": chunks}).encode())
     stats.seconds = time.monotonic() - started

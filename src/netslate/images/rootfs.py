@@ -14,18 +14,7 @@ import tempfile
 from pathlib import Path
 
 from netslate.errors import UserError
-
-def detect_format(path: Path) -> str:
-    """erofs | squashfs | ext4 | raw, from the superblock magic."""
-    with open(path, "rb") as f:
-        head = f.read(1100)
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    if len(head) >= 1028 and struct.unpack_from("<I", head, 1024)[0] == 0xE0F5E1E2:
-        return "erofs"
-    if len(head) >= 1082 and struct.unpack_from("<H", head, 1080)[0] == 0xEF53:
-        return "ext4"
-    return "raw"
+from netslate.onmachine.formats import detect_format  # the one format rule (the initramfs mounts by it)
 
 
 def squashfs_is_compressed(path: Path) -> bool:

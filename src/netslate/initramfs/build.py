@@ -58,12 +58,19 @@ STDLIB_DROP_DIRS = {
 STDLIB_DROP_FILES = {"turtle.py", "pydoc.py", "antigravity.py", "this.py", "doctest.py", "_pydecimal.py"}
 DYNLOAD_DROP = re.compile(r"^(_test|_ctypes_test|_xxtest|xxlimited|_tkinter|_curses|readline|nis|ossaudiodev|audioop|_dbm|_gdbm|_sqlite3|_crypt)")
 
-NETSLATE_FILES = (
-    "__init__.py", "fsutil.py", "crypto/__init__.py", "crypto/envelope.py", "crypto/ed25519.py",
-    "images/__init__.py", "images/pull.py",
-    "initramfs/__init__.py", "initramfs/stage.py", "initramfs/runtime.py",
-    "initramfs/mode_ram.py", "initramfs/mode_cache.py", "initramfs/localboot.py",
-)
+# netslate's boot code in the initramfs, all standard library only: the on-machine library (whole),
+# the pull client, and every module of this package but the builder (host side: it needs the rest
+# of netslate). tests/onmachine imports exactly these files in a Python without site-packages.
+NETSLATE_HOST_ONLY = {"initramfs/build.py"}
+
+
+def netslate_files() -> list[str]:
+    """The package files (relative to the netslate package) copied into the initramfs."""
+    pkg = Path(netslate.__file__).parent
+    files = ["__init__.py", "images/__init__.py", "images/pull.py"]
+    for sub in ("onmachine", "initramfs"):
+        files += sorted(f"{sub}/{p.name}" for p in (pkg / sub).glob("*.py") if f"{sub}/{p.name}" not in NETSLATE_HOST_ONLY)
+    return files
 
 
 # ---------------------------------------------------------------- pure parts
@@ -264,7 +271,7 @@ def add_netslate(c: Collector) -> None:
     import tempfile
 
     pkg = Path(netslate.__file__).parent
-    for rel in NETSLATE_FILES:
+    for rel in netslate_files():
         src = pkg / rel
         dest = f"usr/lib/python3.11/netslate/{rel}"
         c.file(dest, src.read_bytes(), 0o644)

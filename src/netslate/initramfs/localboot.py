@@ -35,6 +35,8 @@ from pathlib import Path
 
 from netslate.images import pull as pullmod
 from netslate.initramfs import runtime as rt
+from netslate.onmachine.cmdline import split_cmdline
+from netslate.onmachine.fsutil import file_matches, read_json
 
 EXTLINUX = "/usr/bin/extlinux"
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878  # _IOWR('X', 119/120, int)
@@ -53,8 +55,6 @@ _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/@=+%\[\]-]+\Z")
 def entry_args(cmdline: str, image: str, version: int, digest: str) -> str:
     """The kernel command line of a local boot entry: the running boot's arguments, minus what
     named this boot's image and files, plus the cached version's image, digest and boot=local."""
-    from netslate.initramfs.stage import split_cmdline
-
     keep = []
     for tok in split_cmdline(cmdline):
         if not tok or tok.startswith(_DROP):
@@ -70,8 +70,6 @@ def entry_args(cmdline: str, image: str, version: int, digest: str) -> str:
 
 def serial_line(cmdline: str) -> str | None:
     """`SERIAL n baud` for extlinux when the boot uses a serial console (console=ttySn[,baud])."""
-    from netslate.initramfs.stage import split_cmdline
-
     for tok in split_cmdline(cmdline):
         m = re.match(r"^console=ttyS([0-9]+)(?:,([0-9]{4,6}))?", tok)
         if m:
@@ -140,8 +138,6 @@ def _boot_dir(root: Path, image: str, v: int) -> Path:
 
 def _verified(path: Path, art: dict, known: dict | None, name: str) -> bool:
     """True if `path` holds the artifact: by the recorded hash (size checked), else by hashing it."""
-    from netslate.initramfs.mode_cache import verify_file
-
     try:
         if path.stat().st_size != art.get("size"):
             return False
@@ -149,7 +145,7 @@ def _verified(path: Path, art: dict, known: dict | None, name: str) -> bool:
         return False
     if known and known.get(name) == art.get("sha256"):
         return True
-    return verify_file(path, art.get("size", -1), art.get("sha256", ""))
+    return file_matches(path, art.get("size", -1), art.get("sha256", ""))
 
 
 def fetch_boot_files(env: rt.Env, root: Path, image: str, meta: dict, server: str, state: dict) -> bool:
@@ -406,7 +402,7 @@ def _update(env: rt.Env, root: Path, image: str, metas: dict[int, dict], server:
         # extlinux would go into the partition's boot sector, which a BIOS never runs by itself
         return {"installed": False, "reason": f"BIOS local boot needs the whole-disk NETSLATE layout; {dev} is a partition"}
     state_path = root / "boot" / "state.json"
-    state = rt.read_json(state_path, {})
+    state = read_json(state_path, {})
     state = state if isinstance(state, dict) else {}
     entries = []
     for v, meta in metas.items():

@@ -18,16 +18,17 @@ and only a disk that is entirely empty (no partitions, first MiB all zeros).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import re
 from pathlib import Path
 
-from netslate.crypto.envelope import SignatureError, open_envelope
-from netslate.images import pull as pullmod
-from netslate.initramfs import localboot
+from netslate.initramfs import localboot, mode_ram
 from netslate.initramfs import runtime as rt
-from netslate.initramfs.stage import NoVerifiedImage
+from netslate.initramfs.bootargs import NoVerifiedImage
+from netslate.onmachine.envelope import SignatureError, open_envelope
+from netslate.onmachine.formats import detect_format
+from netslate.onmachine.fsutil import file_matches, read_json
+from netslate.onmachine.manifest import stored_manifest_ok
 
 LABEL = "NETSLATE"
 DISK_PATTERNS = ("vd", "sd", "hd", "xvd", "nvme")
@@ -207,30 +208,13 @@ def open_disk(env: rt.Env) -> tuple[Path | None, str, str | None]:
 
 
 # ---------------------------------------------------------------- versions
-def verify_file(path: Path, size: int, sha256: str) -> bool:
-    try:
-        if path.stat().st_size != size:
-            return False
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest() == sha256
-    except OSError:
-        return False
-
-
 def verified_cached(layout: Layout, v: int, digest: str | None = None) -> dict | None:
     """The stored manifest of version v if its image file still matches it (and `digest` if given)."""
-    meta = rt.read_json(layout.meta(v))
-    if not isinstance(meta, dict) or not isinstance(meta.get("payload"), dict):
-        return None
-    if digest and meta.get("digest") != digest:
-        return None
-    if meta.get("digest") != pullmod.payload_digest(meta["payload"]):
+    meta = read_json(layout.meta(v))
+    if not stored_manifest_ok(meta, digest):
         return None
     art = meta["payload"].get("artifacts", {}).get("rootfs") or {}
-    if not verify_file(layout.img(v), art.get("size", -1), art.get("sha256", "")):
+    if not file_matches(layout.img(v), art.get("size", -1), art.get("sha256", "")):
         rt.log(f"cached version {v} does not match its manifest; discarded")
         layout.img(v).unlink(missing_ok=True)
         layout.meta(v).unlink(missing_ok=True)
@@ -246,7 +230,7 @@ def prune(layout: Layout, keep: set[int]) -> None:
             layout.img(v).unlink(missing_ok=True)
             layout.meta(v).unlink(missing_ok=True)
             continue
-        meta = rt.read_json(layout.meta(v)) or {}
+        meta = read_json(layout.meta(v)) or {}
         for _o, _s, cid in ((meta.get("payload") or {}).get("artifacts", {}).get("rootfs") or {}).get("chunks", []):
             used.add(cid)
     chunks = layout.pull / "chunks"
@@ -284,7 +268,7 @@ def update(env: rt.Env, layout: Layout, payload: dict, digest: str, last_booted:
 def lkg_payload(env: rt.Env, layout: Layout) -> dict | None:
     """The last-known-good bundle's payload. With a key pinned at boot its signature must hold
     (else it is ignored); without one, the copy the agent verified and saved is taken as is."""
-    bundle = rt.read_json(layout.lkg / "bundle.json")
+    bundle = read_json(layout.lkg / "bundle.json")
     if not isinstance(bundle, dict):
         return None
     key = env.key_bytes
@@ -301,9 +285,8 @@ def kept_metas(layout: Layout, current: int, meta: dict) -> dict[int, dict]:
     """{version: stored manifest} of the cached versions, the current one first (for local boot)."""
     out = {current: meta}
     for v in sorted(layout.cached(), reverse=True):
-        m = rt.read_json(layout.meta(v))
-        if v != current and isinstance(m, dict) and isinstance(m.get("payload"), dict) \
-                and m.get("digest") == pullmod.payload_digest(m["payload"]):
+        m = read_json(layout.meta(v))
+        if v != current and stored_manifest_ok(m):
             out[v] = m
     return out
 
@@ -328,8 +311,6 @@ def boot(env: rt.Env) -> dict:
     root, note, dev = open_disk(env)
     if root is None:
         rt.log(f"cache mode unavailable: {note}; booting in RAM")
-        from netslate.initramfs import mode_ram
-
         rec = mode_ram.boot(env, reason=f"cache mode unavailable: {note}")
         if a.persist:
             rt.log("persistent paths are not kept in RAM mode")
@@ -337,7 +318,7 @@ def boot(env: rt.Env) -> dict:
     if note:
         rt.log(note)
     layout = Layout(root, a.image)
-    previous = rt.read_json(layout.record, {}) or {}
+    previous = read_json(layout.record, {}) or {}
     last_booted = previous.get("version") if previous.get("image") == a.image else None
     version = meta = None
     source, reason, server, stats = "server", note, None, {}
@@ -371,14 +352,12 @@ def boot(env: rt.Env) -> dict:
         if version is None and disk_error:
             # The server is fine, the disk is not (full, failing): RAM still gives a verified boot.
             rt.log(f"no verified cached version of {a.image}; booting in RAM")
-            from netslate.initramfs import mode_ram
-
             return mode_ram.boot(env, reason=reason)
         if version is None:
             raise NoVerifiedImage(f"cache mode: {reason}; no verified cached version of {a.image}")
     else:
         prune(layout, keep_versions(version, last_booted, layout.cached()))
-    fmt = meta["payload"]["artifacts"]["rootfs"].get("format") or rt.detect_format(layout.img(version))
+    fmt = meta["payload"]["artifacts"]["rootfs"].get("format") or detect_format(layout.img(version))
     try:
         rt.mount_root(layout.img(version), fmt, a.init)
     except OSError as exc:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 
 from netslate.initramfs import runtime as rt
-from netslate.initramfs.stage import NoVerifiedImage
+from netslate.initramfs.bootargs import NoVerifiedImage
+from netslate.onmachine.formats import detect_format
 
 
 def boot(env: rt.Env, reason: str = "") -> dict:
@@ -25,7 +26,7 @@ def boot(env: rt.Env, reason: str = "") -> dict:
     finally:
         shutil.rmtree(cache, ignore_errors=True)  # the chunks are in rootfs.img now
     rt.log(rt.bytes_line(stats, server))
-    fmt = rt.detect_format(image)
+    fmt = detect_format(image)
     try:
         rt.mount_root(image, fmt, env.args.init)
     except OSError as exc:

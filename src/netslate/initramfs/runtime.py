@@ -7,20 +7,20 @@ falls back.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netslate.fsutil import atomic_write
 from netslate.images import pull as pullmod
-from netslate.initramfs.stage import BootArgs, backoff, parse_env_file
+from netslate.initramfs.bootargs import BootArgs, backoff, parse_env_file
+from netslate.onmachine.formats import MOUNTABLE
+from netslate.onmachine.fsutil import atomic_write
 
 RUN = Path(os.environ.get("NETSLATE_RUN", "/run/netslate"))
 NEWROOT = Path(os.environ.get("NETSLATE_NEWROOT", "/newroot"))
-MOUNT_TYPES = {"squashfs": "squashfs", "erofs": "erofs", "ext4": "ext4"}
+MOUNT_TYPES = {fmt: fmt for fmt in MOUNTABLE}  # image format → mount -t
 
 
 def log(msg: str) -> None:
@@ -29,13 +29,6 @@ def log(msg: str) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return default
 
 
 def read_net() -> dict:
@@ -173,18 +166,3 @@ def bytes_line(stats: pullmod.PullStats, server: str) -> str:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def detect_format(path: Path) -> str:
-    """squashfs | erofs | ext4 | raw from the superblock magic (same rule as netslate.images.rootfs)."""
-    import struct
-
-    with open(path, "rb") as f:
-        head = f.read(1100)
-    if head[:4] == b"hsqs":
-        return "squashfs"
-    if len(head) >= 1028 and struct.unpack_from("<I", head, 1024)[0] == 0xE0F5E1E2:
-        return "erofs"
-    if len(head) >= 1082 and struct.unpack_from("<H", head, 1080)[0] == 0xEF53:
-        return "ext4"
-    return "raw"
