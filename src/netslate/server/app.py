@@ -11,6 +11,7 @@ from netslate import __version__, services
 from netslate.composition import Parts
 from netslate.context import Context
 from netslate.errors import Conflict, NotFound, UserError
+from netslate.server import limits
 from netslate.server.auth import caller_of
 from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images, ippools, machines
 from netslate.services.framework import Forbidden, router_for
@@ -60,6 +61,7 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
         app.include_router(router)
     include_services(app)
     app.add_middleware(boot.BootFastPath)
+    limits.install(app)  # outermost: body size, auth before the body, JSON depth, big integers
     return app
 
 
