@@ -219,8 +219,13 @@ def test_initramfs_build_cli_listing(built):
               "usr/lib/python3.11/os.py", "usr/lib/python3.11/http/client.py", "usr/lib/python3.11/json/__init__.py",
               "usr/lib/python3.11/concurrent/futures/thread.py", "usr/lib/python3.11/email/parser.py",
               "usr/lib/python3.11/lib-dynload/_hashlib.cpython-311-x86_64-linux-gnu.so",
-              "usr/lib/python3.11/netslate/images/pull.py", "usr/lib/python3.11/netslate/crypto/ed25519.py",
+              "usr/lib/python3.11/netslate/images/pull.py", "usr/lib/python3.11/netslate/onmachine/ed25519.py",
+              "usr/lib/python3.11/netslate/onmachine/envelope.py", "usr/lib/python3.11/netslate/onmachine/srv.py",
+              "usr/lib/python3.11/netslate/onmachine/fsutil.py", "usr/lib/python3.11/netslate/onmachine/formats.py",
+              "usr/lib/python3.11/netslate/onmachine/manifest.py", "usr/lib/python3.11/netslate/onmachine/cmdline.py",
+              "usr/lib/python3.11/netslate/onmachine/__pycache__/envelope.cpython-311.pyc",
               "usr/lib/python3.11/netslate/initramfs/stage.py", "usr/lib/python3.11/netslate/initramfs/mode_cache.py",
+              "usr/lib/python3.11/netslate/initramfs/bootargs.py", "usr/lib/python3.11/netslate/initramfs/localboot.py",
               "etc/netslate/modules.order", "etc/netslate/udhcpc.sh",
               f"lib/modules/{KVER}/kernel/fs/squashfs/squashfs.ko", f"lib/modules/{KVER}/kernel/fs/overlayfs/overlay.ko",
               f"lib/modules/{KVER}/kernel/drivers/net/virtio_net.ko", f"lib/modules/{KVER}/kernel/fs/ext4/ext4.ko"):
@@ -228,7 +233,8 @@ def test_initramfs_build_cli_listing(built):
     for gone in ("usr/lib/python3.11/test", "usr/lib/python3.11/tkinter/__init__.py", "usr/lib/python3.11/idlelib",
                  "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/distutils",
                  "usr/lib/python3.11/unittest/__init__.py", "usr/lib/python3.11/netslate/images/chunker.py",
-                 "usr/lib/python3.11/netslate/crypto/keys.py"):
+                 "usr/lib/python3.11/netslate/crypto/keys.py", "usr/lib/python3.11/netslate/crypto/envelope.py",
+                 "usr/lib/python3.11/netslate/fsutil.py", "usr/lib/python3.11/netslate/initramfs/build.py"):
         assert gone not in listing, gone
     assert info["bytes"] < 40 << 20
 
@@ -243,6 +249,7 @@ def test_initramfs_build_python_runs_inside(built):
     order = (root / "etc/netslate/modules.order").read_text().split()
     assert order.index("kernel/lib/crc16.ko") < order.index("kernel/fs/ext4/ext4.ko")
     code = ("import sys, netslate.initramfs.stage as s, netslate.initramfs.mode_cache, netslate.images.pull as p, hashlib;"
+            "import netslate.initramfs.localboot, netslate.onmachine.srv, netslate.onmachine.manifest;"
             f"a = s.parse_cmdline({BASE!r}); "
             "print(a.image, a.ref, p._zstd, p._cut_file, sorted(m for m in sys.modules if m in ('zstandard','pyfastcdc','cryptography')))")
     r = subprocess.run(["chroot", str(root), "/usr/bin/python3", "-I", "-S", "-c", code], capture_output=True, text=True,
