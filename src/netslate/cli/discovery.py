@@ -7,7 +7,6 @@ from typing import Optional
 import typer
 
 from netslate.cli.common import console, emit, state, table
-from netslate.errors import UserError
 
 site_app = typer.Typer(help="Sites and their subnets (client address → site, closest servers first).", no_args_is_help=True)
 subnet_app = typer.Typer(help="Subnets of a site.", no_args_is_help=True)
@@ -31,110 +30,59 @@ def _render_servers(data: list[dict]) -> None:
 def site_add(ctx: typer.Context, name: str, description: str = typer.Option("", "--description", "-d"),
              json_: bool = typer.Option(False, "--json")):
     """Add a site."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/sites", json={"name": name, "description": description})
-    else:
-        from netslate.discovery import store
-
-        data = store.add_site(st.context(), name, description)
+    data = state(ctx).services.sites.add(name, description)
     emit(data, json_, lambda d: console.print(f"added site {d['name']}"))
 
 
 @site_app.command("list")
 def site_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """List sites with their subnets and servers."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/sites")
-    else:
-        from netslate.discovery import store
-
-        data = store.list_sites(st.context())
-    emit(data, json_, _render_sites)
+    emit(state(ctx).services.sites.list(), json_, _render_sites)
 
 
 @site_app.command("show")
 def site_show(ctx: typer.Context, name: str, json_: bool = typer.Option(False, "--json")):
     """Show one site: subnets and servers (with heartbeat state)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get(f"/api/v1/sites/{name}")
-    else:
-        from netslate.discovery import store
-
-        data = store.show_site(st.context(), name)
 
     def render(d):
         console.print(f"[bold]{d['name']}[/bold] {d['description']}")
         console.print("subnets: " + (" ".join(d["subnets"]) or "-"))
         _render_servers(d["servers"])
 
-    emit(data, json_, render)
+    emit(state(ctx).services.sites.show(name), json_, render)
 
 
 @site_app.command("rm")
 def site_rm(ctx: typer.Context, name: str):
     """Remove a site and its subnets (servers keep running; they answer as site-less)."""
-    st = state(ctx)
-    if st.remote:
-        st.api().delete(f"/api/v1/sites/{name}")
-    else:
-        from netslate.discovery import store
-
-        store.remove_site(st.context(), name)
+    state(ctx).services.sites.remove(name)
     console.print(f"removed site {name}")
 
 
 @subnet_app.command("add")
 def subnet_add(ctx: typer.Context, site: str, cidr: str, json_: bool = typer.Option(False, "--json")):
     """Map a subnet (IPv4 or IPv6 CIDR) to a site; the longest matching prefix wins."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/sites/{site}/subnets", json={"cidr": cidr})
-    else:
-        from netslate.discovery import store
-
-        data = store.add_subnet(st.context(), site, cidr)
+    data = state(ctx).services.sites.add_subnet(site, cidr)
     emit(data, json_, lambda d: console.print(f"site {d['name']}: {' '.join(d['subnets'])}"))
 
 
 @subnet_app.command("rm")
 def subnet_rm(ctx: typer.Context, site: str, cidr: str, json_: bool = typer.Option(False, "--json")):
     """Remove a subnet from a site."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().delete(f"/api/v1/sites/{site}/subnets", params={"cidr": cidr})
-    else:
-        from netslate.discovery import store
-
-        data = store.remove_subnet(st.context(), site, cidr)
+    data = state(ctx).services.sites.remove_subnet(site, cidr)
     emit(data, json_, lambda d: console.print(f"site {d['name']}: {' '.join(d['subnets']) or '-'}"))
 
 
 @server_app.command("list")
 def server_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """List registered servers; those silent for longer than 45 s are not alive and not published."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/servers")
-    else:
-        from netslate.discovery import store
-
-        data = store.list_servers(st.context())
-    emit(data, json_, _render_servers)
+    emit(state(ctx).services.servers.list(), json_, _render_servers)
 
 
 @server_app.command("rm")
 def server_rm(ctx: typer.Context, name: str):
     """Forget a server (a running one registers itself again at its next heartbeat)."""
-    st = state(ctx)
-    if st.remote:
-        st.api().delete(f"/api/v1/servers/{name}")
-    else:
-        from netslate.discovery import store
-
-        store.remove_server(st.context(), name)
+    state(ctx).services.servers.remove(name)
     console.print(f"removed server {name}")
 
 
@@ -146,22 +94,7 @@ def dns_export(ctx: typer.Context,
                serial: int = typer.Option(1, "--serial", help="SOA serial (bind)."),
                output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout.")):
     """Write the records the built-in responder serves, for BIND or dnsmasq."""
-    if format not in ("bind", "dnsmasq"):
-        raise UserError(f"--format must be bind or dnsmasq, got {format!r}")
-    st = state(ctx)
-    if st.remote:
-        params = {"format": format, "domain": domain, "serial": serial}
-        if site:
-            params["site"] = site
-        text = st.api().request("GET", "/api/v1/dns/export", params=params).text
-    else:
-        from netslate.discovery import core, store
-
-        view = store.load_view(st.context())
-        try:
-            text = core.render_bind(view, domain, site=site, serial=serial) if format == "bind" else core.render_dnsmasq(view, domain, site=site)
-        except core.DiscoveryInputError as exc:
-            raise UserError(str(exc)) from None
+    text = state(ctx).services.servers.dns_export(format, domain, site, serial)
     if output is None:
         sys.stdout.write(text)
     else:

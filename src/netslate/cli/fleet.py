@@ -30,12 +30,4 @@ def _render(data: dict) -> None:
 def status(ctx: typer.Context, state_: Optional[str] = typer.Option(None, "--state", help="Only machines in this state."),
            json_: bool = typer.Option(False, "--json")):
     """The fleet table (state: discovered, booting, configured, degraded, offline)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/fleet", params={"state": state_} if state_ else None)
-    else:
-        from netslate.fleet import service
-
-        rows = service.fleet_status(st.context(), state_)
-        data = {"summary": service.summary(rows), "machines": rows}
-    emit(data, json_, _render)
+    emit(state(ctx).services.fleet.status(state_), json_, _render)

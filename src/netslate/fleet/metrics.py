@@ -7,7 +7,7 @@ import calendar
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from netslate.fleet import core, service
+from netslate.fleet import core, reports
 
 
 class FleetCollector:
@@ -15,7 +15,7 @@ class FleetCollector:
         self.ctx = ctx
 
     def collect(self):
-        rows = service.fleet_status(self.ctx)
+        rows = reports.fleet_status(self.ctx)
         labels = ["machine", "name"]
         gen = GaugeMetricFamily("netslate_machine_config_generation", "Config generation the machine applied", labels=labels)
         cur = GaugeMetricFamily("netslate_machine_config_generation_behind", "1 if the machine runs an older generation than the current one", labels=labels)
@@ -43,7 +43,7 @@ class FleetCollector:
             healthy.add_metric(lv, 1 if r["healthy"] else 0)
             t = core.parse_iso(r["last_report"])
             seen.add_metric(lv, calendar.timegm(t.timetuple()))
-        summary = service.summary(rows)
+        summary = reports.summary(rows)
         for k, n in summary["states"].items():
             counts.add_metric([k], n)
         yield from (gen, cur, ver, icache, ccache, healthy, seen, state, flagged, counts)
