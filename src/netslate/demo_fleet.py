@@ -72,13 +72,14 @@ def build_fleet_image(data: Path, workdir: Path, label: str, extra_packages: tup
 
 def setup_boot(ctx) -> None:
     """Two machines, a ram and a cache profile, one rule per MAC; active."""
+    from netslate import inventory
     from netslate.boot import store as bstore
 
     common = dict(image="fleet", ref="stable", console="ttyS0")
     bstore.add_profile(ctx, "fleet-ram", mode="ram", args=["panic=-1", "quiet"], **common)
     bstore.add_profile(ctx, "fleet-cache", mode="cache", args=["panic=-1", "quiet", "netslate.disk=allow"], **common)
-    bstore.add_machine(ctx, [MAC_RAM], name="vm-ram")
-    bstore.add_machine(ctx, [MAC_CACHE], name="vm-cache")
+    inventory.add_machine(ctx, [MAC_RAM], name="vm-ram")
+    inventory.add_machine(ctx, [MAC_CACHE], name="vm-cache")
     bstore.add_rule(ctx, "r-ram", {"mac": MAC_RAM}, "fleet-ram")
     bstore.add_rule(ctx, "r-cache", {"mac": MAC_CACHE}, "fleet-cache")
     bstore.activate_rules(ctx)

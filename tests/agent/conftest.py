@@ -2,13 +2,15 @@
 
 import pytest
 
+from netslate import inventory
+
 from agent_support import *  # noqa: F401,F403 - DOC, MAC, publish, ... used by the fixture
 from agent_support import DOC, MAC, bstore, cstore, publish  # noqa: F401
 
 
 @pytest.fixture
 def world(ctx):
-    m = bstore.add_machine(ctx, [MAC], name="m1")
+    m = inventory.add_machine(ctx, [MAC], name="m1")
     gen = publish(ctx, DOC)
     return {"machine": m, "generation": gen}
 

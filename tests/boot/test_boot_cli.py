@@ -2,7 +2,11 @@
 
 import pytest
 
+from netslate import inventory
 from netslate.boot import store
+from netslate.composition import Parts
+from netslate.services.framework import plain
+from netslate.services.machines import LocalMachines
 from netslate.store.models import AuditEntry
 
 MAC_A, MAC_B = "52:54:00:aa:00:01", "52:54:00:bb:00:02"
@@ -31,15 +35,15 @@ def test_boot_cli_machines(cli, ctx, tmp_path):
     show = cli("machine", "show", str(mid), "--json").json()
     assert show["pin"]["image"] == "desk" and show["macs"] == [MAC_A]
     assert cli("machine", "unpin", "pc1").code == 0
-    assert store.show_machine(ctx, "pc1")["pin"] is None
+    assert plain(LocalMachines(Parts(ctx)).show("pc1"))["pin"] is None
     # discovered machines are approved by id
     ctx.library  # noqa: B018
-    mid2 = store.discover_machine(ctx, {"mac": MAC_B, "uuid": None, "arch": "x86_64"}, "127.0.0.1")
+    mid2 = inventory.discover_machine(ctx, {"mac": MAC_B, "uuid": None, "arch": "x86_64"}, "127.0.0.1")
     assert cli("machine", "list", "--state", "discovered", "--json").json()[0]["id"] == mid2
     r = cli("machine", "approve", str(mid2), "--json")
     assert r.code == 0 and r.json()["state"] == "approved"
     assert cli("machine", "rm", str(mid2)).code == 0
-    assert [m["id"] for m in store.list_machines(ctx)] == [mid]
+    assert [m["id"] for m in inventory.list_machines(ctx)] == [mid]
 
 
 def test_boot_cli_profiles_rules_activate_explain(cli, ctx, tmp_path):
@@ -50,7 +54,7 @@ def test_boot_cli_profiles_rules_activate_explain(cli, ctx, tmp_path):
     assert r.code == 2 and "not allowed" in r.stderr
     assert [p["name"] for p in cli("boot", "profile", "list", "--json").json()] == ["desktop", "disk"]
 
-    store.add_machine(ctx, [MAC_A], labels={"room": "b12"})
+    inventory.add_machine(ctx, [MAC_A], labels={"room": "b12"})
     assert cli("boot", "rules", "add", "room", "label=room=b12", "--profile", "desktop", "--priority", "5").code == 0
     store.add_rule(ctx, "rest", {}, "disk")
     r = cli("boot", "rules", "add", "other", "arch=x86_64", "--profile", "disk", "--priority", "5")

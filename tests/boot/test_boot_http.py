@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from netslate.boot import store
+from netslate import inventory
 
 MAC_A, MAC_B, MAC_NEW = "52:54:00:0a:00:01", "52:54:00:0b:00:02", "52:54:00:0c:00:03"
 
@@ -55,8 +56,8 @@ def test_boot_two_macs_two_profiles_and_events(live_server, tmp_path):
     ctx = live_server.ctx
     desk = _image(ctx, tmp_path, "desk")[0]
     _image(ctx, tmp_path, "compute")
-    store.add_machine(ctx, [MAC_A], name="a")
-    store.add_machine(ctx, [MAC_B], name="b", labels={"role": "hpc"})
+    inventory.add_machine(ctx, [MAC_A], name="a")
+    inventory.add_machine(ctx, [MAC_B], name="b", labels={"role": "hpc"})
     store.add_profile(ctx, "desktop", image="desk", ref="stable", args=["quiet"])
     store.add_profile(ctx, "hpc", image="compute", ref="1", console="ttyS0,115200n8")
     store.add_rule(ctx, "a", {"mac": MAC_A}, "desktop", priority=10)
@@ -84,9 +85,9 @@ def test_boot_two_macs_two_profiles_and_events(live_server, tmp_path):
     kinds = [(e["mac"], e["kind"], e["rule"], e["profile"], e["image"], e["version"]) for e in events[:2]]
     assert (MAC_B, "image", "hpc", "hpc", "compute", 1) in kinds and (MAC_A, "image", "a", "desktop", "desk", 1) in kinds
     # inventory changes are seen by the very next request (machine rows are read per request)
-    store.label_machine(ctx, "b", {}, ["role"])
+    inventory.label_machine(ctx, "b", {}, ["role"])
     assert "no boot rule matches" in _script(live_server, MAC_B)
-    store.label_machine(ctx, "b", {"role": "hpc"}, [])
+    inventory.label_machine(ctx, "b", {"role": "hpc"}, [])
     assert "/images/compute/1/kernel" in _kernel_line(_script(live_server, MAC_B))
 
 
@@ -126,7 +127,7 @@ def test_boot_default_policy_boots_unknown_machine(live_server, tmp_path):
     store.add_rule(ctx, "bios", {"platform": "bios"}, "desktop")
     store.activate_rules(ctx)
     assert "netslate.image=desk@1" in _kernel_line(_script(live_server, MAC_NEW))
-    assert store.show_machine(ctx, MAC_NEW)["state"] == "discovered"
+    assert inventory.show_machine(ctx, MAC_NEW)["state"] == "discovered"
     # an EFI machine matches no rule: it waits and asks again, it does not drop to a prompt
     s = _script(live_server, "52:54:00:0d:00:04", platform="efi")
     assert "no boot rule matches" in s and "goto ns_wait" in s
@@ -135,8 +136,8 @@ def test_boot_default_policy_boots_unknown_machine(live_server, tmp_path):
 def test_boot_tag_move_and_pin(live_server, tmp_path):
     ctx = live_server.ctx
     _image(ctx, tmp_path, "desk", versions=3)  # v1 is stable
-    store.add_machine(ctx, [MAC_A])
-    store.add_machine(ctx, [MAC_B])
+    inventory.add_machine(ctx, [MAC_A])
+    inventory.add_machine(ctx, [MAC_B])
     store.add_profile(ctx, "desktop", image="desk", ref="stable", args=["quiet"])
     store.add_rule(ctx, "all", {}, "desktop")
     store.activate_rules(ctx)
@@ -162,8 +163,8 @@ def test_boot_menu_and_local(live_server, tmp_path):
     ctx = live_server.ctx
     _image(ctx, tmp_path, "desk", versions=3)
     ctx.library.set_tag("desk", 2, "stable")
-    store.add_machine(ctx, [MAC_A])
-    store.add_machine(ctx, [MAC_B])
+    inventory.add_machine(ctx, [MAC_A])
+    inventory.add_machine(ctx, [MAC_B])
     store.add_profile(ctx, "pick", kind="menu", image="desk", ref="stable")
     store.add_profile(ctx, "disk", kind="local")
     store.add_rule(ctx, "menu", {"mac": MAC_A}, "pick")
@@ -219,7 +220,7 @@ def test_boot_hostile_requests_refused_and_logged(live_server, caplog):
 def test_boot_explain_api(live_server, tmp_path):
     ctx = live_server.ctx
     _image(ctx, tmp_path, "desk")
-    store.add_machine(ctx, [MAC_A], labels={"room": "b12"})
+    inventory.add_machine(ctx, [MAC_A], labels={"room": "b12"})
     store.add_profile(ctx, "desktop", image="desk", ref="stable")
     store.add_profile(ctx, "disk", kind="local")
     store.add_rule(ctx, "room", {"label": {"room": "b12"}}, "desktop", priority=5)
@@ -251,7 +252,7 @@ def test_boot_site_policy_by_subnet(live_server, tmp_path):
     s = _script(live_server, MAC_NEW)
     assert "waiting for approval" in s and "sleep 5" in s
     assert "waiting for approval" in _script(live_server, MAC_A)  # not approved either, now in site lab
-    store.label_machine(ctx, MAC_A, {"site": "default"}, [])  # a site label beats the subnet
+    inventory.label_machine(ctx, MAC_A, {"site": "default"}, [])  # a site label beats the subnet
     assert "netslate.image=desk@1" in _script(live_server, MAC_A)
     e = httpx.get(f"{live_server.url}/api/v1/boot/explain/{MAC_NEW}", params={"address": "127.0.0.9"}, timeout=10).json()
     assert e["site"] == "lab" and e["kind"] == "hold"

@@ -98,13 +98,14 @@ def test_boot_normalize_selectors_labels_sorted():
 
 
 def test_boot_store_validation(ctx):
+    from netslate import inventory
     from netslate.boot import store
 
     with pytest.raises(UserError, match="invalid MAC"):
-        store.add_machine(ctx, ["not-a-mac"])
-    m = store.add_machine(ctx, ["52:54:00:00:00:09"], name="pc9")
+        inventory.add_machine(ctx, ["not-a-mac"])
+    m = inventory.add_machine(ctx, ["52:54:00:00:00:09"], name="pc9")
     with pytest.raises(UserError, match="invalid label value"):
-        store.label_machine(ctx, "pc9", {"role": "a b"}, [])
+        inventory.label_machine(ctx, "pc9", {"role": "a b"}, [])
     with pytest.raises(UserError):
         store.pin_machine(ctx, "pc9", "desk@9")
     with pytest.raises(UserError, match="needs --image"):
@@ -116,9 +117,9 @@ def test_boot_store_validation(ctx):
         store.add_rule(ctx, "x", {}, "missing")
     with pytest.raises(UserError, match="set by netslate"):
         store.add_profile(ctx, "p", image="desk", ref="1", args=["netslate.image=evil@1"])
-    store.remove_machine(ctx, str(m["id"]))
+    inventory.remove_machine(ctx, str(m["id"]))
     with pytest.raises(UserError, match="no machine"):
-        store.show_machine(ctx, "pc9")
+        inventory.show_machine(ctx, "pc9")
 
 
 # Property: whenever one machine matches two rules, could_overlap() said so (ties are never missed),

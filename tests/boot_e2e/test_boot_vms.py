@@ -71,13 +71,14 @@ def world(tmp_path_factory):
     # boot setup through the boot store (the CLI does the same; it is exercised below for approve,
     # tag, events and in tests/boot): in-process keeps this fixture fast
     from netslate.boot import store as bstore
+    from netslate import inventory
 
     common = dict(image="lab", console="ttyS0")
     bstore.add_profile(ctx, "p-stable", ref="stable", args=["panic=-1", "quiet", "e2e.profile=p-stable"], **common)
     bstore.add_profile(ctx, "p-one", ref="1", args=["panic=-1", "quiet", "e2e.profile=p-one"], **common)
     bstore.add_profile(ctx, "p-menu", kind="menu", ref="stable", args=["panic=-1", "quiet"], **common)
     for name, mac in (("vm-b", MAC_B), ("vm-d", MAC_D), ("vm-e", MAC_E)):
-        bstore.add_machine(ctx, [mac], name=name)
+        inventory.add_machine(ctx, [mac], name=name)
     for rule, mac, profile in (("r-a", MAC_A, "p-stable"), ("r-b", MAC_B, "p-one"), ("r-d", MAC_D, "p-menu"),
                                ("r-e", MAC_E, "p-stable")):
         bstore.add_rule(ctx, rule, {"mac": mac}, profile)
@@ -88,7 +89,7 @@ def world(tmp_path_factory):
     bstore.set_policy(ctx, "hold", retry_seconds=3)
     with LabNetwork() as lab:
         # A has a fixed address: a DHCP reservation in full mode
-        bstore.add_machine(ctx, [MAC_A], name="vm-a", hostname="vm-a", labels={"dhcp-ip": lab.host_ip(20)})
+        inventory.add_machine(ctx, [MAC_A], name="vm-a", hostname="vm-a", labels={"dhcp-ip": lab.host_ip(20)})
         yield {"lab": lab, "data": data, "tmp": tmp, "ctx": ctx}
     assert lab.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 

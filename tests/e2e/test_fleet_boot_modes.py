@@ -5,6 +5,7 @@ import httpx
 import pytest
 
 from netslate.boot import store
+from netslate import inventory
 from netslate.errors import UserError
 from netslate.initramfs import stage
 
@@ -21,7 +22,7 @@ def test_fleet_boot_profile_modes_match_the_initramfs_modes(live_server, tmp_pat
     store.add_profile(ctx, "cached", image="img", ref="stable", mode="cache", args=["netslate.disk=allow"])
     with pytest.raises(UserError, match="unknown boot mode"):
         store.add_profile(ctx, "bad", image="img", ref="stable", mode="nbd")
-    store.add_machine(ctx, [MAC], name="m1")
+    inventory.add_machine(ctx, [MAC], name="m1")
     store.add_rule(ctx, "r1", {"mac": MAC}, "cached")
     store.activate_rules(ctx)
     r = httpx.get(f"{live_server.url}/boot/ipxe", params={"mac": MAC, "arch": "x86_64", "platform": "pcbios"}, timeout=10)

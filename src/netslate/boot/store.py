@@ -1,8 +1,8 @@
-"""Inventory, profiles, rule sets, pins, policies and events in the database. One transaction per change.
+"""Profiles, rule sets, pins, policies and events in the database. One transaction per change.
 
 Every change to what the boot path caches in memory (rules, profiles, pins, policies) bumps
-`boot_state.generation`, which the cache is keyed on (see engine.py). Machine rows are read per
-request, so discovering a machine does not invalidate the cache.
+`boot_state.generation`, which the cache is keyed on (see engine.py). Machines themselves belong to
+netslate.inventory (whose generation is in the same fingerprint); their rows are read per request.
 """
 
 from __future__ import annotations
@@ -12,26 +12,19 @@ import re
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
-from netslate import audit
+from netslate import audit, inventory
 from netslate.boot import ipxe
 from netslate.boot.models import BootEvent, BootPin, BootPolicy, BootProfile, BootRule, BootState
 from netslate.boot.rules import (
     Rule,
-    check_label,
     check_no_ties,
     diff_rule_sets,
-    normalize_group,
-    normalize_mac,
     normalize_selectors,
-    normalize_text,
-    normalize_uuid,
 )
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
-from netslate.store.models import Machine, MachineMac
 
 PROFILE_KINDS = ("image", "local", "menu")
 # The netslate initramfs modes (netslate.initramfs.stage.MODES); a new mode is added in both places.
@@ -39,7 +32,6 @@ MODES = ("ram", "cache")
 POLICIES = ("boot-default", "hold")
 DEFAULT_SITE = "default"
 CONSOLE_RE = re.compile(r"^[A-Za-z0-9,]{1,32}\Z")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -61,174 +53,20 @@ def boot_state(s: Session) -> BootState:
     return st if st is not None else BootState(id=1, generation=0, active_version=0)
 
 
-# ---------------------------------------------------------------- machines
+# ---------------------------------------------------------------- pins (machines themselves: netslate.inventory)
 
 
-def find_machine(s: Session, ident: str | int) -> Machine:
-    """By id, MAC, UUID or name."""
-    text = str(ident).strip()
-    m = None
-    if text.isdigit():
-        m = s.get(Machine, int(text))
-    else:
-        try:
-            mac = normalize_mac(text)
-        except UserError:
-            mac = None
-        if mac and re.fullmatch(r"[0-9A-Fa-f:.-]{12,17}", text):
-            row = s.scalar(select(MachineMac).where(MachineMac.mac == mac))
-            m = row.machine if row else None
-        elif re.fullmatch(r"[0-9A-Fa-f-]{36}", text):
-            m = s.scalar(select(Machine).where(Machine.uuid == text.lower()))
-        else:
-            m = s.scalar(select(Machine).where(Machine.name == text))
-    if m is None:
-        raise NotFound(f"no machine {text[:80]!r} (give an id, MAC, UUID or name)")
-    return m
+def pin_dict(pin: BootPin | None) -> dict | None:
+    return {"image": pin.image, "version": pin.version, "by": pin.actor, "at": _iso(pin.created_at)} if pin else None
 
 
-def machine_dict(m: Machine, pin: BootPin | None = None) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "name": m.name,
-        "state": m.state,
-        "approved": m.approved,
-        "macs": sorted(x.mac for x in m.macs),
-        "uuid": m.uuid,
-        "serial": m.serial,
-        "manufacturer": m.manufacturer,
-        "product": m.product,
-        "hostname": m.hostname,
-        "labels": dict(m.labels or {}),
-        "group": m.tree_path,
-        "ip_address": m.ip_address,
-        "first_seen": _iso(m.first_seen),
-        "last_seen": _iso(m.last_seen),
-        "reported": (m.status or {}).get("boot_reported", {}),
-        "pin": {"image": pin.image, "version": pin.version, "by": pin.actor, "at": _iso(pin.created_at)} if pin else None,
-        "fleet": _fleet_view(m),  # agent-reported status (netslate.fleet)
-    }
-
-
-def _fleet_view(m: Machine) -> dict:
-    from netslate.fleet.service import machine_view
-
-    return machine_view(m)
-
-
-def list_machines(ctx, state: str | None = None) -> list[dict]:
+def pins(ctx, machine_ids: list[int] | None = None) -> dict[int, dict]:
+    """Machine id → its pin, for the machines given (all pinned machines when None)."""
     with ctx.db.session() as s:
-        q = select(Machine).order_by(Machine.id)
-        if state:
-            q = q.where(Machine.state == state)
-        pins = {p.machine_id: p for p in s.scalars(select(BootPin))}
-        return [machine_dict(m, pins.get(m.id)) for m in s.scalars(q)]
-
-
-def show_machine(ctx, ident: str, events: int = 10) -> dict:
-    with ctx.db.session() as s:
-        m = find_machine(s, ident)
-        d = machine_dict(m, s.get(BootPin, m.id))
-        d["boots"] = [event_dict(e) for e in s.scalars(select(BootEvent).where(BootEvent.machine_id == m.id).order_by(BootEvent.id.desc()).limit(events))]
-        return d
-
-
-def _check_hostname(value: str) -> str:
-    if not HOSTNAME_RE.match(value):
-        raise UserError(f"invalid hostname {value[:80]!r}")
-    return value
-
-
-def add_machine(
-    ctx,
-    macs: list[str],
-    uuid: str | None = None,
-    serial: str | None = None,
-    name: str | None = None,
-    hostname: str | None = None,
-    labels: dict[str, str] | None = None,
-    group: str | None = None,
-    actor: str | None = None,
-) -> dict:
-    """Register a machine an operator knows about; it is approved at once."""
-    actor = actor or audit.default_actor()
-    norm_macs = sorted({normalize_mac(x) for x in macs})
-    if not norm_macs and not uuid:
-        raise UserError("a machine needs at least one --mac or a --uuid")
-    uuid = normalize_uuid(uuid) if uuid else None
-    serial = normalize_text(serial, "serial") if serial else None
-    if name:
-        check_name(name, "machine name")
-    hostname = _check_hostname(hostname) if hostname else None
-    labels = dict(check_label(k, v) for k, v in (labels or {}).items())
-    group = normalize_group(group) if group else "/"
-    with ctx.db.session() as s:
-        for mac in norm_macs:
-            if s.scalar(select(MachineMac).where(MachineMac.mac == mac)):
-                raise Conflict(f"MAC {mac} already belongs to a machine")
-        if uuid and s.scalar(select(Machine).where(Machine.uuid == uuid)):
-            raise Conflict(f"UUID {uuid} already belongs to a machine")
-        if name and s.scalar(select(Machine).where(Machine.name == name)):
-            raise Conflict(f"a machine named {name!r} already exists")
-        m = Machine(name=name, uuid=uuid, serial=serial, hostname=hostname, labels=labels, tree_path=group,
-                    state="approved", approved=True, status={})
-        m.macs = [MachineMac(mac=x) for x in norm_macs]
-        s.add(m)
-        s.flush()
-        audit.record(s, actor, "machine.add", f"machine:{m.id}", macs=norm_macs, uuid=uuid, name=name)
-        bump(s)
-        return machine_dict(m)
-
-
-def approve_machine(ctx, ident: str, actor: str | None = None) -> dict:
-    actor = actor or audit.default_actor()
-    with ctx.db.session() as s:
-        m = find_machine(s, ident)
-        m.approved = True
-        if m.state in ("discovered", "held"):
-            m.state = "approved"
-        audit.record(s, actor, "machine.approve", f"machine:{m.id}")
-        bump(s)
-        return machine_dict(m, s.get(BootPin, m.id))
-
-
-def label_machine(ctx, ident: str, set_labels: dict[str, str], remove: list[str], actor: str | None = None,
-                  hostname: str | None = None, group: str | None = None, name: str | None = None) -> dict:
-    actor = actor or audit.default_actor()
-    set_labels = dict(check_label(k, v) for k, v in set_labels.items())
-    with ctx.db.session() as s:
-        m = find_machine(s, ident)
-        labels = dict(m.labels or {})
-        for k in remove:
-            labels.pop(k, None)
-        labels.update(set_labels)
-        m.labels = labels
-        if hostname is not None:
-            m.hostname = _check_hostname(hostname) if hostname else None
-        if group is not None:
-            m.tree_path = normalize_group(group)
-        if name is not None:
-            if name:
-                check_name(name, "machine name")
-                other = s.scalar(select(Machine).where(Machine.name == name))
-                if other is not None and other.id != m.id:
-                    raise Conflict(f"a machine named {name!r} already exists")
-            m.name = name or None
-        audit.record(s, actor, "machine.label", f"machine:{m.id}", set=set_labels, removed=remove)
-        bump(s)
-        return machine_dict(m, s.get(BootPin, m.id))
-
-
-def remove_machine(ctx, ident: str, actor: str | None = None) -> dict:
-    actor = actor or audit.default_actor()
-    with ctx.db.session() as s:
-        m = find_machine(s, ident)
-        d = machine_dict(m)
-        s.execute(delete(BootPin).where(BootPin.machine_id == m.id))
-        s.delete(m)
-        audit.record(s, actor, "machine.rm", f"machine:{d['id']}", macs=d["macs"], uuid=d["uuid"])
-        bump(s)
-        return d
+        q = select(BootPin)
+        if machine_ids is not None:
+            q = q.where(BootPin.machine_id.in_(machine_ids))
+        return {p.machine_id: pin_dict(p) for p in s.scalars(q)}
 
 
 def parse_image_at(value: str) -> tuple[str, str]:
@@ -244,7 +82,7 @@ def pin_machine(ctx, ident: str, image_at: str, actor: str | None = None) -> dic
     name, ref = parse_image_at(image_at)
     resolved = ctx.library.resolve(name, ref)
     with ctx.db.session() as s:
-        m = find_machine(s, ident)
+        m = inventory.resolve(s, ident)
         pin = s.get(BootPin, m.id)
         old = (pin.image, pin.version) if pin else None
         if pin is None:
@@ -255,20 +93,20 @@ def pin_machine(ctx, ident: str, image_at: str, actor: str | None = None) -> dic
         audit.record(s, actor, "machine.pin", f"machine:{m.id}", image=name, version=resolved.version, old=old)
         bump(s)
         s.flush()
-        return machine_dict(m, pin)
+        return {"id": m.id, "pin": pin_dict(pin)}
 
 
 def unpin_machine(ctx, ident: str, actor: str | None = None) -> dict:
     actor = actor or audit.default_actor()
     with ctx.db.session() as s:
-        m = find_machine(s, ident)
+        m = inventory.resolve(s, ident)
         pin = s.get(BootPin, m.id)
         if pin is None:
             raise NotFound(f"machine {m.id} is not pinned")
         s.delete(pin)
         audit.record(s, actor, "machine.unpin", f"machine:{m.id}", image=pin.image, version=pin.version)
         bump(s)
-        return machine_dict(m)
+        return {"id": m.id, "pin": None}
 
 
 def versions_in_use(ctx, image: str, version: int) -> list[str]:
@@ -478,7 +316,6 @@ def activate_rule(ctx, name: str, actor: str | None = None) -> dict:
         return {"active_version": st.active_version, "changed": True}
 
 
-
 # ---------------------------------------------------------------- policies
 
 
@@ -531,47 +368,10 @@ def list_events(ctx, limit: int = 100, machine: str | None = None) -> list[dict]
     with ctx.db.session() as s:
         q = select(BootEvent).order_by(BootEvent.id.desc()).limit(max(1, min(limit, 10000)))
         if machine:
-            q = q.where(BootEvent.machine_id == find_machine(s, machine).id)
+            q = q.where(BootEvent.machine_id == inventory.resolve(s, machine).id)
         return [event_dict(e) for e in s.scalars(q)]
 
 
 def count_events(ctx) -> int:
     with ctx.db.session() as s:
         return s.scalar(select(func.count(BootEvent.id))) or 0
-
-
-def discover_machine(ctx, facts: dict, remote: str | None) -> int:
-    """Record an unknown machine as `discovered` with everything iPXE reported. Returns its id.
-
-    Safe against two servers seeing the same MAC at once: the unique MAC wins, the loser re-reads.
-    """
-    mac = facts["mac"]
-    uuid = facts.get("uuid")
-    try:
-        with ctx.db.session() as s:
-            if uuid and s.scalar(select(Machine.id).where(Machine.uuid == uuid)) is not None:
-                # Known by UUID (e.g. booted from another NIC): add this MAC to it.
-                m = s.scalar(select(Machine).where(Machine.uuid == uuid))
-                m.macs.append(MachineMac(mac=mac))
-                audit.record(s, "boot", "machine.mac.add", f"machine:{m.id}", mac=mac)
-                return m.id
-            m = Machine(
-                uuid=uuid, serial=_clip(facts.get("serial")), manufacturer=_clip(facts.get("manufacturer")),
-                product=_clip(facts.get("product")), labels={}, state="discovered", approved=False,
-                ip_address=remote, status={"boot_reported": {k: v for k, v in facts.items() if v}},
-            )
-            m.macs = [MachineMac(mac=mac)]
-            s.add(m)
-            s.flush()
-            audit.record(s, "boot", "machine.discover", f"machine:{m.id}", mac=mac, uuid=uuid, remote=remote)
-            return m.id
-    except DbIntegrityError:
-        with ctx.db.session() as s:
-            row = s.scalar(select(MachineMac).where(MachineMac.mac == mac))
-            if row is None:
-                raise
-            return row.machine_id
-
-
-def _clip(v: str | None) -> str | None:
-    return v[:128] if v else None

@@ -42,27 +42,16 @@ def _render_one(m: dict) -> None:
 def list_(ctx: typer.Context, state_: Optional[str] = typer.Option(None, "--state", help="Only machines in this state (discovered, approved, ...)."),
           json_: bool = typer.Option(False, "--json")):
     """List machines."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/machines", params={"state": state_} if state_ else None)
-    else:
-        from netslate.boot import store
+    emit(state(ctx).services.machines.list(state_), json_, _render_list)
 
-        data = store.list_machines(st.context(), state_)
-    emit(data, json_, _render_list)
+
+IDENT_HELP = "Id, name, MAC, SMBIOS UUID or serial (prefix id:, name:, mac:, uuid:, serial: to pick one reading)."
 
 
 @app.command("show")
-def show(ctx: typer.Context, ident: str = typer.Argument(..., help="Id, MAC, UUID or name."), json_: bool = typer.Option(False, "--json")):
+def show(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP), json_: bool = typer.Option(False, "--json")):
     """Show one machine and its recent boots."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get(f"/api/v1/machines/{ident}")
-    else:
-        from netslate.boot import store
-
-        data = store.show_machine(st.context(), ident)
-    emit(data, json_, _render_one)
+    emit(state(ctx).services.machines.show(ident), json_, _render_one)
 
 
 @app.command("add")
@@ -78,35 +67,24 @@ def add(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Register a machine (approved at once)."""
-    st = state(ctx)
-    labels = _kv(label)
-    if st.remote:
-        data = st.api().post("/api/v1/machines", json={"macs": mac, "uuid": uuid, "serial": serial, "name": name,
-                                                       "hostname": hostname, "labels": labels, "group": group})
-    else:
-        from netslate.boot import store
+    from netslate.services.machines import MachineCreate
 
-        data = store.add_machine(st.context(), mac, uuid, serial, name, hostname, labels, group)
+    request = MachineCreate(macs=mac, uuid=uuid, serial=serial, name=name, hostname=hostname, labels=_kv(label), group=group)
+    data = state(ctx).services.machines.add(request)
     emit(data, json_, lambda d: console.print(f"added machine {d['id']}"))
 
 
 @app.command("approve")
-def approve(ctx: typer.Context, ident: str, json_: bool = typer.Option(False, "--json")):
+def approve(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP), json_: bool = typer.Option(False, "--json")):
     """Approve a discovered (held) machine; its next boot attempt gets its script."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/machines/{ident}/approve")
-    else:
-        from netslate.boot import store
-
-        data = store.approve_machine(st.context(), ident)
+    data = state(ctx).services.machines.approve(ident)
     emit(data, json_, lambda d: console.print(f"approved machine {d['id']}"))
 
 
 @app.command("label")
 def label_(
     ctx: typer.Context,
-    ident: str,
+    ident: str = typer.Argument(..., help=IDENT_HELP),
     labels: list[str] = typer.Argument(None, help="KEY=VALUE to set."),
     rm: list[str] = typer.Option([], "--rm", help="Label key to remove (repeatable)."),
     hostname: Optional[str] = typer.Option(None, "--hostname"),
@@ -115,53 +93,30 @@ def label_(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Set or remove labels (and hostname, group, name)."""
-    st = state(ctx)
-    set_ = _kv(labels or [])
-    if st.remote:
-        data = st.api().post(f"/api/v1/machines/{ident}/labels", json={"set": set_, "remove": rm, "hostname": hostname,
-                                                                       "group": group, "name": name})
-    else:
-        from netslate.boot import store
+    from netslate.services.machines import LabelChange
 
-        data = store.label_machine(st.context(), ident, set_, rm, hostname=hostname, group=group, name=name)
+    change = LabelChange(set=_kv(labels or []), remove=rm, hostname=hostname, group=group, name=name)
+    data = state(ctx).services.machines.label(ident, change)
     emit(data, json_, lambda d: console.print(f"machine {d['id']} labels: {d['labels']}", highlight=False))
 
 
 @app.command("rm")
-def rm(ctx: typer.Context, ident: str):
+def rm(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP)):
     """Forget a machine (its boot history stays, without the link)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().delete(f"/api/v1/machines/{ident}")
-    else:
-        from netslate.boot import store
-
-        data = store.remove_machine(st.context(), ident)
-    console.print(f"removed machine {data['id']}")
+    data = state(ctx).services.machines.remove(ident)
+    console.print(f"removed machine {data.id}")
 
 
 @app.command("pin")
-def pin(ctx: typer.Context, ident: str, image: str = typer.Argument(..., help="IMAGE@VERSION (a tag is resolved now)."),
-        json_: bool = typer.Option(False, "--json")):
+def pin(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP),
+        image: str = typer.Argument(..., help="IMAGE@VERSION (a tag is resolved now)."), json_: bool = typer.Option(False, "--json")):
     """Pin one machine to one image version, whatever the rules say (rollback of one machine)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().put(f"/api/v1/machines/{ident}/pin", json={"image": image})
-    else:
-        from netslate.boot import store
-
-        data = store.pin_machine(st.context(), ident, image)
+    data = state(ctx).services.machines.pin(ident, image)
     emit(data, json_, lambda d: console.print(f"machine {d['id']} pinned to {d['pin']['image']}@{d['pin']['version']}"))
 
 
 @app.command("unpin")
-def unpin(ctx: typer.Context, ident: str):
+def unpin(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP)):
     """Remove a machine's pin; the rules decide again."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().delete(f"/api/v1/machines/{ident}/pin")
-    else:
-        from netslate.boot import store
-
-        data = store.unpin_machine(st.context(), ident)
-    console.print(f"machine {data['id']} unpinned")
+    data = state(ctx).services.machines.unpin(ident)
+    console.print(f"machine {data.id} unpinned")

@@ -17,6 +17,7 @@ from netslate.services.framework import ANONYMOUS, Caller, http_client
 NOUNS: dict[str, tuple[str, str, str]] = {
     "tokens": ("netslate.services.tokens", "TokensService", "LocalTokens"),
     "keys": ("netslate.services.keys", "KeysService", "LocalKeys"),
+    "machines": ("netslate.services.machines", "MachinesService", "LocalMachines"),
     "sites": ("netslate.services.sites", "SitesService", "LocalSites"),
     "servers": ("netslate.services.servers", "ServersService", "LocalServers"),
     "fleet": ("netslate.services.fleet", "FleetService", "LocalFleet"),

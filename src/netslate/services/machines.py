@@ -1,0 +1,177 @@
+"""Machines: the inventory (netslate.inventory) with each machine's boot pin and fleet status.
+
+A machine record is composed here from three parts: identity and approval from the inventory, the
+pin from boot, the fleet view from fleet. Every `{ident}` is resolved by the inventory: an id, a
+name, a MAC in any common notation, an SMBIOS UUID or a serial (see docs/inventory.md).
+
+Other routes under /api/v1/machines belong to other nouns and stay with them: the agent's report
+(fleet), bundle, explain, place and enroll (config).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+from netslate import inventory
+from netslate.boot import store as boot
+from netslate.fleet import reports as fleet
+from netslate.services.fleet import FleetFields
+from netslate.services.framework import Service, op
+
+RECENT_BOOTS = 10
+
+
+class Pin(BaseModel):
+    image: str
+    version: int
+    by: str | None  # the actor who pinned it
+    at: str | None
+
+
+class Machine(BaseModel):
+    id: int
+    name: str | None
+    state: str  # discovered | held | approved | booting | configured | degraded
+    approved: bool
+    macs: list[str]
+    uuid: str | None
+    serial: str | None
+    manufacturer: str | None
+    product: str | None
+    hostname: str | None
+    labels: dict[str, str]
+    group: str  # the placement: a config tree path
+    ip_address: str | None
+    first_seen: str | None
+    last_seen: str | None
+    reported: dict[str, Any]  # what iPXE reported when the machine was discovered
+    pin: Pin | None
+    fleet: FleetFields  # agent-reported status (netslate.fleet)
+
+
+class BootEvent(BaseModel):
+    id: int
+    at: str | None
+    machine: int | None
+    mac: str | None
+    kind: str
+    rule: str | None
+    profile: str | None
+    image: str | None
+    version: int | None
+    pinned: bool | None
+    remote: str | None
+    detail: str | None
+
+
+class MachineDetail(Machine):
+    boots: list[BootEvent]  # the most recent first
+
+
+class MachineCreate(BaseModel):
+    macs: list[str] = []
+    uuid: Optional[str] = None
+    serial: Optional[str] = None
+    name: Optional[str] = None
+    hostname: Optional[str] = None
+    labels: dict[str, str] = {}
+    group: Optional[str] = None
+
+
+class LabelChange(BaseModel):
+    set: dict[str, str] = Field(default_factory=dict)  # labels to set
+    remove: list[str] = Field(default_factory=list)  # label keys to remove
+    hostname: Optional[str] = None  # '' clears
+    group: Optional[str] = None
+    name: Optional[str] = None  # '' clears
+
+
+class MachinesService(Service):
+    noun = "machines"
+
+    @op("GET", "/api/v1/machines")
+    def list(self, state: str | None = None) -> list[Machine]:
+        """List machines (optionally only those in one state)."""
+        raise NotImplementedError
+
+    @op("GET", "/api/v1/machines/{ident}")
+    def show(self, ident: str) -> MachineDetail:
+        """One machine and its recent boots."""
+        raise NotImplementedError
+
+    @op("POST", "/api/v1/machines", role="operator", status=201)
+    def add(self, request: MachineCreate) -> Machine:
+        """Register a machine (approved at once)."""
+        raise NotImplementedError
+
+    @op("POST", "/api/v1/machines/{ident}/approve", role="operator")
+    def approve(self, ident: str) -> Machine:
+        """Approve a discovered (held) machine."""
+        raise NotImplementedError
+
+    @op("POST", "/api/v1/machines/{ident}/labels", role="operator")
+    def label(self, ident: str, change: LabelChange) -> Machine:
+        """Set or remove labels (and hostname, group, name)."""
+        raise NotImplementedError
+
+    @op("DELETE", "/api/v1/machines/{ident}", role="operator")
+    def remove(self, ident: str) -> Machine:
+        """Forget a machine (its boot history stays, without the link)."""
+        raise NotImplementedError
+
+    @op("PUT", "/api/v1/machines/{ident}/pin", role="operator")
+    def pin(self, ident: str, image: str) -> Machine:
+        """Pin a machine to one image version (IMAGE@VERSION; a tag is resolved now)."""
+        raise NotImplementedError
+
+    @op("DELETE", "/api/v1/machines/{ident}/pin", role="operator")
+    def unpin(self, ident: str) -> Machine:
+        """Remove a machine's pin; the rules decide again."""
+        raise NotImplementedError
+
+
+class LocalMachines(MachinesService):
+    def _records(self, rows: list[dict], views: dict[int, dict] | None = None) -> list[dict]:
+        ids = [r["id"] for r in rows]
+        pins = boot.pins(self.parts.ctx, ids)
+        views = views if views is not None else fleet.machine_views(self.parts.ctx, ids)
+        return [{**r, "pin": pins.get(r["id"]), "fleet": views[r["id"]]} for r in rows]
+
+    def _one(self, row: dict) -> Machine:
+        return Machine(**self._records([row])[0])
+
+    def list(self, state: str | None = None) -> list[Machine]:
+        return [Machine(**r) for r in self._records(inventory.list_machines(self.parts.ctx, state))]
+
+    def show(self, ident: str) -> MachineDetail:
+        row = self._records([inventory.show_machine(self.parts.ctx, ident)])[0]
+        boots = boot.list_events(self.parts.ctx, limit=RECENT_BOOTS, machine=row["id"])
+        return MachineDetail(**row, boots=boots)
+
+    def add(self, request: MachineCreate) -> Machine:
+        return self._one(inventory.add_machine(self.parts.ctx, request.macs, request.uuid, request.serial, request.name,
+                                               request.hostname, request.labels, request.group, actor=self.actor))
+
+    def approve(self, ident: str) -> Machine:
+        return self._one(inventory.approve_machine(self.parts.ctx, ident, actor=self.actor))
+
+    def label(self, ident: str, change: LabelChange) -> Machine:
+        return self._one(inventory.label_machine(self.parts.ctx, ident, change.set, change.remove, actor=self.actor,
+                                                 hostname=change.hostname, group=change.group, name=change.name))
+
+    def remove(self, ident: str) -> Machine:
+        ctx = self.parts.ctx
+        machine_id = inventory.machine_id(ctx, ident)
+        views = fleet.machine_views(ctx, [machine_id])  # read before the row goes
+        row = inventory.remove_machine(ctx, machine_id, actor=self.actor)
+        return Machine(**row, pin=None, fleet=views[machine_id])
+
+    def pin(self, ident: str, image: str) -> Machine:
+        done = boot.pin_machine(self.parts.ctx, ident, image, actor=self.actor)
+        return self._one(inventory.show_machine(self.parts.ctx, done["id"]))
+
+    def unpin(self, ident: str) -> Machine:
+        done = boot.unpin_machine(self.parts.ctx, ident, actor=self.actor)
+        return self._one(inventory.show_machine(self.parts.ctx, done["id"]))
