@@ -157,3 +157,26 @@ def test_request_errors_full_host_unreachable_host_unknown_pool(dctx):
     assert service.list_desktops(dctx) == []  # nothing half-made
     with pytest.raises(UserError, match="invalid user name"):
         service.request_desktop(dctx, "huge", "../x")
+
+
+def test_release_resets_now_locally_and_remotely(cli, data_dir, desktop_guest):
+    """`desktop release` does the same work in both modes: the desktop is reset at once and comes back
+    ready for the next user (before the service layer, the remote command only marked it logged off)."""
+    from desktops_fixtures import cleanup, setup_installation
+
+    ctx = setup_installation(data_dir, desktop_guest)
+    try:
+        r = cli("pool", "create", "rel", "--golden", "tiny", "--size", "1", "--spare", "1", "--max", "2", "--memory", "128",
+                "--display", "vnc", "--ip-range", "10.77.6.1-10.77.6.9", "--json")
+        assert r.code == 0, r.stderr
+        assert cli("pool", "reconcile", "rel", "--wait", "--json").code == 0
+        got = cli("desktop", "request", "rel", "--user", "hank", "--json").json()
+        assert got["user"] == "hank"
+        r = cli("desktop", "release", str(got["id"]), "--json")
+        assert r.code == 0, r.stderr
+        d = r.json()
+        assert d["id"] == got["id"] and d["state"] == "ready" and d["user"] is None, d
+        assert d["started_at"] > got["started_at"]  # its domain was started again: the reset happened
+        assert cli("desktop", "show", str(got["id"]), "--json").json()["state"] == "ready"
+    finally:
+        cleanup(ctx)

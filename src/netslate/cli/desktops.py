@@ -5,7 +5,6 @@ from typing import Optional
 
 import typer
 
-from netslate.audit import default_actor
 from netslate.cli.common import console, emit, human_bytes, state, table
 
 host_app = typer.Typer(help="Hypervisor hosts (libvirt URIs) that run desktops.", no_args_is_help=True)
@@ -33,10 +32,10 @@ def host_add(
     json_: bool = JSON,
 ):
     """Register a libvirt host (qemu:///system, qemu+ssh://HOST/system)."""
-    from netslate.desktops.hosts import add_host
+    from netslate.services.hosts import HostCreate
 
-    data = add_host(state(ctx).context(), name, uri, default_actor(), accel=accel, max_starting=max_starting,
-                    reserve_mib=reserve, console_address=console_address, labels=label)
+    data = state(ctx).services.hosts.add(HostCreate(name=name, uri=uri, accel=accel, max_starting=max_starting, reserve_mib=reserve,
+                                                    console_address=console_address, labels=label))
     emit(data, json_, lambda d: console.print(f"added host {d['name']} ({d['capacity'].get('cpus')} CPUs, "
                                               f"{d['capacity'].get('memory_mib')} MiB, {d['capacity'].get('domain_type')})"))
 
@@ -50,25 +49,19 @@ def _render_hosts(rows):
 @host_app.command("list")
 def host_list(ctx: typer.Context, json_: bool = JSON):
     """List hosts with their last known capacity."""
-    from netslate.desktops.hosts import list_hosts
-
-    emit(list_hosts(state(ctx).context()), json_, _render_hosts)
+    emit(state(ctx).services.hosts.list(), json_, _render_hosts)
 
 
 @host_app.command("show")
 def host_show(ctx: typer.Context, name: str, json_: bool = JSON):
     """Show one host (capacity is read from libvirt now)."""
-    from netslate.desktops.hosts import show_host
-
-    emit(show_host(state(ctx).context(), name), json_, lambda d: _render_hosts([d]))
+    emit(state(ctx).services.hosts.show(name), json_, lambda d: _render_hosts([d]))
 
 
 @host_app.command("rm")
 def host_rm(ctx: typer.Context, name: str):
     """Remove a host that runs no desktops."""
-    from netslate.desktops.hosts import remove_host
-
-    remove_host(state(ctx).context(), name, default_actor())
+    state(ctx).services.hosts.remove(name)
     console.print(f"removed host {name}")
 
 
@@ -84,27 +77,23 @@ def image_import(
     json_: bool = JSON,
 ):
     """Import FILE (qcow2 or raw) as the next version of golden image NAME."""
-    from netslate.desktops.golden import import_disk
-
-    data = import_disk(state(ctx).context(), name, file, default_actor(), kernel=kernel, initrd=initrd, cmdline=cmdline)
+    data = state(ctx).services.desktops.image_import(name, file, kernel=kernel, initrd=initrd, cmdline=cmdline)
     emit(data, json_, lambda d: console.print(f"imported golden {d['name']}@{d['version']} ({human_bytes(d['virtual_size'])})"))
 
 
 @image_app.command("from-image")
 def image_from_image(ctx: typer.Context, name: str, image: str = typer.Argument(..., metavar="IMAGE@VERSION"), json_: bool = JSON):
     """A golden disk from a netslate image version (its rootfs as the disk, its kernel booted directly)."""
-    from netslate.desktops.golden import from_image
+    from netslate.services.desktops import GoldenFromImage
 
-    data = from_image(state(ctx).context(), name, image, default_actor())
+    data = state(ctx).services.desktops.image_from_image(name, GoldenFromImage(image=image))
     emit(data, json_, lambda d: console.print(f"made golden {d['name']}@{d['version']} from {image}"))
 
 
 @image_app.command("list")
 def image_list(ctx: typer.Context, name: Optional[str] = typer.Argument(None), json_: bool = JSON):
     """List golden images and their versions."""
-    from netslate.desktops.golden import list_goldens
-
-    emit(list_goldens(state(ctx).context(), name), json_,
+    emit(state(ctx).services.desktops.images(name), json_,
          lambda rows: table(["name", "version", "virtual", "on disk", "created"],
                             [[g["name"], g["version"], human_bytes(g["virtual_size"]), human_bytes(g["actual_size"]), g["created_at"]] for g in rows]))
 
@@ -112,13 +101,12 @@ def image_list(ctx: typer.Context, name: Optional[str] = typer.Argument(None), j
 @image_app.command("rm")
 def image_rm(ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME@VERSION")):
     """Remove a golden version no pool or desktop uses."""
-    from netslate.desktops.golden import parse_ref, remove_golden
     from netslate.errors import UserError
 
-    name, ver = parse_ref(ref)
-    if ver is None:
+    name, _, ver = ref.partition("@")
+    if not ver.isdigit():
         raise UserError("give NAME@VERSION")
-    remove_golden(state(ctx).context(), name, ver, default_actor())
+    state(ctx).services.desktops.image_remove(name, int(ver))
     console.print(f"removed golden {name}@{ver}")
 
 
@@ -157,33 +145,30 @@ def pool_create(
     json_: bool = JSON,
 ):
     """Create a pool (nothing is written unless every parameter is valid)."""
-    from netslate.desktops.pools import create_pool
+    from netslate.services.pools import DesktopPoolSpec
 
-    data = create_pool(state(ctx).context(), name, golden, size, spare, max_, vcpus, memory, display, usb_redirect,
-                       smartcard, persistence, assignment, ip_range, hosts, default_actor(), network=network, video=video,
-                       grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep,
-                       diskless=diskless)
+    spec = DesktopPoolSpec(name=name, golden=golden, diskless=diskless, size=size, spare=spare, max=max_, vcpus=vcpus,
+                           memory_mib=memory, display=display, video=video, usb_redirect=usb_redirect, smartcard=smartcard,
+                           persistence=persistence, assignment=assignment, ip_range=ip_range, hosts=hosts, network=network,
+                           grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+    data = state(ctx).services.pools.create(spec)
     emit(data, json_, lambda d: console.print(f"created pool {d['name']} (size {d['size']}, spare {d['spare']}, max {d['max']})"))
 
 
 @pool_app.command("list")
 def pool_list(ctx: typer.Context, json_: bool = JSON):
     """List pools with desktop counts by state."""
-    from netslate.desktops.pools import list_pools
-
-    emit(list_pools(state(ctx).context()), json_, _render_pools)
+    emit(state(ctx).services.pools.list(), json_, _render_pools)
 
 
 @pool_app.command("show")
 def pool_show(ctx: typer.Context, name: str, json_: bool = JSON):
     """Show a pool and its desktops."""
-    from netslate.desktops.pools import show_pool
-
     def render(p):
         _render_pools([p])
         _render_desktops(p["desktop_list"])
 
-    emit(show_pool(state(ctx).context(), name), json_, render)
+    emit(state(ctx).services.pools.show(name), json_, render)
 
 
 @pool_app.command("resize")
@@ -198,10 +183,11 @@ def pool_resize(
     json_: bool = JSON,
 ):
     """Change a pool's size, spare, max, golden image, grace period or snapshot schedule."""
-    from netslate.desktops.pools import resize_pool
+    from netslate.services.pools import DesktopPoolChange
 
-    data = resize_pool(state(ctx).context(), name, default_actor(), size, spare, max_, golden, grace,
-                       snapshot_every, snapshot_keep)
+    change = DesktopPoolChange(size=size, spare=spare, max=max_, golden=golden, grace_seconds=grace,
+                               snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+    data = state(ctx).services.pools.change(name, change)
     emit(data, json_, lambda d: console.print(f"pool {d['name']}: size {d['size']}, spare {d['spare']}, max {d['max']}"))
 
 
@@ -209,14 +195,8 @@ def pool_resize(
 def pool_rm(ctx: typer.Context, name: str, force: bool = typer.Option(False, "--force", help="Also destroy desktops in use."),
             json_: bool = JSON):
     """Remove a pool and destroy its desktops."""
-    from netslate.desktops.engine import Engine
-    from netslate.desktops.pools import remove_pool
-
-    c = state(ctx).context()
-    n = remove_pool(c, name, default_actor(), force)
-    result = Engine(c).reconcile()
-    emit({"pool": name, "destroyed": n, "actions": result["actions"]}, json_,
-         lambda d: console.print(f"removed pool {name} ({n} desktops destroyed)"))
+    data = state(ctx).services.pools.remove(name, force=force)
+    emit(data, json_, lambda d: console.print(f"removed pool {name} ({d['destroyed']} desktops destroyed)"))
 
 
 @pool_app.command("reconcile")
@@ -224,11 +204,9 @@ def pool_reconcile(ctx: typer.Context, name: Optional[str] = typer.Argument(None
                    wait: bool = typer.Option(False, "--wait", help="Keep going until throttled work is done too."),
                    timeout: float = typer.Option(300.0, "--timeout"), json_: bool = JSON):
     """Run the reconcile loop once (the server runs it in the background)."""
-    from netslate.desktops.engine import Engine
-
-    result = Engine(state(ctx).context()).reconcile(name, wait=wait, timeout=timeout,
-                                                     on_action=None if json_ else lambda a: console.print(a.describe()))
-    emit(result, json_, lambda d: console.print(f"{len(d['actions'])} action(s)" + "".join(f"\nblocked: {b}" for b in d["blocked"])))
+    result = state(ctx).services.pools.reconcile(name, wait=wait, timeout=timeout)
+    emit(result, json_, lambda d: console.print("".join(f"{a}\n" for a in d["actions"]) + f"{len(d['actions'])} action(s)"
+                                                + "".join(f"\nblocked: {b}" for b in d["blocked"])))
 
 
 # ---------- desktops ----------
@@ -242,31 +220,16 @@ def _render_desktops(rows):
 @desktop_app.command("request")
 def desktop_request(ctx: typer.Context, pool: str, user: str = typer.Option(..., "--user"), json_: bool = JSON):
     """Get a desktop for USER: a prestarted one when there is one."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/pools/{pool}/request", json={"user": user})
-    else:
-        from netslate.desktops.service import request_desktop
+    from netslate.services.pools import DesktopRequest
 
-        data = request_desktop(st.context(), pool, user)
+    data = state(ctx).services.pools.request(pool, DesktopRequest(user=user))
     emit(data, json_, lambda d: console.print(f"desktop {d['id']} ({d['name']}) for {d['user']}: {d['ip']} on {d['host']}"))
 
 
 @desktop_app.command("release")
 def desktop_release(ctx: typer.Context, desktop: str, json_: bool = JSON):
     """The user is done: reset the desktop now (non-persistent pools)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/desktops/{desktop}/release")
-    else:
-        from netslate.desktops.engine import Engine
-        from netslate.desktops.service import release_desktop, show_desktop
-
-        c = st.context()
-        data = release_desktop(c, desktop, default_actor())
-        if data["pool"]:
-            Engine(c).reconcile(data["pool"])
-        data = show_desktop(c, data["id"])
+    data = state(ctx).services.desktops.release(desktop)
     emit(data, json_, lambda d: console.print(f"released desktop {d['id']} ({d['state']})"))
 
 
@@ -274,26 +237,14 @@ def desktop_release(ctx: typer.Context, desktop: str, json_: bool = JSON):
 def desktop_list(ctx: typer.Context, pool: Optional[str] = typer.Option(None, "--pool"),
                  user: Optional[str] = typer.Option(None, "--user"), json_: bool = JSON):
     """List desktops."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/desktops", params={k: v for k, v in (("pool", pool), ("user", user)) if v})
-    else:
-        from netslate.desktops.service import list_desktops
-
-        data = list_desktops(st.context(), pool, user)
+    data = state(ctx).services.desktops.list(pool, user)
     emit(data, json_, _render_desktops)
 
 
 @desktop_app.command("show")
 def desktop_show(ctx: typer.Context, desktop: str, json_: bool = JSON):
     """Show one desktop (by id or name)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get(f"/api/v1/desktops/{desktop}")
-    else:
-        from netslate.desktops.service import show_desktop
-
-        data = show_desktop(st.context(), desktop)
+    data = state(ctx).services.desktops.show(desktop)
     emit(data, json_, lambda d: _render_desktops([d]))
 
 
@@ -301,9 +252,9 @@ def desktop_show(ctx: typer.Context, desktop: str, json_: bool = JSON):
 def desktop_session(ctx: typer.Context, desktop: str, event: str = typer.Argument(..., help="logon or logoff"),
                     user: Optional[str] = typer.Option(None, "--user"), json_: bool = JSON):
     """Record a logon or logoff by hand (the in-guest agent posts these to the API)."""
-    from netslate.desktops.service import session_event
+    from netslate.services.desktops import SessionEvent
 
-    data = session_event(state(ctx).context(), desktop, event, user, default_actor(), source="cli")
+    data = state(ctx).services.desktops.session(desktop, SessionEvent(event=event, user=user, source="cli"))
     emit(data, json_, lambda d: console.print(f"desktop {d['id']}: {d['state']}"))
 
 
@@ -314,50 +265,40 @@ def desktop_console(ctx: typer.Context, desktop: str,
                     vv: Optional[Path] = typer.Option(None, "--vv", help="Write a remote-viewer file here."),
                     json_: bool = JSON):
     """Issue a console ticket (a password with an expiry) and print or save the connection details."""
-    from netslate.desktops.consoles import issue_ticket, vv_file
     from netslate.fsutil import atomic_write
+    from netslate.services.desktops import TicketRequest, vv_file
 
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/desktops/{desktop}/ticket", json={"type": type_, "ttl": ttl})
-    else:
-        data = issue_ticket(st.context(), desktop, type_, default_actor(), ttl=ttl, admin=True)
+    data = state(ctx).services.desktops.ticket(desktop, TicketRequest(type=type_, ttl=ttl))
     if vv is not None:
-        atomic_write(vv, vv_file(data).encode(), mode=0o600)
+        atomic_write(vv, vv_file(data.model_dump()).encode(), mode=0o600)
     emit(data, json_, lambda d: console.print(f"{d['type']}://{d['host']}:{d['port']} password {d['password']} until {d['expires_at']}"))
 
 
 @snapshot_app.command("create")
 def snapshot_create(ctx: typer.Context, desktop: str, name: str, note: str = typer.Option("", "--note"), json_: bool = JSON):
     """Freeze the desktop's disk as snapshot NAME (live when it runs)."""
-    from netslate.desktops.snapshots import create
+    from netslate.services.desktops import SnapshotRequest
 
-    data = create(state(ctx).context(), desktop, name, default_actor(), note)
+    data = state(ctx).services.desktops.snapshot_create(desktop, SnapshotRequest(name=name, note=note))
     emit(data, json_, lambda d: console.print(f"snapshot {d['name']} created"))
 
 
 @snapshot_app.command("list")
 def snapshot_list(ctx: typer.Context, desktop: str, json_: bool = JSON):
     """List a desktop's snapshots."""
-    from netslate.desktops.snapshots import list_snapshots
-
-    emit(list_snapshots(state(ctx).context(), desktop), json_,
+    emit(state(ctx).services.desktops.snapshots(desktop), json_,
          lambda rows: table(["name", "created", "note"], [[r["name"], r["created_at"], r["note"]] for r in rows]))
 
 
 @snapshot_app.command("revert")
 def snapshot_revert(ctx: typer.Context, desktop: str, name: str, json_: bool = JSON):
     """Restore one desktop to snapshot NAME (it restarts; the rest of the pool is untouched)."""
-    from netslate.desktops.snapshots import revert
-
-    data = revert(state(ctx).context(), desktop, name, default_actor())
+    data = state(ctx).services.desktops.snapshot_revert(desktop, name)
     emit(data, json_, lambda d: console.print(f"desktop {d['desktop']} reverted to {name}"))
 
 
 @snapshot_app.command("rm")
 def snapshot_rm(ctx: typer.Context, desktop: str, name: str):
     """Delete a snapshot (its data is merged into the layers above it)."""
-    from netslate.desktops.snapshots import remove
-
-    remove(state(ctx).context(), desktop, name, default_actor())
+    state(ctx).services.desktops.snapshot_remove(desktop, name)
     console.print(f"snapshot {name} removed")

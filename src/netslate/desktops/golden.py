@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import subprocess
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -22,10 +26,10 @@ def golden_dir(ctx, name: str) -> Path:
     return ctx.data_dir / "desktops" / "golden" / name
 
 
-def qemu_img_info(path: Path) -> dict:
+def qemu_img_info(path: Path, shown: str | None = None) -> dict:
     proc = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"{path}: not a disk image qemu-img can read ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'unknown error'})")
+        raise UserError(f"{shown or path}: not a disk image qemu-img can read ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'unknown error'})")
     return json.loads(proc.stdout)
 
 
@@ -38,22 +42,24 @@ def golden_dict(g: GoldenImage) -> dict:
 
 
 def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = None, initrd: Path | None = None,
-                cmdline: str | None = None, source: str | None = None) -> dict:
-    """Convert FILE (qcow2 or raw) into the next version of golden NAME. Nothing is left on failure."""
+                cmdline: str | None = None, source: str | None = None, shown: str | None = None) -> dict:
+    """Convert FILE (qcow2 or raw) into the next version of golden NAME. Nothing is left on failure.
+    `shown` names the file in messages (an upload's original name)."""
     check_name(name, "golden image name")
     file = Path(file)
+    label = shown or str(file)
     if not file.is_file():
-        raise UserError(f"{file}: no such file")
-    info = qemu_img_info(file)
+        raise UserError(f"{label}: no such file")
+    info = qemu_img_info(file, label)
     fmt = info.get("format")
     if fmt not in ("qcow2", "raw"):
-        raise UserError(f"{file}: format {fmt!r} is not supported; give a qcow2 or raw disk")
+        raise UserError(f"{label}: format {fmt!r} is not supported; give a qcow2 or raw disk")
     vsize = int(info.get("virtual-size", 0))
     if vsize < 1024 * 1024 or vsize % 512:
         # qemu-img calls any file "raw": refuse what cannot be a disk (wrong file given)
-        raise UserError(f"{file}: not a disk image (format {fmt}, {vsize} bytes; a disk is at least 1 MiB in 512-byte sectors)")
+        raise UserError(f"{label}: not a disk image (format {fmt}, {vsize} bytes; a disk is at least 1 MiB in 512-byte sectors)")
     if info.get("backing-filename"):
-        raise UserError(f"{file}: has a backing file; flatten it first (qemu-img convert -O qcow2)")
+        raise UserError(f"{label}: has a backing file; flatten it first (qemu-img convert -O qcow2)")
     for p, what in ((kernel, "kernel"), (initrd, "initrd")):
         if p is not None and not Path(p).is_file():
             raise UserError(f"--{what} {p}: no such file")
@@ -69,7 +75,7 @@ def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = No
         # always a fresh, self-contained qcow2 (raw converted, qcow2 rewritten without any chain)
         proc = subprocess.run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", str(file), str(tmp)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise UserError(f"{file}: qemu-img convert failed: {proc.stderr.strip()}")
+            raise UserError(f"{label}: qemu-img convert failed: {proc.stderr.strip()}")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o444)
@@ -100,6 +106,73 @@ def import_disk(ctx, name: str, file: Path, actor: str, kernel: Path | None = No
             except FileNotFoundError:
                 pass
         raise
+
+
+# ---------- uploads (a remote CLI sends the files first, then imports them by upload id) ----------
+
+UPLOAD_RE = re.compile(r"[0-9a-f]{32}")
+UPLOAD_MAX_AGE = 24 * 3600
+
+
+def uploads_dir(ctx) -> Path:
+    return ctx.data_dir / "desktops" / "uploads"
+
+
+class Upload:
+    """One uploaded file, written to a temp name and renamed to its id when complete."""
+
+    def __init__(self, ctx):
+        d = uploads_dir(ctx)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        now = time.time()
+        for old in d.iterdir():  # uploads nobody imported: gone after a day
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < now - UPLOAD_MAX_AGE:
+                    old.unlink()
+        self.id = secrets.token_hex(16)
+        self.path = d / self.id
+        self._tmp = d / f".{self.id}.tmp"
+        self._f = open(self._tmp, "wb")
+        os.chmod(self._tmp, 0o600)
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def finish(self) -> str:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        return self.id
+
+    def abort(self) -> None:
+        self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+def upload_path(ctx, upload_id: str) -> Path:
+    if not UPLOAD_RE.fullmatch(upload_id or ""):
+        raise UserError(f"upload {upload_id!r}: not an upload id")
+    p = uploads_dir(ctx) / upload_id
+    if not p.is_file():
+        raise NotFound(f"no upload {upload_id} (uploads are kept for a day)")
+    return p
+
+
+def import_uploads(ctx, name: str, disk: str, actor: str, kernel: str | None = None, initrd: str | None = None,
+                   cmdline: str | None = None, source: str | None = None) -> dict:
+    """import_disk over uploaded files (by upload id); the uploads are deleted afterwards either way."""
+    paths = [upload_path(ctx, u) for u in (disk, kernel, initrd) if u is not None]
+    try:
+        return import_disk(ctx, name, paths[0], actor, kernel=upload_path(ctx, kernel) if kernel else None,
+                           initrd=upload_path(ctx, initrd) if initrd else None, cmdline=cmdline,
+                           source=source or f"upload:{disk}", shown=source)
+    finally:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 def _copy_ro(src: Path, dst: Path) -> None:

@@ -200,7 +200,8 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
         audit.record(s, actor, "desktop.pool.resize", f"pool:{name}", size=new_size, spare=new_spare, max=new_max,
                      golden=golden_ref)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
-        return pool_dict(p, ds)
+        used = len(list(s.scalars(select(DesktopAddress.id).where(DesktopAddress.pool_name == p.name))))
+        return pool_dict(p, ds, used)
 
 
 def remove_pool(ctx, name: str, actor: str, force: bool = False) -> int:

@@ -36,6 +36,7 @@ JSON_LIMIT = 1 * MiB
 CHUNK_UPLOAD_LIMIT = 16 * MiB + 64 * KiB  # MAX_UPLOAD_CHUNK of the images router + framing
 MANIFEST_LIMIT = 128 * MiB  # a version's chunk lists / chunk-id lists: ~1.4 M chunks (~90 GB image)
 MAX_JSON_DEPTH = 64
+GOLDEN_UPLOAD_LIMIT = 1024 * 1024 * MiB  # a golden disk (qcow2/raw) or its kernel/initrd, streamed: 1 TiB
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ LIMITS: tuple[Limit, ...] = (
     _limit("manifest", "POST", r"/api/v1/images/[^/]+/versions\Z", MANIFEST_LIMIT),
     _limit("manifest", "POST", r"/api/v1/chunks/missing\Z", MANIFEST_LIMIT),
     _limit("manifest", "POST", r"/chunks/pack\Z", 16 * MiB),
+    _limit("upload", "POST", r"/api/v1/golden-image-uploads\Z", GOLDEN_UPLOAD_LIMIT),
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -17,6 +17,9 @@ from netslate.services.framework import ANONYMOUS, Caller, http_client
 NOUNS: dict[str, tuple[str, str, str]] = {
     "tokens": ("netslate.services.tokens", "TokensService", "LocalTokens"),
     "keys": ("netslate.services.keys", "KeysService", "LocalKeys"),
+    "hosts": ("netslate.services.hosts", "HostsService", "LocalHosts"),
+    "pools": ("netslate.services.pools", "DesktopPoolsService", "LocalDesktopPools"),
+    "desktops": ("netslate.services.desktops", "DesktopsService", "LocalDesktops"),
     "machines": ("netslate.services.machines", "MachinesService", "LocalMachines"),
     "sites": ("netslate.services.sites", "SitesService", "LocalSites"),
     "servers": ("netslate.services.servers", "ServersService", "LocalServers"),
