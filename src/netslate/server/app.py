@@ -13,13 +13,13 @@ from netslate.context import Context
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.server import limits
 from netslate.server.auth import caller_of
-from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images, ippools
+from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images
 from netslate.services.framework import Forbidden, router_for
 
 # Routes the service contracts cannot express: firmware and iPXE paths outside /api/v1, chunk and
 # artifact streams, uploads, the agent's long-poll and reports, consoles.
 HAND_WRITTEN = (
-    health.router, images.api, images.serving, discovery.router, config.router, ippools.router,
+    health.router, images.api, images.serving, discovery.router, config.router,
     boot.serving, boot.api, desktops.router, fleet.router,
 )
 

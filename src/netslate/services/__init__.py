@@ -24,6 +24,8 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "sites": ("netslate.services.sites", "SitesService", "LocalSites"),
     "servers": ("netslate.services.servers", "ServersService", "LocalServers"),
     "fleet": ("netslate.services.fleet", "FleetService", "LocalFleet"),
+    "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
+    "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
 }
 
 
