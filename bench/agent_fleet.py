@@ -29,8 +29,8 @@ from _common import record  # noqa: E402
 from nstest import start_server  # noqa: E402
 
 from netslate.agent.runner import Agent, Options  # noqa: E402
-from netslate.boot import store as bstore  # noqa: E402
-from netslate.config import store as cstore  # noqa: E402
+from netslate import inventory  # noqa: E402
+from netslate.config import generations, workingcopy  # noqa: E402
 from netslate.context import Context  # noqa: E402
 from netslate.store.models import Machine  # noqa: E402
 
@@ -51,12 +51,12 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="netslate-bench-agent-"))
     ctx = Context(tmp / "data").init()
-    bstore.add_machine(ctx, ["52:54:00:00:00:01"], name="m1")
+    inventory.add_machine(ctx, ["52:54:00:00:00:01"], name="m1")
     with ctx.db.session() as s:
         s.execute(insert(Machine), [{"name": f"b{i}", "labels": {}, "status": {}, "tree_path": "/", "state": "approved",
                                      "approved": True} for i in range(a.machines - 1)])
-    cstore.put_node(ctx, "/", DOC, "bench")
-    cstore.publish(ctx, "bench", "bench")
+    workingcopy.put_node(ctx, "/", DOC, "bench")
+    generations.publish(ctx, "bench", "bench")
     srv = start_server(ctx)
     try:
         root = tmp / "root"

@@ -19,7 +19,7 @@ import time
 
 from sqlalchemy import insert, select
 
-from netslate.config import bundles, store
+from netslate.config import bundles, generation_cache, generations, state, workingcopy
 from netslate.context import Context
 from netslate.store.models import Machine
 
@@ -77,15 +77,15 @@ def main() -> None:
         ])
     t0 = time.perf_counter()
     for path, doc in docs.items():
-        store.put_node(ctx, path, doc, "bench")
+        workingcopy.put_node(ctx, path, doc, "bench")
     t_edit = time.perf_counter() - t0
 
     def all_bundles(gen: int) -> float:
         t = time.perf_counter()
         with ctx.db.session() as s:
-            st = store.state(s)
+            st = state.read(s)
             machines = list(s.scalars(select(Machine)))
-            tree_cache = bundles.cache_for(ctx).get(ctx, gen)
+            tree_cache = generation_cache.cache_for(ctx).get(ctx, gen)
             for m in machines:
                 payload, _etag = bundles.build_payload(m, st, tree_cache, gen, authenticated=False)
                 ctx.signing_key.sign(payload)
@@ -93,16 +93,16 @@ def main() -> None:
 
     # publish, then build every bundle from the new generation with a cold cache
     t = time.perf_counter()
-    pub = store.publish(ctx, "bench", "bench")
+    pub = generations.publish(ctx, "bench", "bench")
     t_publish = time.perf_counter() - t
     t_cold = all_bundles(pub["generation"])
     publish_to_ready = t_publish + t_cold
     t_warm = all_bundles(pub["generation"])
 
     # second publish: one site changes; measure again (cold cache for generation 2)
-    store.set_value(ctx, "/site-1", "locale", "fr_FR.UTF-8", "bench")
+    workingcopy.set_value(ctx, "/site-1", "locale", "fr_FR.UTF-8", "bench")
     t = time.perf_counter()
-    pub2 = store.publish(ctx, "bench 2", "bench")
+    pub2 = generations.publish(ctx, "bench 2", "bench")
     t_publish2 = time.perf_counter() - t
     t_cold2 = all_bundles(pub2["generation"])
 

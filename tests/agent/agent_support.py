@@ -10,7 +10,7 @@ import uvicorn
 
 from netslate.agent.runner import Agent, Options
 from netslate.boot import store as bstore
-from netslate.config import store as cstore
+from netslate.config import generations, workingcopy
 from nstest import LiveServer
 
 MAC = "52:54:00:aa:bb:01"
@@ -25,8 +25,8 @@ DOC = {
 
 
 def publish(ctx, doc: dict, message: str = "test") -> int:
-    cstore.put_node(ctx, "/", doc, "test")
-    return cstore.publish(ctx, message, "test")["generation"]
+    workingcopy.put_node(ctx, "/", doc, "test")
+    return generations.publish(ctx, message, "test")["generation"]
 
 
 def make_root(tmp_path: Path, name: str = "root") -> Path:

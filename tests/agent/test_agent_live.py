@@ -12,7 +12,7 @@ import pytest
 from netslate.agent import lkg
 from netslate.agent.install import build_zipapp, install_into
 from netslate.boot import store as bstore
-from netslate.config import store as cstore
+from netslate.config import credentials
 from netslate.crypto.keys import SigningKey
 from nstest import free_port
 
@@ -110,7 +110,11 @@ def test_server_down_lkg_then_queued_reports_delivered(ctx, world, tmp_path):
     try:
         assert a.follow_step(wait=1) in ("applied", "unchanged")
         assert list((root / "netslate/lkg/queue").iterdir()) == []
-        m = bstore.show_machine(ctx, "1")
+        from netslate.composition import Parts
+        from netslate.services.framework import plain
+        from netslate.services.machines import LocalMachines
+
+        m = plain(LocalMachines(Parts(ctx)).show("1"))
         with ctx.db.session() as s:
             from netslate.store.models import Machine
 
@@ -185,7 +189,7 @@ def test_identify_enrolled_report_needs_credential(ctx, world, live_server):
     r = httpx.get(f"{live_server.url}/api/v1/fleet/identify", params={"mac": [MAC.upper()]}, timeout=10)
     assert r.json() == {"id": 1, "name": "m1"}
     assert httpx.get(f"{live_server.url}/api/v1/fleet/identify", params={"mac": "52:54:00:00:00:99"}, timeout=10).status_code == 404
-    cred = cstore.enroll(ctx, "m1", "test")["credential"]
+    cred = credentials.enroll(ctx, "m1", "test")["credential"]
     url = f"{live_server.url}/api/v1/machines/1/report"
     body = {"phase": "configured", "generation": 1, "config_source": "server", "modules": {}, "health": {"ok": True}}
     assert httpx.post(url, json=body, timeout=10).status_code == 403
@@ -250,7 +254,7 @@ def test_enrolled_machine_gets_secrets_and_reports_authenticated(ctx, world, liv
     bare = make_root(tmp_path, "bare")
     out = agent_for(bare, live_server.url, ctx.signing_key.public_b64).run_once().report
     assert out["config_source"] == "server" and not (bare / "run/netslate/secrets/wifi_psk").exists()
-    cred = cstore.enroll(ctx, "m1", "test")["credential"]
+    cred = credentials.enroll(ctx, "m1", "test")["credential"]
     root = make_root(tmp_path)
     (root / "netslate/lkg").mkdir(parents=True)
     (root / "netslate/lkg/credential").write_text(cred + "\n")

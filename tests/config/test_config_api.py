@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from netslate.config import store
+from netslate.config import generations
 from netslate.context import Context
 from netslate.crypto.envelope import open_envelope
 from netslate.errors import Conflict
@@ -322,16 +322,16 @@ def test_concurrent_publishes_exactly_one_wins(world):
     code = (
         "import os,sys,time\n"
         "from netslate.context import Context\n"
-        "from netslate.config import store\n"
+        "from netslate.config import generations\n"
         "from netslate.errors import Conflict\n"
         f"ctx = Context({str(d)!r}).init()\n"
-        "base = store.status(ctx)['working_base']\n"
+        "base = generations.status(ctx)['working_base']\n"
         f"open(os.path.join({str(barrier)!r}, 'ready-' + sys.argv[1]), 'w').close()\n"
         "deadline = time.time() + 120\n"
         f"while not os.path.exists(os.path.join({str(barrier)!r}, 'go')) and time.time() < deadline:\n"
         "    time.sleep(0.001)\n"
         "try:\n"
-        "    print('WON', store.publish(ctx, 'race', 'racer', expect_base=base)['generation'])\n"
+        "    print('WON', generations.publish(ctx, 'race', 'racer', expect_base=base)['generation'])\n"
         "except Conflict as e:\n"
         "    print('LOST', e)\n"
     )

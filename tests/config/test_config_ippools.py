@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from netslate.agent import apply
-from netslate.config import bundles, ippools, store
+from netslate.config import generations, ippools, ipranges, resolution, workingcopy
 from netslate.config.models import IpLease
 from netslate.crypto.envelope import open_envelope
 from netslate.errors import UserError
@@ -30,29 +30,29 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_lowest_free_walks_gaps_and_skips():
-    assert ippools.lowest_free(10, 20, []) == 10
-    assert ippools.lowest_free(10, 20, [10, 11, 13]) == 12
-    assert ippools.lowest_free(10, 20, [10, 11], skip=[12]) == 13
-    assert ippools.lowest_free(10, 12, [10, 11, 12]) is None
-    assert ippools.lowest_free(10, 12, [5, 10, 99], skip=[11]) == 12  # out-of-range values are ignored
-    assert ippools.lowest_free(10, 10, [], skip=[10]) is None
+    assert ipranges.lowest_free(10, 20, []) == 10
+    assert ipranges.lowest_free(10, 20, [10, 11, 13]) == 12
+    assert ipranges.lowest_free(10, 20, [10, 11], skip=[12]) == 13
+    assert ipranges.lowest_free(10, 12, [10, 11, 12]) is None
+    assert ipranges.lowest_free(10, 12, [5, 10, 99], skip=[11]) == 12  # out-of-range values are ignored
+    assert ipranges.lowest_free(10, 10, [], skip=[10]) is None
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 50), st.integers(0, 40), st.sets(st.integers(0, 100), max_size=60), st.sets(st.integers(0, 100), max_size=5))
 def test_lowest_free_property(first, span, used, skip):
     last = first + span
-    got = ippools.lowest_free(first, last, used, skip)
+    got = ipranges.lowest_free(first, last, used, skip)
     free = [n for n in range(first, last + 1) if n not in used and n not in skip]
     assert got == (free[0] if free else None)
 
 
 def test_parse_pool_validation():
-    p = ippools.parse_pool("lab", "10.0.5.10-10.0.5.200", 24, "10.0.5.1", ["10.0.5.2", "10.0.5.3"])
+    p = ipranges.parse_pool("lab", "10.0.5.10-10.0.5.200", 24, "10.0.5.1", ["10.0.5.2", "10.0.5.3"])
     assert str(p.network) == "10.0.5.0/24" and p.size == 191 and p.dns == ("10.0.5.2", "10.0.5.3")
     # gateway inside the range is never leased and not counted
-    g = ippools.parse_pool("g", "10.0.6.1-10.0.6.3", 24, "10.0.6.1")
-    assert g.size == 2 and ippools.choose(g, []) == "10.0.6.2" and ippools.choose(g, ["10.0.6.2", "10.0.6.3"]) is None
+    g = ipranges.parse_pool("g", "10.0.6.1-10.0.6.3", 24, "10.0.6.1")
+    assert g.size == 2 and ipranges.choose(g, []) == "10.0.6.2" and ipranges.choose(g, ["10.0.6.2", "10.0.6.3"]) is None
     bad = [
         (("bad name!", "10.0.0.10-10.0.0.20", 24), "invalid pool name"),
         (("x", "10.0.0.10", 24), "FIRST-LAST"),
@@ -69,17 +69,17 @@ def test_parse_pool_validation():
     ]
     for args, msg in bad:
         with pytest.raises(UserError, match=msg):
-            ippools.parse_pool(*args)
-    v6 = ippools.parse_pool("v6", "fd00::10-fd00::ff", 64, "fd00::1")
-    assert ippools.choose(v6, ["fd00::10"]) == "fd00::11"
+            ipranges.parse_pool(*args)
+    v6 = ipranges.parse_pool("v6", "fd00::10-fd00::ff", 64, "fd00::1")
+    assert ipranges.choose(v6, ["fd00::10"]) == "fd00::11"
 
 
 def test_overlap():
-    a = ippools.parse_pool("a", "10.0.0.10-10.0.0.20", 24)
-    assert ippools.overlaps(a, ippools.parse_pool("b", "10.0.0.20-10.0.0.30", 24))
-    assert ippools.overlaps(a, ippools.parse_pool("b", "10.0.0.1-10.0.0.250", 24))
-    assert not ippools.overlaps(a, ippools.parse_pool("b", "10.0.0.21-10.0.0.30", 24))
-    assert not ippools.overlaps(a, ippools.parse_pool("b", "fd00::10-fd00::20", 64))
+    a = ipranges.parse_pool("a", "10.0.0.10-10.0.0.20", 24)
+    assert ipranges.overlaps(a, ipranges.parse_pool("b", "10.0.0.20-10.0.0.30", 24))
+    assert ipranges.overlaps(a, ipranges.parse_pool("b", "10.0.0.1-10.0.0.250", 24))
+    assert not ipranges.overlaps(a, ipranges.parse_pool("b", "10.0.0.21-10.0.0.30", 24))
+    assert not ipranges.overlaps(a, ipranges.parse_pool("b", "fd00::10-fd00::20", 64))
 
 
 def test_agent_network_files_for_a_lease():
@@ -205,8 +205,8 @@ def test_cli_ippool_commands(cli, ctx):
     assert "lab" in cli("config", "ippool", "list").stdout
     (mid,) = _machines(ctx, 1)
     assert ippools.lease_for(ctx, mid, "lab")["address"] == "10.0.5.10"
-    store.put_node(ctx, "/lab", {"network": {"mode": "pool", "pool": "lab"}}, "t")
-    store.publish(ctx, "pool", "t")  # the sweep after publish keeps pc0's lease: it still resolves to 'lab'
+    workingcopy.put_node(ctx, "/lab", {"network": {"mode": "pool", "pool": "lab"}}, "t")
+    generations.publish(ctx, "pool", "t")  # the sweep after publish keeps pc0's lease: it still resolves to 'lab'
     r = cli("config", "explain", "pc0")
     assert r.code == 0 and "IP pool lab: 10.0.5.10/24" in r.stdout, r.stdout + r.stderr
     show = cli("config", "ippool", "show", "lab", "--json").json()
@@ -376,7 +376,7 @@ def test_agent_applies_the_leased_address_into_a_root(pool_world, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (root / "etc/systemd/network/10-netslate-default.network").read_text() == text
-    assert store.status(api.srv.ctx)["current"] >= 1 and bundles.pool_name({"network": {"mode": "pool", "pool": "lab"}}) == "lab"
+    assert generations.status(api.srv.ctx)["current"] >= 1 and resolution.pool_name({"network": {"mode": "pool", "pool": "lab"}}) == "lab"
 
 
 def test_cli_ippool_remote_mode(live_server, tmp_path):

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
+from netslate.cli import ippools as ippools_cli
 from netslate.cli.common import console, emit, state, table
 from netslate.errors import UserError
 
@@ -21,19 +22,7 @@ app = typer.Typer(help="Layered configuration: tree, working copy, generations, 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
-def _register_ippools() -> None:
-    from netslate.cli import ippools as ippools_cli
-
-    app.add_typer(ippools_cli.app, name="ippool")
-
-
-_register_ippools()
-
-
-def _actor() -> str:
-    from netslate.audit import default_actor
-
-    return default_actor()
+app.add_typer(ippools_cli.app, name="ippool")
 
 
 def _yaml_value(text: str) -> Any:
@@ -56,76 +45,41 @@ def _load_yaml_file(path: str) -> Any:
         raise UserError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
 
 
-def _q(path: str) -> dict:
-    return {"path": path}
+def _config(ctx: typer.Context):
+    return state(ctx).services.config
 
 
 @app.command("set")
 def set_(ctx: typer.Context, path: str, key: str, value: str, json_: bool = JSON):
     """Set KEY (dotted; brackets keep dots: sysctl\\[vm.swappiness]) at node PATH to a YAML VALUE."""
-    st = state(ctx)
-    v = _yaml_value(value)
-    if st.remote:
-        data = st.api().post("/api/v1/config/set", json={"path": path, "key": key, "value": v})
-    else:
-        from netslate.config import store
-
-        data = store.set_value(st.context(), path, key, v, _actor())
+    data = _config(ctx).set_value(path, key, _yaml_value(value))
     emit(data, json_, lambda d: console.print(f"{d['path']}: set {key} (working copy revision {d['revision']})"))
 
 
 @app.command("unset")
 def unset(ctx: typer.Context, path: str, key: str, json_: bool = JSON):
     """Remove KEY from node PATH's document (the value is inherited again)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/config/unset", json={"path": path, "key": key})
-    else:
-        from netslate.config import store
-
-        data = store.unset_value(st.context(), path, key, _actor())
+    data = _config(ctx).unset(path, key)
     emit(data, json_, lambda d: console.print(f"{d['path']}: unset {key}"))
-
-
-def _get_node(st, path: str, generation: int | None = None, reveal: bool = False) -> dict:
-    if st.remote:
-        params = {"path": path}
-        if generation is not None:
-            params["generation"] = generation
-        return st.api().get("/api/v1/config/node", params=params)
-    from netslate.config import store
-
-    return store.get_node(st.context(), path, generation, reveal=reveal)
-
-
-def _put_node(st, path: str, doc: Any, expect_revision: int | None = None) -> dict:
-    if st.remote:
-        return st.api().put("/api/v1/config/node", params={"path": path}, json={"document": doc, "expect_revision": expect_revision})
-    from netslate.config import store
-
-    return store.put_node(st.context(), path, doc, _actor(), expect_revision)
 
 
 @app.command("apply")
 def apply(ctx: typer.Context, path: str, file: str, json_: bool = JSON):
     """Replace node PATH's working document with FILE.yaml (validated first; nothing is written on error)."""
-    st = state(ctx)
     doc = _load_yaml_file(file)
-    data = _put_node(st, path, doc if doc is not None else {})
+    data = _config(ctx).put_node(path, doc if doc is not None else {})
     emit(data, json_, lambda d: console.print(f"{d['path']}: applied {file} (working copy revision {d['revision']})"))
 
 
 @app.command("edit")
 def edit(ctx: typer.Context, path: str):
     """Edit node PATH's working document in $EDITOR. Secrets must be set with `config set` when editing remotely."""
-    st = state(ctx)
-    node = _get_node(st, path, reveal=not st.remote)
-    if st.remote and "secrets" in (node["document"] or {}):
-        raise UserError("this node holds secrets, which the API never shows; edit it locally or use `config set`")
+    config = _config(ctx)
+    node = config.node_for_edit(path)
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    text = yaml.safe_dump(node["document"] or {}, sort_keys=True, default_flow_style=False)
+    text = yaml.safe_dump(node.document or {}, sort_keys=True, default_flow_style=False)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="netslate-config-", delete=False) as f:
-        f.write(f"# {node['path']} ({node['level']}), working copy revision {node.get('revision', 0)}\n" + text)
+        f.write(f"# {node.path} ({node.level}), working copy revision {node.revision or 0}\n" + text)
         tmp = f.name
     try:
         os.chmod(tmp, 0o600)
@@ -135,11 +89,11 @@ def edit(ctx: typer.Context, path: str):
         raise UserError("the editor failed; nothing was changed") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
-    if (doc or {}) == (node["document"] or {}):
+    if (doc or {}) == (node.document or {}):
         console.print("no changes")
         return
-    data = _put_node(st, path, doc or {}, expect_revision=node.get("revision", 0))
-    console.print(f"{data['path']}: saved (working copy revision {data['revision']})")
+    data = config.put_node(path, doc or {}, expect_revision=node.revision or 0)
+    console.print(f"{data.path}: saved (working copy revision {data.revision})")
 
 
 @app.command("show")
@@ -150,8 +104,7 @@ def show(
     json_: bool = JSON,
 ):
     """Show node PATH's document (working copy, or --generation N). Secret values are redacted."""
-    st = state(ctx)
-    data = _get_node(st, path, generation)
+    data = _config(ctx).node(path, generation)
     emit(data, json_, lambda d: console.print(f"[dim]# {d['path']} ({d['level']}) from {d['source']}[/dim]\n"
                                                + yaml.safe_dump(d["document"] or {}, sort_keys=True).rstrip(), highlight=False))
 
@@ -159,13 +112,7 @@ def show(
 @app.command("diff")
 def diff(ctx: typer.Context, json_: bool = JSON, machines: bool = typer.Option(True, "--machines/--no-machines", help="Also compute the per-machine effect.")):
     """What publishing the working copy would change: per node, and per machine."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/config/diff", params={"machines": machines})
-    else:
-        from netslate.config import store
-
-        data = store.diff(st.context(), machines)
+    data = _config(ctx).diff(machines)
 
     def render(d):
         if d["stale"]:
@@ -195,19 +142,10 @@ def publish(
     json_: bool = JSON,
 ):
     """Turn the working copy into the next generation, atomically."""
-    st = state(ctx)
-    if st.remote:
-        api = st.api()
-        if expect_base is None:
-            expect_base = api.get("/api/v1/config/status")["working_base"]
-        data = api.post("/api/v1/config/publish", json={"message": message, "canary": canary, "expect_base": expect_base})
-    else:
-        from netslate.config import store
-
-        c = st.context()
-        if expect_base is None:
-            expect_base = store.status(c)["working_base"]
-        data = store.publish(c, message, _actor(), canary, expect_base)
+    config = _config(ctx)
+    if expect_base is None:
+        expect_base = config.status().working_base
+    data = config.publish(message, canary, expect_base)
     emit(data, json_, lambda d: console.print(
         f"published generation {d['generation']}" + (f" as a canary on {d['canary']['path']}" if d["canary"] else "")))
 
@@ -215,26 +153,14 @@ def publish(
 @app.command("promote")
 def promote(ctx: typer.Context, json_: bool = JSON):
     """Make the canary generation effective for every machine."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/config/promote")
-    else:
-        from netslate.config import store
-
-        data = store.promote(st.context(), _actor())
+    data = _config(ctx).promote()
     emit(data, json_, lambda d: console.print(f"generation {d['generation']} is now effective everywhere"))
 
 
 @app.command("rollback")
 def rollback(ctx: typer.Context, generation: int, message: str = typer.Option(..., "-m", "--message"), json_: bool = JSON):
     """Publish a new generation whose content equals GENERATION."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/config/rollback", json={"generation": generation, "message": message})
-    else:
-        from netslate.config import store
-
-        data = store.rollback(st.context(), generation, message, _actor())
+    data = _config(ctx).rollback(generation, message)
     emit(data, json_, lambda d: console.print(
         f"published generation {d['generation']} = content of generation {d['rollback_of']}"
         + ("" if d["working_copy_followed"] else " (the working copy had pending edits and was left alone; it is now stale)")))
@@ -243,26 +169,14 @@ def rollback(ctx: typer.Context, generation: int, message: str = typer.Option(..
 @app.command("reset")
 def reset(ctx: typer.Context, json_: bool = JSON):
     """Discard the working copy's pending edits and restart from the newest generation."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/config/reset")
-    else:
-        from netslate.config import store
-
-        data = store.reset_working(st.context(), _actor())
+    data = _config(ctx).reset()
     emit(data, json_, lambda d: console.print(f"working copy reset to generation {d['working_base']}"))
 
 
 @app.command("history")
 def history(ctx: typer.Context, limit: int = typer.Option(50, "--limit"), json_: bool = JSON):
     """Published generations, newest first."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/config/history", params={"limit": limit})
-    else:
-        from netslate.config import store
-
-        data = store.history(st.context(), limit)
+    data = _config(ctx).history(limit)
 
     def flag(g):
         return "current" if g["current"] else f"canary {g['canary_path']}" if g["canary"] else ""
@@ -276,13 +190,7 @@ def history(ctx: typer.Context, limit: int = typer.Option(50, "--limit"), json_:
 @app.command("status")
 def status(ctx: typer.Context, json_: bool = JSON):
     """Current, newest and canary generations, and whether the working copy is stale."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/config/status")
-    else:
-        from netslate.config import store
-
-        data = store.status(st.context())
+    data = _config(ctx).status()
     emit(data, json_, lambda d: console.print(
         f"current {d['current']}, newest {d['latest']}"
         + (f", canary {d['canary']['generation']} on {d['canary']['path']}" if d["canary"] else "")
@@ -292,20 +200,13 @@ def status(ctx: typer.Context, json_: bool = JSON):
 @app.command("explain")
 def explain(ctx: typer.Context, machine: str, generation: Optional[int] = typer.Option(None, "--generation", "-g"), json_: bool = JSON):
     """The machine's resolved document and, for every leaf, the node it came from."""
-    st = state(ctx)
-    if st.remote:
-        params = {"generation": generation} if generation is not None else {}
-        data = st.api().get(f"/api/v1/machines/{machine}/explain", params=params)
-    else:
-        from netslate.config import bundles
-
-        data = bundles.explain(st.context(), machine, generation)
+    data = _config(ctx).explain(machine, generation)
 
     def render(d):
+        from netslate.config.merge import get_pointer  # lazy: CLI start-up time
+
         console.print(f"machine {d['machine']['name'] or d['machine']['id']} at {d['machine']['tree_path']}, generation {d['generation']}")
         console.print("chain: " + " → ".join(c["node"] for c in d["chain"]))
-        from netslate.config.merge import flatten, get_pointer
-
         for ptr, src in d["sources"].items():
             console.print(f"  {ptr} = {json.dumps(get_pointer(d['document'], ptr))}  [dim]({src})[/dim]", highlight=False)
         lease = d.get("ip_lease")
@@ -318,38 +219,18 @@ def explain(ctx: typer.Context, machine: str, generation: Optional[int] = typer.
 @app.command("place")
 def place(ctx: typer.Context, machine: str, path: str, json_: bool = JSON):
     """Put MACHINE at tree PATH (for example /site-a/cluster-1/pool-x)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/machines/{machine}/place", json={"path": path})
-    else:
-        from netslate.config import store
-
-        data = store.place(st.context(), machine, path, _actor())
+    data = _config(ctx).place(machine, path)
     emit(data, json_, lambda d: console.print(f"machine {d['name'] or d['id']}: {d['previous']} → {d['tree_path']}"))
 
 
 @app.command("enroll")
 def enroll(ctx: typer.Context, machine: str, json_: bool = JSON):
     """Issue MACHINE a new credential (shown once) that unlocks its secrets in its bundle."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post(f"/api/v1/machines/{machine}/enroll")
-    else:
-        from netslate.config import store
-
-        data = store.enroll(st.context(), machine, _actor())
+    data = _config(ctx).enroll(machine)
     emit(data, json_, lambda d: console.print(d["credential"]))
 
 
 @app.command("bundle")
 def bundle(ctx: typer.Context, machine: str, credential: Optional[str] = typer.Option(None, "--credential", envvar="NETSLATE_MACHINE_CREDENTIAL")):
     """Print MACHINE's signed bundle (JSON), as the machine would receive it."""
-    st = state(ctx)
-    if st.remote:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        data = st.api().request("GET", f"/api/v1/machines/{machine}/bundle", headers=headers).json()
-    else:
-        from netslate.config import bundles
-
-        data, _etag, _ = bundles.bundle(st.context(), machine, credential)
-    emit(data, True)
+    emit(_config(ctx).bundle(machine, credential), True)

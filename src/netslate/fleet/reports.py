@@ -42,7 +42,7 @@ def _find(s: Session, ident: str) -> Machine:
 
 
 def _credential_ok(m: Machine, token: str | None) -> bool:
-    from netslate.config.store import credential_ok
+    from netslate.config.credentials import credential_ok
 
     return credential_ok(m, token)
 
@@ -128,7 +128,7 @@ def _session_cache(s: Session) -> dict:
 def _current_generation(st, tree_path: str) -> int | None:
     if st is None or not st.current:
         return None
-    from netslate.config.bundles import effective_generation
+    from netslate.config.resolution import effective_generation
 
     return effective_generation(st, tree_path or "/")
 

@@ -26,6 +26,8 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "fleet": ("netslate.services.fleet", "FleetService", "LocalFleet"),
     "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
     "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
+    "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
+    "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
 }
 
 

@@ -1,9 +1,15 @@
-"""Config API: schema, working copy, diff, publish/promote/rollback, history, explain, bundles."""
+"""Config routes the service generator cannot express; everything else is generated from
+`netslate.services.config.ConfigService`.
+
+- `PUT /api/v1/config/node` and `POST /api/v1/config/set`: the body is refused (413) past 1 MiB
+  while it streams in, before it is all in memory (a node document is at most 256 KiB).
+- `GET /api/v1/machines/{machine}/bundle`: the agent's signed bundle with ETag / If-None-Match,
+  `?wait=S` long-poll woken by the config notifier, and the machine credential as bearer token.
+"""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -12,8 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from netslate.config import bundles, schema, store
+from netslate.config.credentials import PREFIX as CREDENTIAL_PREFIX
 from netslate.server import auth
+from netslate.services.config import LocalConfig, NodeWritten
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
 
@@ -21,21 +28,8 @@ MAX_WAIT = 300.0
 MAX_BODY = 1024 * 1024  # a node document is at most 256 KiB; leave room for JSON overhead
 
 
-def _ctx(request: Request):
-    return request.app.state.ctx
-
-
-def _bump(request: Request) -> None:
-    request.app.state.parts.config_notifier.bump_threadsafe()
-    # resolve the new generation's node chains now, not on the first of many bundle requests
-    threading.Thread(target=_warm, args=(_ctx(request),), daemon=True, name="config-warm").start()
-
-
-def _warm(ctx) -> None:
-    try:
-        bundles.warm_all(ctx)
-    except Exception:  # only a cache warm-up: requests resolve on demand anyway
-        pass
+def _service(request: Request, caller) -> LocalConfig:
+    return LocalConfig(request.app.state.parts, caller)
 
 
 async def _json_body(request: Request, limit: int = MAX_BODY) -> Any:
@@ -54,6 +48,13 @@ async def _json_body(request: Request, limit: int = MAX_BODY) -> Any:
         raise HTTPException(400, f"body is not JSON: {exc}") from None
 
 
+def _model(cls, data):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_input=False))) from None
+
+
 class NodeBody(BaseModel):
     document: dict[str, Any] | None = None
     expect_revision: int | None = None
@@ -65,124 +66,18 @@ class SetBody(BaseModel):
     value: Any = None
 
 
-class UnsetBody(BaseModel):
-    path: str
-    key: str
-
-
-class PublishBody(BaseModel):
-    message: str
-    canary: str | None = None
-    expect_base: int | None = None
-
-
-class RollbackBody(BaseModel):
-    generation: int
-    message: str
-
-
-class PlaceBody(BaseModel):
-    path: str
-
-
-@router.get("/schema/config")
-def config_schema():
-    """JSON schema of a node document (built from the pydantic models)."""
-    return schema.json_schema()
-
-
-@router.get("/config/status")
-def status(request: Request):
-    return store.status(_ctx(request))
-
-
-@router.get("/config/node")
-def get_node(request: Request, path: str = Query(...), generation: int | None = None):
-    return store.get_node(_ctx(request), path, generation)
-
-
-def _model(cls, data):
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise HTTPException(400, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_input=False))) from None
-
-
-@router.put("/config/node")
-async def put_node(request: Request, path: str = Query(...), p=auth.require("operator")):
+@router.put("/config/node", response_model=NodeWritten)
+async def put_node(request: Request, path: str = Query(...), caller=auth.require("operator")):
     """Replace one node's working document: body `{"document": {...}, "expect_revision": N}`."""
     body = _model(NodeBody, await _json_body(request))
-    return await run_in_threadpool(store.put_node, _ctx(request), path, body.document or {}, f"api:{p.name}", body.expect_revision)
+    return await run_in_threadpool(_service(request, caller).put_node, path, body.document, body.expect_revision)
 
 
-@router.post("/config/set")
-async def set_value(request: Request, p=auth.require("operator")):
+@router.post("/config/set", response_model=NodeWritten)
+async def set_value(request: Request, caller=auth.require("operator")):
     """Set one key of a node's working document: body `{"path", "key", "value"}`."""
     body = _model(SetBody, await _json_body(request))
-    return await run_in_threadpool(store.set_value, _ctx(request), body.path, body.key, body.value, f"api:{p.name}")
-
-
-@router.post("/config/unset")
-def unset_value(request: Request, body: UnsetBody, p=auth.require("operator")):
-    return store.unset_value(_ctx(request), body.path, body.key, f"api:{p.name}")
-
-
-@router.get("/config/diff")
-def diff(request: Request, machines: bool = True):
-    return store.diff(_ctx(request), machines)
-
-
-@router.post("/config/publish")
-def publish(request: Request, body: PublishBody, p=auth.require("operator")):
-    out = store.publish(_ctx(request), body.message, f"api:{p.name}", body.canary, body.expect_base)
-    _bump(request)
-    return out
-
-
-@router.post("/config/promote")
-def promote(request: Request, p=auth.require("operator")):
-    out = store.promote(_ctx(request), f"api:{p.name}")
-    _bump(request)
-    return out
-
-
-@router.post("/config/rollback")
-def rollback(request: Request, body: RollbackBody, p=auth.require("operator")):
-    out = store.rollback(_ctx(request), body.generation, body.message, f"api:{p.name}")
-    _bump(request)
-    return out
-
-
-@router.post("/config/reset")
-def reset(request: Request, p=auth.require("operator")):
-    return store.reset_working(_ctx(request), f"api:{p.name}")
-
-
-@router.get("/config/history")
-def history(request: Request, limit: int = Query(100, ge=1, le=10000)):
-    return store.history(_ctx(request), limit)
-
-
-@router.get("/config/generations/{number}")
-def generation(request: Request, number: int):
-    return store.generation_diff(_ctx(request), number)
-
-
-@router.get("/machines/{machine}/explain")
-def explain(request: Request, machine: str, generation: int | None = None):
-    return bundles.explain(_ctx(request), machine, generation)
-
-
-@router.post("/machines/{machine}/place")
-def place(request: Request, machine: str, body: PlaceBody, p=auth.require("operator")):
-    out = store.place(_ctx(request), machine, body.path, f"api:{p.name}")
-    _bump(request)
-    return out
-
-
-@router.post("/machines/{machine}/enroll")
-def enroll(request: Request, machine: str, p=auth.require("operator")):
-    return store.enroll(_ctx(request), machine, f"api:{p.name}")
+    return await run_in_threadpool(_service(request, caller).set_value, body.path, body.key, body.value)
 
 
 def _matches(header: str | None, etag: str) -> bool:
@@ -197,17 +92,18 @@ async def bundle(request: Request, machine: str, wait: float = Query(0, ge=0)):
     """The machine's signed bundle. With `Authorization: Bearer <machine credential>` it holds the
     machine's secrets; without, every secret is removed and `secrets_removed` says so.
     `?wait=S` with `If-None-Match` long-polls (at most 300 s) for a different bundle."""
-    ctx = _ctx(request)
-    token = auth._bearer(request)
+    token = auth.bearer(request)
     credential = None
+    caller = await run_in_threadpool(auth.caller_of, request)
     if token:
-        if token.startswith("nsm_"):
+        if token.startswith(CREDENTIAL_PREFIX):
             credential = token
-        elif await run_in_threadpool(auth.principal_for, ctx, token) is None:
+        elif caller.role is None:
             raise HTTPException(403, "the bearer token is neither this machine's credential nor an API token")
+    service = _service(request, caller)
     notifier = request.app.state.parts.config_notifier
     seen = notifier.version
-    envelope, etag, _info = await run_in_threadpool(bundles.bundle, ctx, machine, credential)
+    envelope, etag, _info = await run_in_threadpool(service.signed_bundle, machine, credential)
     if credential and not envelope["payload"]["authenticated"]:
         raise HTTPException(403, "this credential does not belong to this machine (enroll it again)")
     inm = request.headers.get("if-none-match")
@@ -219,7 +115,7 @@ async def bundle(request: Request, machine: str, wait: float = Query(0, ge=0)):
         if not moved:
             continue
         seen = notifier.version
-        envelope, etag, _info = await run_in_threadpool(bundles.bundle, ctx, machine, credential)
+        envelope, etag, _info = await run_in_threadpool(service.signed_bundle, machine, credential)
     headers = {"ETag": etag, "Cache-Control": "no-store"}
     if _matches(inm, etag):
         return Response(status_code=304, headers=headers)

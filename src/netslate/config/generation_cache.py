@@ -1,0 +1,65 @@
+"""Per-process cache of resolved generations (generation number → resolution.Tree), LRU of 4.
+
+Generations are immutable, so a cached Tree never needs invalidation. `warm_all` resolves the node
+chains of the effective generations ahead of the first bundle request after a publish.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from netslate.config import machines, state
+from netslate.config.resolution import Tree
+from netslate.config.snapshots import generation_snapshot
+
+
+class GenerationCache:
+    """Process-wide LRU of resolved generations (generation number → Tree)."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._trees: OrderedDict[int, Tree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx, number: int) -> Tree:
+        with self._lock:
+            t = self._trees.get(number)
+            if t is not None:
+                self._trees.move_to_end(number)
+                return t
+        with ctx.db.session() as s:
+            t = Tree(generation_snapshot(s, number))
+        with self._lock:
+            self._trees[number] = t
+            while len(self._trees) > self.size:
+                self._trees.popitem(last=False)
+        return t
+
+
+_caches: dict[str, GenerationCache] = {}
+
+
+def cache_for(ctx) -> GenerationCache:
+    key = str(ctx.db.url)
+    c = _caches.get(key)
+    if c is None:
+        c = _caches.setdefault(key, GenerationCache())
+    return c
+
+
+def warm(ctx, number: int, paths: list[str]) -> int:
+    """Resolve every node chain of a generation ahead of the first bundle request."""
+    t = cache_for(ctx).get(ctx, number)
+    for p in paths:
+        t.resolve_path(p)
+    return len(paths)
+
+
+def warm_all(ctx) -> int:
+    """Warm the chain cache of the effective generations for every occupied tree path."""
+    with ctx.db.session() as s:
+        st = state.read(s)
+        paths = machines.occupied_paths(s)
+        gens = {st.current} | ({st.canary_generation} if st.canary_generation else set())
+    return sum(warm(ctx, g, paths) for g in gens)
