@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from netslate.boot import store as bstore
-from netslate.boot.engine import BootEngine, engine_for
+from netslate import inventory
+from netslate.boot.engine import BootEngine
 from netslate.crypto.envelope import open_envelope
 
 MAC = "52:54:00:a5:00:01"
@@ -41,7 +42,7 @@ def world(live_server, tmp_path):
         i.write_bytes(b"initrd%d" % n * 100)
         ctx.library.import_files("img", kernel=k, initrd=i, tag="stable" if n == 1 else None, warn=lambda m: None)
     bstore.add_profile(ctx, "cached", image="img", ref="stable", mode="cache")
-    m1 = bstore.add_machine(ctx, [MAC2, MAC], name="m1", group="/site-a")["id"]
+    m1 = inventory.add_machine(ctx, [MAC2, MAC], name="m1", group="/site-a")["id"]
     bstore.add_rule(ctx, "r1", {"mac": MAC}, "cached")  # MAC sorts first among m1's MACs
     bstore.activate_rules(ctx)
     return ctx, Bundles(live_server), m1
@@ -83,21 +84,22 @@ def test_local_profile_or_no_rule_gives_no_image_pin(world):
     bstore.add_rule(ctx, "r1", {"mac": MAC}, "disk", replace=True)
     bstore.activate_rules(ctx)
     assert b.pin(m1)[0] is None
-    other = bstore.add_machine(ctx, ["52:54:00:a5:00:09"], name="m2")["id"]
+    other = inventory.add_machine(ctx, ["52:54:00:a5:00:09"], name="m2")["id"]
     assert b.pin(other)[0] is None  # no rule, no default profile
 
 
 def test_site_default_profile_is_assigned_when_no_rule_matches(world):
     ctx, b, _m1 = world
-    other = bstore.add_machine(ctx, ["52:54:00:a5:00:09"], name="m2")["id"]
+    other = inventory.add_machine(ctx, ["52:54:00:a5:00:09"], name="m2")["id"]
     bstore.set_policy(ctx, "boot-default", default_profile="cached")
     assert b.pin(other)[0] == {"name": "img", "version": 1, "digest": digest(ctx, "1"), "source": "site default profile"}
 
 
-def test_assignment_is_cached_per_snapshot_and_the_engine_is_quiet(world):
+def test_assignment_is_cached_per_snapshot_and_the_engine_is_quiet(world, live_server):
     ctx, _b, m1 = world
-    eng = engine_for(ctx)
-    assert engine_for(ctx) is eng and isinstance(eng, BootEngine)
+    parts = live_server.app.state.parts  # the server's one engine: boot scripts and bundles share it
+    eng = parts.boot_engine
+    assert parts.boot_engine is eng and isinstance(eng, BootEngine)
     a = eng.assignment(m1)
     assert a["version"] == 1 and eng.assignment(999_999) is None
     snap = eng.snapshot()
@@ -105,5 +107,5 @@ def test_assignment_is_cached_per_snapshot_and_the_engine_is_quiet(world):
     a["version"] = 99  # callers get a copy
     assert eng.assignment(m1)["version"] == 1 and eng.snapshot() is snap and len(snap.assignments) == 1
     assert eng.events._thread is None  # no boot events: no writer thread, nothing written
-    bstore.label_machine(ctx, "m1", {"room": "r2"}, [])  # the machine row changed: new answer, same value
+    inventory.label_machine(ctx, "m1", {"room": "r2"}, [])  # the machine row changed: new answer, same value
     assert eng.assignment(m1)["version"] == 1

@@ -69,13 +69,14 @@ def parse_boot_query(raw: bytes) -> dict[str, str | None]:
             continue
         if len(value) > 128:
             raise BadBootRequest(f"query field {key!r} is too long")
-        out[key] = _check(key, value)
+        out[key] = check_field(key, value)
     if out["mac"] is None:
         raise BadBootRequest("the mac field is required")
     return out
 
 
-def _check(key: str, value: str) -> str | None:
+def check_field(key: str, value: str) -> str | None:
+    """One query field, validated and normalised (BadBootRequest otherwise)."""
     if key == "mac":
         v = value.lower().replace("-", ":")
         if not MAC_RE.match(v):
@@ -99,3 +100,19 @@ def _check(key: str, value: str) -> str | None:
     if _BAD_TEXT.search(value) or not value.isprintable():
         raise BadBootRequest(f"refused {key} {_shown(value)}: control or script characters")
     return value
+
+
+def parse_ident(ident: str) -> tuple[str | None, str | None]:
+    """A machine named by MAC or SMBIOS UUID (explain): (mac, None) or (None, uuid)."""
+    ident = ident.strip()
+    try:
+        return check_field("mac", ident), None
+    except BadBootRequest:
+        pass
+    try:
+        uuid = check_field("uuid", ident)
+    except BadBootRequest:
+        uuid = None
+    if uuid is None:  # not a UUID, or a firmware placeholder that names nobody
+        raise BadBootRequest(f"{ident[:80]!r} is neither a MAC nor a UUID")
+    return None, uuid

@@ -91,22 +91,14 @@ def write_pxelinux(root: Path, files: dict[str, str]) -> list[str]:
     return changed
 
 
-def pxelinux_from_engine(app, base_url: str) -> dict[str, str]:
-    """The files the boot engine (boot/engine.py) renders for the current inventory and rules."""
-    from netslate.boot.engine import pxelinux_files
-    from netslate.server.routers.boot import get_engine
-
-    return pxelinux_files(get_engine(app), base_url)
-
-
-def populate(root: Path, ctx=None, base_url: str | None = None, app=None) -> dict:
-    """Binaries, plus pxelinux.cfg files when an app (boot engine) and a base URL are given."""
+def populate(root: Path, engine=None, base_url: str | None = None) -> dict:
+    """Binaries, plus pxelinux.cfg files when a boot engine and a base URL are given."""
     root = Path(root)
     written = install_binaries(root)
     pxe: list[str] = []
-    if app is not None and base_url:
+    if engine is not None and base_url:
         try:
-            pxe = write_pxelinux(root, pxelinux_from_engine(app, base_url))
+            pxe = write_pxelinux(root, engine.pxelinux_files(base_url))
         except Exception as exc:  # a bad row must not stop TFTP; the binaries are in place
             log.error("pxelinux.cfg not updated: %s", exc)
     return {"root": str(root), "binaries": written, "pxelinux": pxe}

@@ -17,12 +17,6 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(policy_app, name="policy")
 
 
-def _store():
-    from netslate.boot import store
-
-    return store
-
-
 # ------------------------------------------------------------------ profiles
 
 
@@ -46,40 +40,31 @@ def profile_add(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Add a boot profile."""
-    st = state(ctx)
-    body = {"name": name, "kind": kind, "image": image, "ref": ref, "mode": mode, "args": arg, "console": console_,
-            "note": note, "replace": replace}
-    if st.remote:
-        data = st.api().post("/api/v1/boot/profiles", json=body)
-    else:
-        data = _store().add_profile(st.context(), name, kind, image, ref, mode, arg, console_, note, replace=replace)
+    from netslate.services.boot import ProfileRequest
+
+    data = state(ctx).services.boot.add_profile(ProfileRequest(name=name, kind=kind, image=image, ref=ref, mode=mode, args=arg,
+                                                               console=console_, note=note, replace=replace))
     emit(data, json_, lambda d: console.print(f"profile {d['name']} saved"))
 
 
 @profile_app.command("list")
 def profile_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """List profiles."""
-    st = state(ctx)
-    data = st.api().get("/api/v1/boot/profiles") if st.remote else _store().list_profiles(st.context())
+    data = state(ctx).services.boot.list_profiles()
     emit(data, json_, _render_profiles)
 
 
 @profile_app.command("show")
 def profile_show(ctx: typer.Context, name: str, json_: bool = typer.Option(False, "--json")):
     """Show one profile and the rules that use it."""
-    st = state(ctx)
-    data = st.api().get(f"/api/v1/boot/profiles/{name}") if st.remote else _store().show_profile(st.context(), name)
+    data = state(ctx).services.boot.show_profile(name)
     emit(data, json_, lambda d: (_render_profiles([d]), console.print(f"used by: {', '.join(d['used_by']) or '-'}")))
 
 
 @profile_app.command("rm")
 def profile_rm(ctx: typer.Context, name: str):
     """Remove a profile (refused while a rule or policy uses it)."""
-    st = state(ctx)
-    if st.remote:
-        st.api().delete(f"/api/v1/boot/profiles/{name}")
-    else:
-        _store().remove_profile(st.context(), name)
+    state(ctx).services.boot.remove_profile(name)
     console.print(f"removed profile {name}")
 
 
@@ -104,25 +89,17 @@ def rules_add(
 ):
     """Add a rule to the working set (a tie with another rule is refused)."""
     from netslate.boot.rules import parse_selector_args
+    from netslate.services.boot import RuleRequest
 
-    st = state(ctx)
     sel = parse_selector_args(selectors or [])
-    if st.remote:
-        data = st.api().post("/api/v1/boot/rules", json={"name": name, "profile": profile, "priority": priority,
-                                                         "selectors": sel, "replace": replace})
-    else:
-        data = _store().add_rule(st.context(), name, sel, profile, priority, replace=replace)
+    data = state(ctx).services.boot.add_rule(RuleRequest(name=name, profile=profile, priority=priority, selectors=sel, replace=replace))
     emit(data, json_, lambda d: console.print(f"rule {d['name']} saved in the working set (run: netslate boot rules activate)"))
 
 
 @rules_app.command("rm")
 def rules_rm(ctx: typer.Context, name: str):
     """Remove a rule from the working set."""
-    st = state(ctx)
-    if st.remote:
-        st.api().delete(f"/api/v1/boot/rules/{name}")
-    else:
-        _store().remove_rule(st.context(), name)
+    state(ctx).services.boot.remove_rule(name)
     console.print(f"removed rule {name} from the working set")
 
 
@@ -137,16 +114,14 @@ def rules_list(
     if working and active:
         raise UserError("give --working or --active, not both")
     ruleset = "active" if active else "working"
-    st = state(ctx)
-    data = st.api().get("/api/v1/boot/rules", params={"ruleset": ruleset}) if st.remote else _store().list_rules(st.context(), ruleset)
+    data = state(ctx).services.boot.list_rules(ruleset)
     emit(data, json_, _render_rules)
 
 
 @rules_app.command("diff")
 def rules_diff(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """What `activate` would change: active → working."""
-    st = state(ctx)
-    data = st.api().get("/api/v1/boot/rules/diff") if st.remote else _store().diff_rules(st.context())
+    data = state(ctx).services.boot.diff_rules()
 
     def render(d):
         if not d["changed_count"]:
@@ -164,8 +139,7 @@ def rules_diff(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
 @rules_app.command("activate")
 def rules_activate(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """Make the working set active, atomically (recorded in the audit log)."""
-    st = state(ctx)
-    data = st.api().post("/api/v1/boot/rules/activate") if st.remote else _store().activate_rules(st.context())
+    data = state(ctx).services.boot.activate_rules()
     emit(data, json_, lambda d: console.print(f"activated rule set version {d['active_version']} ({d['rules']} rules)"))
 
 
@@ -182,20 +156,17 @@ def policy_set(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Set a site's policy for machines nobody approved yet."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().put("/api/v1/boot/policies", json={"site": site, "policy": policy, "retry_seconds": retry_seconds,
-                                                           "default_profile": default_profile})
-    else:
-        data = _store().set_policy(st.context(), policy, site, retry_seconds, default_profile)
+    from netslate.services.boot import PolicyRequest
+
+    data = state(ctx).services.boot.set_policy(PolicyRequest(site=site, policy=policy, retry_seconds=retry_seconds,
+                                                             default_profile=default_profile))
     emit(data, json_, lambda d: console.print(f"site {d['site']}: {d['policy']} (retry every {d['retry_seconds']} s)"))
 
 
 @policy_app.command("list")
 def policy_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
     """List per-site policies."""
-    st = state(ctx)
-    data = st.api().get("/api/v1/boot/policies") if st.remote else _store().list_policies(st.context())
+    data = state(ctx).services.boot.list_policies()
     emit(data, json_, lambda rows: table(["site", "policy", "retry s", "default profile"],
                                          [[p["site"], p["policy"], p["retry_seconds"], p["default_profile"]] for p in rows]))
 
@@ -211,12 +182,7 @@ def events(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Boot scripts served, newest first: machine, rule, profile, image version."""
-    st = state(ctx)
-    if st.remote:
-        params = {"limit": limit, **({"machine": machine} if machine else {})}
-        data = st.api().get("/api/v1/boot/events", params=params)
-    else:
-        data = _store().list_events(st.context(), limit, machine)
+    data = state(ctx).services.boot.events(limit, machine)
     emit(data, json_, lambda rows: table(
         ["at", "machine", "mac", "kind", "rule", "profile", "image", "pinned"],
         [[e["at"], e["machine"], e["mac"], e["kind"], e["rule"], e["profile"],
@@ -230,18 +196,12 @@ def explain(
     arch: Optional[str] = typer.Option(None, "--arch", help="As iPXE would report it (x86_64, i386, ...)."),
     platform: Optional[str] = typer.Option(None, "--platform", help="pcbios or efi."),
     address: Optional[str] = typer.Option(None, "--address", help="The machine's IP address (picks its site by subnet)."),
-    base_url: str = typer.Option("http://localhost:8080", "--base-url", help="Server URL to put in the script (local mode)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL to put in the script (default: the --server URL, "
+                                           "else the first advertised address, else http://localhost:8080)."),
     json_: bool = typer.Option(False, "--json"),
 ):
     """Which rule matches a machine and why, and the script it would be served."""
-    st = state(ctx)
-    if st.remote:
-        params = {k: v for k, v in (("arch", arch), ("platform", platform), ("address", address)) if v}
-        data = st.api().get(f"/api/v1/boot/explain/{ident}", params=params)
-    else:
-        from netslate.boot.engine import BootEngine
-
-        data = BootEngine(st.context()).explain(ident, base_url, arch, platform, address)
+    data = state(ctx).services.boot.explain(ident, arch, platform, address, base_url)
 
     def render(d):
         console.print(f"machine: {d['machine'] if d['known'] else 'unknown'}  site: {d['site']}  policy: {d['policy']['policy']}", highlight=False)
@@ -263,12 +223,6 @@ def pxelinux(
     json_: bool = typer.Option(False, "--json"),
 ):
     """Show the pxelinux.cfg files netslate renders for the TFTP root."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().get("/api/v1/boot/pxelinux")
-    else:
-        from netslate.boot.engine import BootEngine, pxelinux_files
-
-        data = pxelinux_files(BootEngine(st.context()), base_url)
+    data = state(ctx).services.boot.pxelinux(base_url)
     emit(data, json_, lambda files: [console.print(f"==> {k}\n{v}", highlight=False, markup=False, soft_wrap=True)
                                      for k, v in sorted(files.items())])

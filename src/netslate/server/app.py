@@ -20,7 +20,7 @@ from netslate.services.framework import Forbidden, router_for
 # artifact streams, uploads, the agent's long-poll and reports, consoles.
 HAND_WRITTEN = (
     health.router, images.api, images.serving, discovery.router, config.router,
-    boot.serving, boot.api, desktops.router, fleet.router,
+    boot.serving, desktops.router, fleet.router,
 )
 
 
