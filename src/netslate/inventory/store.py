@@ -110,7 +110,7 @@ def resolve(s: Session, ident: str | int) -> Machine:
     UserError listing them and the `form:value` prefixes that pick one reading."""
     text = str(ident).strip()
     found: dict[int, tuple[Machine, list[str]]] = {}
-    for form, value in forms(text):
+    for form, value in forms(ident):
         for m in _matches(s, form, value):
             found.setdefault(m.id, (m, []))[1].append(form)
     if not found:
