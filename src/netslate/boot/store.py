@@ -375,3 +375,9 @@ def list_events(ctx, limit: int = 100, machine: str | None = None) -> list[dict]
 def count_events(ctx) -> int:
     with ctx.db.session() as s:
         return s.scalar(select(func.count(BootEvent.id))) or 0
+
+
+def last_boots(s: Session) -> dict[int, dt.datetime]:
+    """Machine id → when it last asked for a boot script (naive UTC); read by the fleet view."""
+    q = select(BootEvent.machine_id, func.max(BootEvent.at)).where(BootEvent.machine_id.is_not(None)).group_by(BootEvent.machine_id)
+    return dict(s.execute(q).all())

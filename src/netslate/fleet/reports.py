@@ -11,13 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from netslate import audit
+from netslate import audit, inventory
+from netslate.boot import store as boot
+from netslate.config import credentials, resolution
+from netslate.config import state as config_state
 from netslate.errors import NotFound, UserError
 from netslate.fleet import core
-from netslate.store.models import Machine, MachineMac
+from netslate.store.models import Machine
 
 
 class Forbidden(Exception):
@@ -36,15 +39,11 @@ def _now() -> dt.datetime:
 
 
 def _find(s: Session, ident: str) -> Machine:
-    from netslate.boot.store import find_machine
-
-    return find_machine(s, ident)
+    return inventory.resolve(s, ident)
 
 
 def _credential_ok(m: Machine, token: str | None) -> bool:
-    from netslate.config.credentials import credential_ok
-
-    return credential_ok(m, token)
+    return credentials.credential_ok(m, token)
 
 
 def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) -> dict:
@@ -64,14 +63,10 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) ->
         status = dict(m.status or {})
         fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)
         status["fleet"] = fleet
-        if current:
-            if facts is not None:
-                status["facts"] = facts
-            m.state = core.reported_state(rep)
-            m.last_seen = now
-            if remote:
-                m.ip_address = remote[:45]
-        m.status = status
+        if current and facts is not None:
+            status["facts"] = facts
+        inventory.record_report(s, m, status, state=core.reported_state(rep) if current else None,
+                                seen=now if current else None, address=remote if current else None)
         if rep["phase"] != "heartbeat":  # one audit row per boot step; heartbeats only refresh liveness
             audit.record(s, f"machine:{m.id}", "fleet.report", f"machine:{m.id}", phase=rep["phase"],
                          state=core.reported_state(rep), generation=rep.get("generation"),
@@ -83,26 +78,8 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) ->
 
 def identify(ctx, ident: str | None, macs: list[str], uuid: str | None) -> dict:
     """Which machine is asking: by id/name/UUID (`ident`), else SMBIOS UUID, else any MAC."""
-    from netslate.boot.rules import normalize_mac
-
     with ctx.db.session() as s:
-        m = None
-        if ident:
-            try:
-                m = _find(s, ident)
-            except NotFound:
-                m = None
-        if m is None and uuid:
-            m = s.scalar(select(Machine).where(Machine.uuid == uuid.strip().lower()))
-        for mac in macs[:32]:
-            if m is not None:
-                break
-            try:
-                norm = normalize_mac(mac)
-            except UserError:
-                continue
-            row = s.scalar(select(MachineMac).where(MachineMac.mac == norm))
-            m = row.machine if row else None
+        m = inventory.identify(s, ident, macs, uuid)
         if m is None:
             raise NotFound("no machine matches these MACs/UUID; is it registered (`netslate machine add`) or approved?")
         return {"id": m.id, "name": m.name}
@@ -115,12 +92,7 @@ def _session_cache(s: Session) -> dict:
     """Per-session (one transaction) lookups shared by every machine in a list."""
     cache = s.info.get("netslate_fleet")
     if cache is None:
-        from netslate.boot.models import BootEvent
-        from netslate.config.models import ConfigState
-
-        boots = dict(s.execute(select(BootEvent.machine_id, func.max(BootEvent.at)).where(BootEvent.machine_id.is_not(None)).group_by(BootEvent.machine_id)).all())
-        st = s.get(ConfigState, 1)
-        cache = {"boots": boots, "config": st, "now": _now()}
+        cache = {"boots": boot.last_boots(s), "config": config_state.read(s), "now": _now()}
         s.info["netslate_fleet"] = cache
     return cache
 
@@ -128,9 +100,7 @@ def _session_cache(s: Session) -> dict:
 def _current_generation(st, tree_path: str) -> int | None:
     if st is None or not st.current:
         return None
-    from netslate.config.resolution import effective_generation
-
-    return effective_generation(st, tree_path or "/")
+    return resolution.effective_generation(st, tree_path or "/")
 
 
 def machine_view(m: Machine) -> dict:
@@ -139,6 +109,15 @@ def machine_view(m: Machine) -> dict:
     cache = _session_cache(s) if s is not None else {"boots": {}, "config": None, "now": _now()}
     return core.view((m.status or {}).get("fleet"), bool(m.approved), cache["boots"].get(m.id),
                      _current_generation(cache["config"], m.tree_path), cache["now"], offline_after())
+
+
+def machine_views(ctx, ids: list[int] | None = None) -> dict[int, dict]:
+    """Machine id → its fleet view (the machines service adds it to each machine record)."""
+    with ctx.db.session() as s:
+        q = select(Machine)
+        if ids is not None:
+            q = q.where(Machine.id.in_(ids))
+        return {m.id: machine_view(m) for m in s.scalars(q)}
 
 
 def fleet_status(ctx, state: str | None = None) -> list[dict]:
