@@ -104,7 +104,7 @@ class Parts:
         """Server registration + heartbeats and the DNS SRV responder, when `serve` asked for them."""
         if not (self.options.get("discovery_register") or self.options.get("dns_listen")):
             return None
-        from netslate.discovery.service import DiscoveryService
+        from netslate.discovery.runtime import DiscoveryService
 
         return DiscoveryService(self.ctx, self.options)
 

@@ -164,7 +164,7 @@ def test_heartbeat_thread_keeps_row_fresh_and_reregisters(ctx, monkeypatch):
     import time
 
     from netslate.discovery import store
-    from netslate.discovery.service import DiscoveryService
+    from netslate.discovery.runtime import DiscoveryService
 
     monkeypatch.setattr(store, "HEARTBEAT_INTERVAL", 0.2)
     store.add_site(ctx, "north")

@@ -139,7 +139,7 @@ def test_serve_refuses_bad_discovery_options(ctx, cli):
     assert r.code == 2 and "no such site 'nowhere'" in r.stderr and "Traceback" not in r.stderr
     r = cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--dns-listen", "127.0.0.1:5353")
     assert r.code == 2 and "--dns-domain" in r.stderr
-    from netslate.discovery.service import serve_options
+    from netslate.discovery.runtime import serve_options
     from netslate.errors import UserError
 
     with pytest.raises(UserError, match="not an IP address"):

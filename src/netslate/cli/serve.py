@@ -53,7 +53,7 @@ def serve(
     else:
         err_console.print(f"admin token: {path}", soft_wrap=True)
     err_console.print(f"signing key {context.signing_key.fingerprint}", soft_wrap=True)
-    from netslate.discovery.service import serve_options
+    from netslate.discovery.runtime import serve_options
 
     options = {"listen": (host, port)}
     options.update(serve_options(context, site, advertise, server_name, dns_listen, dns_domain, srv_priority, srv_weight))

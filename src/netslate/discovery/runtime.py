@@ -1,7 +1,8 @@
-"""Discovery inside `netslate serve`: register + heartbeat this server, run the DNS responder.
+"""Discovery at run time inside `netslate serve`: register + heartbeat this server, run the DNS responder.
 
-`create_app` calls `install(app)`. It wraps the app's lifespan (whatever other parts put there
-stays), so nothing starts unless `netslate serve` asked for it through app.state.options:
+The composition root (`netslate.composition.Parts.discovery`) builds one `DiscoveryService` and
+starts it with the other background services, only when `netslate serve` asked for it through the
+options (`serve_options` validates them):
   site, advertise, server_name, srv_priority, srv_weight  → registration and heartbeat
   dns_listen, dns_domain                                  → the DNS responder
 """
