@@ -26,7 +26,7 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 IPXE_ROM_DIR = Path("/usr/lib/ipxe/qemu")  # Debian ipxe-qemu: legacy + EFI iPXE option ROMs
 NICS = {"virtio": ("virtio-net-pci", "efi-virtio.rom"), "e1000": ("e1000", "efi-e1000.rom")}
 FIRMWARES = ("bios", "uefi")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 _kvm_result: bool | None = None
 _kvm_lock = threading.Lock()
