@@ -38,17 +38,24 @@ def cli_mode(request) -> str:
 
 @pytest.fixture
 def cli(data_dir, cli_mode, request):
-    server = None
-    if cli_mode == "remote":
-        server = start_server(request.getfixturevalue("ctx"))
-        request.addfinalizer(server.stop)
+    servers: dict[Path, LiveServer] = {}
+
+    def server_for(directory: Path) -> LiveServer:
+        """In remote mode, one real server on loopback per data directory the test names."""
+        directory = Path(directory)
+        if directory not in servers:
+            own = request.getfixturevalue("ctx") if directory == data_dir else Context(directory).init()
+            servers[directory] = start_server(own)
+            request.addfinalizer(servers[directory].stop)
+        return servers[directory]
 
     def _run(*args: str, **kw) -> CliResult:
         kw.setdefault("data_dir", data_dir)
-        if server is not None and "NETSLATE_SERVER" not in (kw.get("env") or {}) and "--server" not in args:
+        if cli_mode == "remote" and "NETSLATE_SERVER" not in (kw.get("env") or {}) and "--server" not in args:
+            server = server_for(kw["data_dir"])
             kw["env"] = {"NETSLATE_SERVER": server.url, "NETSLATE_TOKEN": server.admin_token, **(kw.get("env") or {})}
         return run_cli(*args, **kw)
 
     _run.mode = cli_mode
-    _run.server = server
+    _run.server_for = server_for
     return _run
