@@ -65,7 +65,9 @@ class Parts:
         """The dnsmasq supervisor, when `serve --boot-interface` asked for DHCP/TFTP; else None."""
         if not self.options.get("boot_interface"):
             return None
-        from netslate.boot.dnsmasq import DnsmasqSupervisor, reservations_from_db, settings_from_options
+        from netslate.boot.dnsmasq_supervisor import DnsmasqSupervisor
+        from netslate.boot.reservations import reservations_from_db
+        from netslate.boot.serve_options import settings_from_options
 
         settings, prefixlen = settings_from_options(self.ctx, self.options)
         return DnsmasqSupervisor(settings, self.ctx.data_dir / "dnsmasq", prefixlen,

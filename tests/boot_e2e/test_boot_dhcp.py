@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from netslate.boot import dnsmasq as D
+from netslate.boot import dnsmasq_config as D
+from netslate.boot.dnsmasq_supervisor import DnsmasqSupervisor
+from netslate.boot.serve_options import serve_options
 from netslate.boot import tftp
 from netslate.vmlab import LabNetwork
 
@@ -129,7 +131,7 @@ def _supervisor(lab, tmp_path, mode, reservations, **kw):
     tftp.install_binaries(root)
     s = D.DhcpSettings(mode=mode, interface=lab.bridge, server_ip=lab.address,
                        boot_url=f"http://{lab.address}:8080/boot.ipxe", tftp_root=str(root), **kw)
-    sup = D.DnsmasqSupervisor(s, tmp_path / "dnsmasq", lab.prefixlen, reservations=lambda: list(reservations),
+    sup = DnsmasqSupervisor(s, tmp_path / "dnsmasq", lab.prefixlen, reservations=lambda: list(reservations),
                               watch_interval=0, command_prefix=lab.argv([]))
     return sup
 
@@ -266,11 +268,11 @@ def test_boot_dhcp_serve_option_errors(tmp_path):
     ]
     for args, msg in cases:
         with pytest.raises(D.UserError, match=re.escape(msg)):
-            D.serve_options(*args)
+            serve_options(*args)
     # flags win over the file; YAML's bare `off` means off
     cfg.write_text("boot_interface: eth0\ndhcp: off\n")
-    assert D.serve_options(str(cfg), None, None, None, None)["dhcp"] == "off"
-    assert D.serve_options(str(cfg), "br7", "full", "10.0.0.10,10.0.0.20", None)["boot_interface"] == "br7"
+    assert serve_options(str(cfg), None, None, None, None)["dhcp"] == "off"
+    assert serve_options(str(cfg), "br7", "full", "10.0.0.10,10.0.0.20", None)["boot_interface"] == "br7"
     # the real command: one line, exit code 2, nothing started
     data = tmp_path / "data"
     for args, msg in [(["--boot-interface", "eth0", "--dhcp", "full"], "--dhcp full needs --dhcp-range"),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from netslate.boot import dnsmasq as D
+from netslate.boot import dnsmasq_config as D
+from netslate.boot.dnsmasq_supervisor import DnsmasqSupervisor
 from netslate.boot import tftp
 from netslate.vmlab import LabNetwork
 
@@ -33,7 +34,7 @@ def lab(tmp_path_factory):
         root = tmp / "tftp"
         tftp.install_binaries(root)
         s = D.DhcpSettings(mode="off", interface=net.bridge, server_ip=SERVER, boot_url=URL, tftp_root=str(root))
-        sup = D.DnsmasqSupervisor(s, tmp / "dnsmasq", net.prefixlen, watch_interval=0, command_prefix=net.argv([]))
+        sup = DnsmasqSupervisor(s, tmp / "dnsmasq", net.prefixlen, watch_interval=0, command_prefix=net.argv([]))
         sup.start()
         server_host = net.add_host("10.0.0.2")
         client = net.add_host("10.0.0.3")

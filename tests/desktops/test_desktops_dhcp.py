@@ -2,7 +2,7 @@
 
 import uuid
 
-from netslate.boot.dnsmasq import reservations_from_db
+from netslate.boot.reservations import reservations_from_db
 from netslate.desktops.addresses import allocate
 from netslate.desktops.models import Desktop
 

@@ -57,7 +57,7 @@ def serve(
 
     options = {"listen": (host, port)}
     options.update(serve_options(context, site, advertise, server_name, dns_listen, dns_domain, srv_priority, srv_weight))
-    from netslate.boot.dnsmasq import serve_options as boot_serve_options
+    from netslate.boot.serve_options import serve_options as boot_serve_options
 
     options.update(boot_serve_options(config, boot_interface, dhcp, dhcp_range, tftp_root))
     if workers > 1:

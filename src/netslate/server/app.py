@@ -27,6 +27,7 @@ HAND_WRITTEN = (
 def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     ctx.init()
     parts = Parts(ctx, options)
+    _ = parts.dnsmasq  # the boot settings are checked now: a bad --boot-interface is one line, not a failed start-up
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
