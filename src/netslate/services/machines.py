@@ -133,17 +133,18 @@ class MachinesService(Service):
 
 
 class LocalMachines(MachinesService):
-    def _records(self, rows: list[dict], views: dict[int, dict] | None = None) -> list[dict]:
-        ids = [r["id"] for r in rows]
+    def _records(self, rows: list[dict], everyone: bool = False) -> list[dict]:
+        ids = None if everyone else [r["id"] for r in rows]  # no IN (...) list of every id in a large fleet
         pins = boot.pins(self.parts.ctx, ids)
-        views = views if views is not None else fleet.machine_views(self.parts.ctx, ids)
+        views = fleet.machine_views(self.parts.ctx, ids)
         return [{**r, "pin": pins.get(r["id"]), "fleet": views[r["id"]]} for r in rows]
 
     def _one(self, row: dict) -> Machine:
         return Machine(**self._records([row])[0])
 
     def list(self, state: str | None = None) -> list[Machine]:
-        return [Machine(**r) for r in self._records(inventory.list_machines(self.parts.ctx, state))]
+        rows = inventory.list_machines(self.parts.ctx, state)
+        return [Machine(**r) for r in self._records(rows, everyone=len(rows) > 500)]
 
     def show(self, ident: str) -> MachineDetail:
         row = self._records([inventory.show_machine(self.parts.ctx, ident)])[0]
