@@ -34,7 +34,7 @@ from netslate.services.framework import Forbidden, Op, authorize
 KiB, MiB = 1024, 1024 * 1024
 JSON_LIMIT = 1 * MiB
 CHUNK_UPLOAD_LIMIT = 16 * MiB + 64 * KiB  # MAX_UPLOAD_CHUNK of the images router + framing
-MANIFEST_LIMIT = 128 * MiB  # a version's chunk lists / chunk-id lists: ~1.4 M chunks (~90 GB image)
+MANIFEST_LIMIT = 64 * MiB  # a version's chunk lists / chunk-id lists: ~700 k chunks of 48 KiB (~33 GB image)
 MAX_JSON_DEPTH = 64
 GOLDEN_UPLOAD_LIMIT = 1024 * 1024 * MiB  # a golden disk (qcow2/raw) or its kernel/initrd, streamed: 1 TiB
 
