@@ -11,6 +11,7 @@ import datetime as dt
 import fcntl
 import secrets
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -18,7 +19,7 @@ from netslate.errors import Conflict
 from netslate.store.db import utcnow
 
 from netslate.desktops import domainxml, hosts as hostmod
-from netslate.desktops.disks import installation_id, logs_root
+from netslate.desktops.disks import installation_id, logs_root, make_traversable
 from netslate.desktops.models import Desktop, DesktopPool, GoldenImage
 
 
@@ -78,6 +79,8 @@ def start_domain(ctx, did: int, host_rows: dict) -> None:
     except libvirt.libvirtError:
         running = False
     if not running:
+        if spec.disk_path:
+            make_traversable(Path(spec.disk_path).parent)  # DATA is 0700 again after any Context opened it
         conn.createXML(domainxml.build(spec), 0)
     with ctx.db.session() as s:
         row = s.get(Desktop, did)

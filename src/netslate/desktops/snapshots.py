@@ -26,7 +26,7 @@ from netslate.names import check_name
 
 from netslate.desktops import domains
 from netslate.desktops import states as S
-from netslate.desktops.disks import qemu_img
+from netslate.desktops.disks import make_traversable, qemu_img
 from netslate.desktops.models import Desktop, DesktopHost, DesktopPool, DesktopSnapshot
 from netslate.desktops.records import get_desktop as _get
 
@@ -81,6 +81,7 @@ def create(ctx, ref, name: str, actor: str, note: str = "", scheduled: bool = Fa
         # we make the overlay ourselves (QEMU may not create files in our directory) and let libvirt reuse it
         qemu_img("create", "-q", "-f", "qcow2", "-b", str(frozen), "-F", "qcow2", str(new))
         _label_like_domain(dom, new)
+        make_traversable(new.parent)  # QEMU opens it now; a Context opened since may have tightened DATA to 0700
         root = ET.Element("domainsnapshot")
         ET.SubElement(root, "name").text = f"{name}-{int(time.time())}"
         disks = ET.SubElement(root, "disks")
