@@ -22,7 +22,7 @@ def enroll(ctx, machine: str, actor: str) -> dict:
     token = PREFIX + pysecrets.token_urlsafe(32)
     with ctx.db.session() as s:
         m = machines.find(s, machine)
-        replaced = machines.set_credential(m, credential_hash(token))
+        replaced = machines.set_credential(s, m, credential_hash(token))
         audit.record(s, actor, "machine.enroll", f"machine/{m.id}", replaced=replaced)
         return {"id": m.id, "name": m.name, "credential": token, "replaced": replaced}
 

@@ -1,6 +1,7 @@
-"""The machine facts config needs (id, name, tree path, credential hash, bundle facts), in one
-place. Database edge over the inventory's machine tables: this is the only config module that
-touches them, so moving to the inventory part's functions is a change here alone.
+"""The machines as config sees them, in one place: found with the inventory's one resolver,
+placed and given credentials through the inventory (its only writer), and read for bundles with
+two small Core queries (the per-request hot path). This is the only config module that touches
+machines.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from netslate import inventory
-from netslate.errors import NotFound
+from netslate import inventory
 from netslate.store.models import Machine, MachineMac
 
 _M = Machine.__table__
@@ -40,27 +41,20 @@ class MachineView:
     image_pin: dict | None = None  # what the boot side assigns it now, set by bundles.bundle()
 
 
-def _not_found(text: str) -> NotFound:
-    return NotFound(f"no machine {text!r} (give its id, name or SMBIOS UUID)")
-
-
 def find(s: Session, ident: str | int) -> Machine:
-    """The machine named by any identifier the inventory resolves (id, name, MAC, SMBIOS UUID, serial)."""
+    """The machine `ident` names (id, name, MAC, SMBIOS UUID or serial): the inventory's resolver."""
     return inventory.resolve(s, ident)
 
 
 def view(conn, ident: str | int) -> MachineView:
-    """A bundle's view of one machine (Core, read only)."""
-    text = str(ident)
-    row = None
-    if text.isdigit():  # agents ask by id: one indexed read
-        row = conn.execute(select(*_VIEW_COLS).where(_M.c.id == int(text))).first()
+    """A bundle's view of one machine (Core, read only). An id is read directly (agents ask by id);
+    any other identifier goes through the inventory's resolver first."""
+    text = str(ident).strip()
+    row = conn.execute(select(*_VIEW_COLS).where(_M.c.id == int(text))).first() if text.isdigit() and len(text) <= 18 else None
     if row is None:
         with Session(bind=conn) as s:
             machine_id = inventory.resolve(s, text).id
         row = conn.execute(select(*_VIEW_COLS).where(_M.c.id == machine_id)).first()
-    if row is None:
-        raise _not_found(text)
     m = MachineView(*row)
     m.macs = [r[0] for r in conn.execute(select(_MM.c.mac).where(_MM.c.machine_id == m.id))]
     return m
@@ -88,11 +82,12 @@ def occupied_paths(s: Session) -> list[str]:
     return [p for (p,) in s.execute(select(Machine.tree_path).distinct())]
 
 
-def set_tree_path(m: Machine, path: str) -> str:
+def set_tree_path(s: Session, m: Machine, path: str) -> str:
     """Place a machine found with `find` in this session (through the inventory); returns its previous path."""
-    return inventory.place(object_session(m), m, path)[1]
+    _, old = inventory.place(s, m, path)
+    return old
 
 
-def set_credential(m: Machine, sha256: str) -> bool:
-    """Store a machine's credential hash; True if it replaced one."""
-    return inventory.set_credential(object_session(m), m, sha256)
+def set_credential(s: Session, m: Machine, sha256: str) -> bool:
+    """Store a machine's credential hash (through the inventory); True if it replaced one."""
+    return inventory.set_credential(s, m, sha256)

@@ -11,7 +11,7 @@ def place(ctx, machine: str, path: str, actor: str) -> dict:
     path = tree.normalize(path)
     with ctx.db.session() as s:
         m = machines.find(s, machine)
-        old = machines.set_tree_path(m, path)
+        old = machines.set_tree_path(s, m, path)
         serial = state.bump_serial(s)
         audit.record(s, actor, "config.place", f"machine/{m.id}", old=old, new=path)
         out = {"id": m.id, "name": m.name, "tree_path": path, "previous": old, "serial": serial}
