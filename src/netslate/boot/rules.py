@@ -57,7 +57,7 @@ def normalize_uuid(value: str) -> str:
 
 
 def normalize_text(value: str, what: str) -> str:
-    v = str(value).strip()
+    v = str(value).strip(" ")  # spaces only: a trailing newline or CR is refused, not trimmed
     if not TEXT_RE.match(v):
         raise UserError(f"invalid {what} {_shown(value)}: 1-128 of letters, digits, space and ._,()+/:@-")
     return v
