@@ -196,17 +196,23 @@ def test_import_killed_halfway_leaves_no_version(data_dir, tmp_path, cli):
     assert r.code == 0 and r.json()["version"] == 1
 
 
-def test_full_disk_during_import_leaves_no_partial_version(tmp_path, cli):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
-    try:
-        big = tmp_path / "big.img"
-        big.write_bytes(os.urandom(12 << 20))
-        r = cli("image", "import", "full", "--rootfs", str(big), data_dir=mnt / "data")
-        assert r.code == 2, r.stderr
-        assert "disk full" in r.stderr and "Traceback" not in r.stderr
-        r = cli("image", "list", "--json", data_dir=mnt / "data")
-        assert r.code == 0 and r.json() == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+@pytest.fixture
+def data_dir(tmp_path, request):
+    """The data directory (in remote mode the server's too): a 6 MiB tmpfs when parametrized "small"."""
+    d = tmp_path / "data"
+    d.mkdir()
+    if getattr(request, "param", None) == "small":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(d)], check=True)
+        request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", str(d)], check=True))  # the server's database may still be open
+    return d
+
+
+@pytest.mark.parametrize("data_dir", ["small"], indirect=True)
+def test_full_disk_during_import_leaves_no_partial_version(tmp_path, data_dir, cli):
+    big = tmp_path / "big.img"
+    big.write_bytes(os.urandom(12 << 20))
+    r = cli("image", "import", "full", "--rootfs", str(big))
+    assert r.code == 2, r.stderr
+    assert "disk full" in r.stderr and "Traceback" not in r.stderr
+    r = cli("image", "list", "--json")
+    assert r.code == 0 and r.json() == []

@@ -1,6 +1,5 @@
 """`netslate image ...`: the image library."""
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -40,18 +39,10 @@ def import_(
     json_: bool = JSON,
 ):
     """Make a new version of NAME from a rootfs (and optionally kernel/initrd)."""
-    st = state(ctx)
+    images = state(ctx).services.images
     with byte_progress("import", None, enabled=not json_) as progress:
-        cb = _progress_cb(progress, {})
-        if st.remote:
-            from netslate.cli.remote_images import remote_import
-
-            result = remote_import(st.api(), name, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, note=note, progress=cb)
-        else:
-            result = st.context().library.import_files(
-                name, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, note=note, progress=cb,
-                warn=lambda m: err_console.print(m),
-            )
+        result = images.import_files(name, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, note=note,
+                                     progress=_progress_cb(progress, {}), warn=lambda m: err_console.print(m))
     emit(result, json_, lambda r: console.print(
         f"{r['name']}@{r['version']}: {human_bytes(r['bytes_total'])} total, {human_bytes(r['bytes_new'])} new"
         + (f", tagged {r['tag']}" if r.get("tag") else "")))
@@ -60,8 +51,7 @@ def import_(
 @app.command("list")
 def list_(ctx: typer.Context, json_: bool = JSON):
     """List images with their versions and tags."""
-    st = state(ctx)
-    data = st.api().get("/api/v1/images") if st.remote else st.context().library.list_images()
+    data = state(ctx).services.images.list()
     emit(data, json_, lambda d: table(
         ["image", "versions", "latest", "tags", "size (latest)"],
         [[i["name"], len(i["versions"]), i["latest"], ", ".join(f"{t}→{v}" for t, v in i["tags"].items()), human_bytes(i["bytes_latest"])] for i in d]))
@@ -70,8 +60,7 @@ def list_(ctx: typer.Context, json_: bool = JSON):
 @app.command("versions")
 def versions(ctx: typer.Context, name: str, json_: bool = JSON):
     """List the versions of one image."""
-    st = state(ctx)
-    data = st.api().get(f"/api/v1/images/{name}/versions") if st.remote else st.context().library.list_versions(name)
+    data = state(ctx).services.images.versions(name)
     emit(data, json_, lambda d: table(
         ["version", "created", "tags", "size", "new", "note"],
         [[v["version"], v["created_at"], ", ".join(v["tags"]), human_bytes(v["bytes_total"]), human_bytes(v["bytes_new"]), v["note"]] for v in d]))
@@ -80,9 +69,8 @@ def versions(ctx: typer.Context, name: str, json_: bool = JSON):
 @app.command("show")
 def show(ctx: typer.Context, spec: str = typer.Argument(..., metavar="NAME[@VER|@TAG]"), json_: bool = JSON):
     """Show one version: artifacts, sizes, digest, tags and tag history."""
-    st = state(ctx)
     name, ref = split_ref(spec)
-    data = st.api().get(f"/api/v1/images/{name}/{ref}") if st.remote else st.context().library.show(name, ref)
+    data = state(ctx).services.images.show(name, ref)
 
     def render(v):
         console.print(f"[bold]{v['name']}@{v['version']}[/bold]  tags: {', '.join(v['tags']) or '-'}")
@@ -103,19 +91,14 @@ def tag(
     json_: bool = JSON,
 ):
     """Point TAG at VERSION (promote or roll back)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().put(f"/api/v1/images/{name}/tags/{tag_name}", json={"version": version, "reason": reason})
-    else:
-        data = st.context().library.set_tag(name, version, tag_name, reason=reason)
+    data = state(ctx).services.images.set_tag(name, tag_name, version, reason=reason)
     emit(data, json_, lambda d: console.print(f"{d['name']}:{d['tag']} → {d['version']}"))
 
 
 @app.command("diff")
 def diff(ctx: typer.Context, name: str, a: str, b: str, json_: bool = JSON):
     """Chunks and bytes shared and new between versions A and B."""
-    st = state(ctx)
-    data = st.api().get(f"/api/v1/images/{name}/diff", params={"a": a, "b": b}) if st.remote else st.context().library.diff(name, a, b)
+    data = state(ctx).services.images.diff(name, a, b)
     emit(data, json_, lambda d: console.print(
         f"{name} {d['from']} → {d['to']}: shared {d['chunks_shared']} chunks ({human_bytes(d['bytes_shared'])}), "
         f"new {d['chunks_new']} chunks ({human_bytes(d['bytes_new'])}, {d['new_fraction']:.1%} of {human_bytes(d['bytes_total'])})"))
@@ -124,14 +107,10 @@ def diff(ctx: typer.Context, name: str, a: str, b: str, json_: bool = JSON):
 @app.command("rm")
 def rm(ctx: typer.Context, spec: str = typer.Argument(..., metavar="NAME@VER")):
     """Remove one version (refused while a tag or a machine uses it). Chunks go at the next gc."""
-    st = state(ctx)
     name, ref = split_ref(spec, default="")
     if not ref.isdigit():
         raise UserError("give NAME@VERSION (a number)")
-    if st.remote:
-        st.api().delete(f"/api/v1/images/{name}/versions/{ref}")
-    else:
-        st.context().library.remove_version(name, int(ref))
+    state(ctx).services.images.remove_version(name, int(ref))
     console.print(f"removed {name}@{ref}")
 
 
@@ -143,11 +122,7 @@ def gc(
     json_: bool = JSON,
 ):
     """Delete chunks no version references (never those of an import in progress)."""
-    st = state(ctx)
-    if st.remote:
-        data = st.api().post("/api/v1/images/gc", params={"grace_seconds": grace, "dry_run": dry_run})
-    else:
-        data = st.context().library.gc(grace_seconds=grace, dry_run=dry_run)
+    data = state(ctx).services.images.gc(grace_seconds=grace, dry_run=dry_run)
     emit(data, json_, lambda d: console.print(f"removed {d['chunks_removed']} chunks, freed {human_bytes(d['bytes_freed'])}"
                                               + (" (dry run)" if d["dry_run"] else "")))
 
@@ -155,14 +130,10 @@ def gc(
 @app.command("verify")
 def verify(ctx: typer.Context, spec: Optional[str] = typer.Argument(None, metavar="[NAME[@VER]]"), json_: bool = JSON):
     """Re-hash stored chunks and report every corrupt or missing one. Exit 1 if any."""
-    st = state(ctx)
     name, ref = (split_ref(spec, default="") if spec else (None, ""))
-    if st.remote:
-        data = st.api().post("/api/v1/images/verify", params={k: v for k, v in (("name", name), ("ref", ref)) if v})
-    else:
-        with byte_progress("verify", None, enabled=not json_) as progress:
-            task = progress.add_task("verifying chunks", total=None)
-            data = st.context().library.verify(name, ref or None, progress=lambda d, t: progress.update(task, completed=d, total=t))
+    with byte_progress("verify", None, enabled=not json_) as progress:
+        task = progress.add_task("verifying chunks", total=None)
+        data = state(ctx).services.images.verify_with_progress(name, ref or None, progress=lambda d, t: progress.update(task, completed=d, total=t))
 
     def render(d):
         if d["ok"]:
@@ -175,7 +146,7 @@ def verify(ctx: typer.Context, spec: Optional[str] = typer.Argument(None, metava
             console.print(f"affected: {', '.join(d['affected'])}")
 
     emit(data, json_, render)
-    if not data["ok"]:
+    if not data.ok:
         raise typer.Exit(1)
 
 
@@ -206,7 +177,7 @@ def pull(
         f"({s['chunks_downloaded']} chunks), reused {human_bytes(s['bytes_reused'])} ({s['chunks_reused']} chunks) in {s['seconds']:.1f}s"))
 
 
-# ---------- build and edit (local only: they run mmdebstrap, mount and chroot on this machine) ----------
+# ---------- build and edit: they run mmdebstrap, mounts and chroot on the server's own files (without --server) ----------
 
 
 def _phases(json_: bool):
@@ -253,13 +224,11 @@ def build(
     json_: bool = JSON,
 ):
     """Build a Debian image with mmdebstrap from a recipe, prepare it and import it as a new version."""
-    from netslate.images.build import build_image
-
-    st = state(ctx)
+    images = state(ctx).services.images
     phase, log, finish = _phases(json_)
     try:
         with byte_progress("import", None, enabled=not json_) as progress:
-            result = build_image(st.context(), name, recipe, tag=tag, note=note, phase=phase, log=log,
+            result = images.build(name, recipe, tag=tag, note=note, phase=phase, log=log,
                                  warn=lambda m: err_console.print(m, highlight=False),
                                  progress=_progress_cb(progress, {}))
     except UserError as exc:
@@ -284,13 +253,11 @@ def edit(
     json_: bool = JSON,
 ):
     """Open an overlayfs working copy of NAME's latest version and change it (then `image commit`)."""
-    from netslate.images import edit as ed
-
-    st = state(ctx)
+    images = state(ctx).services.images
     if abort:
         if script or shell or resume:
             raise UserError("--abort takes no --script, --shell or --resume")
-        data = ed.abort(st.context(), name)
+        data = images.abort_edit(name)
         emit(data, json_, lambda d: console.print(f"discarded the edit of {name}"))
         return
     if script and shell:
@@ -305,7 +272,7 @@ def edit(
     try:
         with byte_progress("assemble", None, enabled=not json_) as progress:
             task = progress.add_task(f"assembling {name} rootfs", total=None)
-            data = ed.run(st.context(), name, script=script, shell=shell, resume=resume,
+            data = images.edit(name, script=script, shell=shell, resume=resume,
                           progress=lambda d, t: progress.update(task, completed=d, total=t),
                           log=(lambda line: err_console.print(line, markup=False, highlight=False)) if not json_ else log)
     except UserError as exc:
@@ -329,11 +296,9 @@ def commit(
     json_: bool = JSON,
 ):
     """Prepare the open edit of NAME and store it as a new version (only changed chunks take space)."""
-    from netslate.images import edit as ed
-
-    st = state(ctx)
+    images = state(ctx).services.images
     with byte_progress("import", None, enabled=not json_) as progress:
-        result = ed.commit(st.context(), name, message, tag=tag, progress=_progress_cb(progress, {}),
+        result = images.commit(name, message, tag=tag, progress=_progress_cb(progress, {}),
                            warn=lambda m: err_console.print(m, highlight=False))
     emit(result, json_, lambda r: console.print(
         f"{r['name']}@{r['version']} (parent {r['parent_version']}): {human_bytes(r['bytes_total'])} total, "

@@ -17,6 +17,7 @@ from netslate.services.framework import ANONYMOUS, Caller, http_client
 NOUNS: dict[str, tuple[str, str, str]] = {
     "tokens": ("netslate.services.tokens", "TokensService", "LocalTokens"),
     "keys": ("netslate.services.keys", "KeysService", "LocalKeys"),
+    "images": ("netslate.services.images", "ImagesService", "LocalImages"),
     "boot": ("netslate.services.boot", "BootService", "LocalBoot"),
     "hosts": ("netslate.services.hosts", "HostsService", "LocalHosts"),
     "pools": ("netslate.services.pools", "DesktopPoolsService", "LocalDesktopPools"),

@@ -1,5 +1,6 @@
-"""Image library over HTTP: the management API under /api/v1, and the serving endpoints
-(/images/..., /chunks/...) that firmware, iPXE, initramfs and pull clients fetch."""
+"""Image routes the service contract cannot express: the raw chunk upload under /api/v1, and the
+serving endpoints (/images/..., /chunks/...) that firmware, iPXE, initramfs and pull clients fetch.
+The management API (/api/v1/images...) is generated from `netslate.services.images`."""
 
 import re
 
@@ -9,9 +10,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from netslate.images import manifest as mf
-from netslate.images.chunkstore import CHUNK_ID, ChunkCorrupt
+from netslate.images.chunkstore import CHUNK_ID
 from netslate.names import check_name
 from netslate.server import auth
+from netslate.services.images import ChunkStored, LocalImages
 
 api = APIRouter(prefix="/api/v1", tags=["images"])
 serving = APIRouter(tags=["serving"])
@@ -21,70 +23,16 @@ MAX_UPLOAD_CHUNK = 16 * 1024 * 1024
 
 
 def _lib(request: Request):
-    return request.app.state.ctx.library
+    return request.app.state.parts.library
 
 
-# ---------- management API ----------
-
-
-@api.get("/images")
-def list_images(request: Request):
-    return _lib(request).list_images()
-
-
-@api.get("/images/{name}/versions")
-def list_versions(name: str, request: Request):
-    check_name(name, "image name")
-    return _lib(request).list_versions(name)
-
-
-@api.get("/images/{name}/diff")
-def diff(name: str, a: str, b: str, request: Request):
-    return _lib(request).diff(check_name(name, "image name"), a, b)
-
-
-@api.get("/images/{name}/{ref}")
-def show(name: str, ref: str, request: Request):
-    return _lib(request).show(check_name(name, "image name"), ref)
-
-
-class TagRequest(BaseModel):
-    version: int
-    reason: str = ""
-
-
-@api.put("/images/{name}/tags/{tag}")
-def set_tag(name: str, tag: str, body: TagRequest, request: Request, p=auth.require("operator")):
-    return _lib(request).set_tag(name, body.version, tag, actor=f"token:{p.name}", reason=body.reason)
-
-
-@api.delete("/images/{name}/tags/{tag}", status_code=204)
-def remove_tag(name: str, tag: str, request: Request, p=auth.require("operator")):
-    _lib(request).remove_tag(name, tag, actor=f"token:{p.name}")
-
-
-@api.delete("/images/{name}/versions/{version}", status_code=204)
-def remove_version(name: str, version: int, request: Request, p=auth.require("admin")):
-    _lib(request).remove_version(name, version, actor=f"token:{p.name}")
-
-
-class MissingRequest(BaseModel):
-    ids: list[str] = Field(max_length=1_000_000)
-
-
-@api.post("/chunks/missing")
-def missing_chunks(body: MissingRequest, request: Request, _p=auth.require("operator")):
-    """Which of these chunk ids the store lacks (for uploads from a remote CLI)."""
-    store = request.app.state.ctx.chunks
-    bad = [c for c in body.ids if not CHUNK_ID.match(c)]
-    if bad:
-        raise HTTPException(400, f"not a chunk id: {bad[0][:80]!r}")
-    return {"missing": [c for c in dict.fromkeys(body.ids) if not store.has(c)]}
+# ---------- the chunk upload of a remote import ----------
 
 
 @api.put("/chunks/{chunk_id}", status_code=201)
-async def upload_chunk(chunk_id: str, request: Request, _p=auth.require("operator")):
-    """Store one chunk (raw body, or zstd with Content-Encoding: zstd). Verified against its id."""
+async def upload_chunk(chunk_id: str, request: Request, lease: str | None = None, caller=auth.require("operator")) -> ChunkStored:
+    """Store one chunk (raw body, or zstd with Content-Encoding: zstd), verified against its id;
+    `?lease=ID` adds it to the import's lease (POST /api/v1/images/NAME/imports)."""
     if not CHUNK_ID.match(chunk_id):
         raise HTTPException(400, "not a chunk id")
     body = bytearray()
@@ -100,60 +48,8 @@ async def upload_chunk(chunk_id: str, request: Request, _p=auth.require("operato
             data = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_UPLOAD_CHUNK)
         except zstandard.ZstdError:
             raise HTTPException(400, "body is not valid zstd") from None
-    try:
-        written = await run_in_threadpool(request.app.state.ctx.chunks.put_verified, chunk_id, data)
-    except ChunkCorrupt as exc:
-        raise HTTPException(400, str(exc)) from None
-    return {"id": chunk_id, "stored_bytes": written}
-
-
-class ArtifactIn(BaseModel):
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    chunks: list[list] = Field(max_length=10_000_000)
-    format: str | None = Field(default=None, pattern=r"^(erofs|squashfs|ext4|raw)$")
-
-
-class VersionIn(BaseModel):
-    artifacts: dict[str, ArtifactIn]
-    tag: str | None = None
-    note: str = Field(default="", max_length=4096)
-    source: str = Field(default="", max_length=4096)
-    parent: int | None = None
-
-
-@api.post("/images/{name}/versions", status_code=201)
-def create_version(name: str, body: VersionIn, request: Request, p=auth.require("operator")):
-    """Publish a version whose chunks were uploaded already; the whole artifacts are re-hashed here."""
-    lib = _lib(request)
-    records = {k: mf.ArtifactRecord(a.size, a.sha256, a.chunks, a.format) for k, a in body.artifacts.items()}
-    for art, rec in records.items():
-        import hashlib
-
-        try:
-            mf.check_chunk_list(rec.chunks, rec.size)
-        except ValueError as exc:
-            raise HTTPException(400, f"{art}: {exc}") from None
-        whole = hashlib.sha256()
-        try:
-            for part in lib.read_range(rec.as_dict(), 0, rec.size):
-                whole.update(part)
-        except Exception:
-            raise HTTPException(400, f"{art}: chunks are missing or corrupt in the store") from None
-        if whole.hexdigest() != rec.sha256:
-            raise HTTPException(400, f"{art}: chunks do not add up to sha256 {rec.sha256}")
-    return lib.register_version(name, records, tag=body.tag, note=body.note, source=body.source,
-                                actor=f"token:{p.name}", parent=body.parent)
-
-
-@api.post("/images/gc")
-def gc(request: Request, grace_seconds: float = 3600, dry_run: bool = False, _p=auth.require("admin")):
-    return _lib(request).gc(grace_seconds=grace_seconds, dry_run=dry_run)
-
-
-@api.post("/images/verify")
-def verify(request: Request, name: str | None = None, ref: str | None = None, _p=auth.require("operator")):
-    return _lib(request).verify(name, ref)
+    service = LocalImages(request.app.state.parts, caller)
+    return await run_in_threadpool(service.upload_chunk, chunk_id, data, lease)
 
 
 # ---------- serving ----------

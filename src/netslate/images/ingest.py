@@ -1,0 +1,197 @@
+"""Importing files as a new version: the input checks (shared by local and remote imports),
+chunking, storing under an import lease, and publishing through the catalog."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from netslate.errors import UserError
+from netslate.images import chunker, manifest as mf, workdirs
+from netslate.images.chunkstore import CHUNK_ID, ChunkCorrupt
+from netslate.images.leases import ImportLease, UploadLease
+from netslate.images.ranges import whole_sha256
+from netslate.images.rootfs import prepare_rootfs
+from netslate.images.versioning import check_tag_name
+from netslate.names import check_name
+
+Warn = Callable[[str], None]
+ArtifactProgress = Callable[[str, int, int], None]
+
+
+def collect_files(name: str, work: Path, rootfs: Path | None = None, kernel: Path | None = None,
+                  initrd: Path | None = None, tag: str | None = None, warn: Warn = print) -> dict[str, tuple[Path, str | None]]:
+    """artifact → (file, format) for an import, after every check an import makes wherever it runs:
+    names, at least a rootfs or a kernel, kernel and initrd are files, the rootfs source becomes an
+    uncompressed filesystem image in `work` (with the same warnings)."""
+    check_name(name, "image name")
+    if tag:
+        check_tag_name(tag)
+    if rootfs is None and kernel is None:
+        raise UserError("an image version needs at least a rootfs or a kernel")
+    for art, path in (("kernel", kernel), ("initrd", initrd)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{art} file {path} does not exist")
+    files: dict[str, tuple[Path, str | None]] = {}
+    if rootfs is not None:
+        files["rootfs"] = prepare_rootfs(Path(rootfs), work, name, warn=warn)
+    for art, path in (("kernel", kernel), ("initrd", initrd)):
+        if path is not None:
+            files[art] = (Path(path), None)
+    return files
+
+
+def source_of(files: dict[str, tuple[Path, str | None]]) -> str:
+    return " ".join(f"{k}={p}" for k, (p, _f) in sorted(files.items()))
+
+
+def chunk_list(path: Path) -> tuple[mf.ArtifactRecord, list]:
+    """The record of a file (size, sha256, chunk list) without storing anything (remote imports)."""
+    whole = hashlib.sha256()
+    pieces = []
+    for piece in chunker.cut_file(path):
+        whole.update(piece.data)
+        pieces.append([piece.offset, piece.size, piece.chunk_id])
+    return mf.ArtifactRecord(size=os.path.getsize(path), sha256=whole.hexdigest(), chunks=pieces), pieces
+
+
+def store_file(store, path: Path, fmt: str | None, lease: ImportLease, progress) -> tuple[mf.ArtifactRecord, int]:
+    """Chunk and hash in this thread; compress and write in a small pool (zstd, hashing and file
+    I/O release the GIL, so an import uses both cores)."""
+    total = os.path.getsize(path)
+    whole = hashlib.sha256()
+    chunks: list[list] = []
+    new_bytes = 0
+    done = 0
+    pending = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for piece in chunker.cut_file(path):
+            whole.update(piece.data)
+            lease.note(piece.chunk_id)
+            pending.append((piece.size, pool.submit(store.put, piece.chunk_id, piece.data)))
+            chunks.append([piece.offset, piece.size, piece.chunk_id])
+            done += piece.size
+            if len(pending) >= 64:  # bound memory: at most 64 chunks in flight
+                for size, fut in pending:
+                    if fut.result():
+                        new_bytes += size
+                pending.clear()
+                if progress:
+                    progress(done, total)
+        for size, fut in pending:
+            if fut.result():
+                new_bytes += size
+    if progress:
+        progress(total, total)
+    return mf.ArtifactRecord(size=total, sha256=whole.hexdigest(), chunks=chunks, format=fmt), new_bytes
+
+
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | None = None, initrd: Path | None = None,
+                 tag: str | None = None, note: str = "", source: str = "", actor: str | None = None,
+                 parent: int | None = None, progress: ArtifactProgress | None = None, warn: Warn = print) -> dict:
+    """Chunk and store the given files under an import lease, then publish them as the next
+    version in one transaction (`library`: store, catalog, imports_dir, tmp_dir, data_dir)."""
+    workdirs.sweep(library.tmp_dir)  # what killed imports and builds left behind (issue 11 #6)
+    workdir = workdirs.WorkDir(library.tmp_dir, "import")  # leased: gc spares it while we run
+    work = workdir.path
+    lease = ImportLease(library.imports_dir)
+    try:  # noqa: SIM105 - ENOSPC anywhere below becomes one clear error
+        files = collect_files(name, work, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, warn=warn)
+        records: dict[str, mf.ArtifactRecord] = {}
+        bytes_new = 0
+        for art, (path, fmt) in files.items():
+            record, new = store_file(library.store, path, fmt, lease, lambda done, total, a=art: progress and progress(a, done, total))
+            records[art] = record
+            bytes_new += new
+        lease.flush()
+        library.store.sync()
+        return library.catalog.register_version(name, records, tag=tag, note=note, source=source or source_of(files),
+                                                actor=actor, parent=parent, bytes_new=bytes_new)
+    except OSError as exc:
+        if disk_full(exc):
+            raise UserError(f"disk full while importing {name!r} into {library.data_dir}; no version was created") from None
+        raise
+    finally:
+        lease.close()
+        workdir.close()
+
+
+# ---------- the server side of a remote import: lease, missing chunks, uploads, publish ----------
+
+
+def open_upload(library) -> UploadLease:
+    """Start a remote import: a lease that keeps its chunks from gc until it publishes or expires."""
+    return UploadLease.open(library.imports_dir)
+
+
+def missing_chunks(library, ids: list[str], lease_id: str | None = None) -> list[str]:
+    """Which of these chunk ids the store lacks. With a lease, all of them are leased first (the
+    ones present too: gc must not take them before the version is published)."""
+    bad = [c for c in ids if not CHUNK_ID.match(c)]
+    if bad:
+        raise UserError(f"not a chunk id: {bad[0][:80]!r}")
+    unique = list(dict.fromkeys(ids))
+    if lease_id:
+        UploadLease.existing(library.imports_dir, lease_id).note(unique)
+    missing = []
+    for c in unique:
+        found = library.store.locate(c)
+        if found is None:
+            missing.append(c)
+        elif lease_id:
+            try:
+                os.utime(found[0])  # like a local import reusing a chunk
+            except FileNotFoundError:
+                missing.append(c)
+    return missing
+
+
+def store_uploaded_chunk(library, chunk_id: str, data: bytes, lease_id: str | None = None) -> int:
+    """Store one uploaded chunk after checking it hashes to its id; bytes written (0: had it)."""
+    if not CHUNK_ID.match(chunk_id):
+        raise UserError("not a chunk id")
+    if lease_id:
+        UploadLease.existing(library.imports_dir, lease_id).note([chunk_id])
+    try:
+        return library.store.put_verified(chunk_id, data)
+    except ChunkCorrupt as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        if disk_full(exc):
+            raise UserError(f"disk full while storing chunk {chunk_id[:12]}… in {library.data_dir}; no version was created") from None
+        raise
+
+
+def publish_upload(library, name: str, records: dict[str, mf.ArtifactRecord], lease_id: str | None = None,
+                   tag: str | None = None, note: str = "", source: str = "", actor: str | None = None,
+                   parent: int | None = None) -> dict:
+    """Publish uploaded chunks as a version: every artifact is re-assembled and re-hashed here first."""
+    check_name(name, "image name")
+    if tag:
+        check_tag_name(tag)
+    lease = UploadLease.existing(library.imports_dir, lease_id) if lease_id else None
+    try:
+        for art, rec in records.items():
+            try:
+                mf.check_chunk_list(rec.chunks, rec.size)
+            except ValueError as exc:
+                raise UserError(f"{art}: {exc}") from None
+            try:
+                got = whole_sha256(library.store, rec.as_dict())
+            except Exception:
+                raise UserError(f"{art}: chunks are missing or corrupt in the store") from None
+            if got != rec.sha256:
+                raise UserError(f"{art}: chunks do not add up to sha256 {rec.sha256}")
+        library.store.sync()
+        return library.catalog.register_version(name, records, tag=tag, note=note, source=source, actor=actor, parent=parent)
+    finally:
+        if lease is not None:
+            lease.close()
