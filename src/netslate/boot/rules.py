@@ -71,7 +71,7 @@ def normalize_platform(value: str) -> str:
 
 
 def normalize_group(value: str) -> str:
-    v = str(value).strip()
+    v = str(value).strip(" ")  # spaces only: a trailing newline is refused, not trimmed
     if len(v) > 1 and v.endswith("/"):
         v = v[:-1]
     if not GROUP_RE.match(v) or ".." in v or len(v) > 512:

@@ -7,7 +7,7 @@ reason but never echo the offending value, so a bad secret does not end up in an
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -126,7 +126,7 @@ class ConfigDocument(_Strict):
     mounts: list[Mount] | None = None
     agent: Agent | None = None
     health_checks: list[HealthCheck] | None = None
-    secrets: dict[str, str] | None = Field(
+    secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")], str] | None = Field(  # names: no newline, '$' or path
         None, description="delivered only to the machines under this node that prove their credential"
     )
     extra: dict[str, Any] | None = Field(None, description="free-form data for local tooling")
