@@ -8,8 +8,10 @@ import socket
 import struct
 import time
 
-from netslate.discovery import store
-from netslate.discovery.dns import LOG_WINDOW, CachedView, DnsServer, Responder
+from netslate.discovery import dns as dns_module, store
+from netslate.discovery.dns import CachedView, DnsServer, Responder
+
+LOG_WINDOW = getattr(dns_module, "LOG_WINDOW", 10.0)  # seconds per log line at most
 
 DOMAIN = "fleet.test"
 PACKETS = 200
