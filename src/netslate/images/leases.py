@@ -36,7 +36,9 @@ class ImportLease:
         fcntl.flock(self._f, fcntl.LOCK_EX)
 
     def note(self, chunk_id: str) -> None:
+        """List a chunk before it is stored: flushed at once, so a gc that runs now sees it."""
         self._f.write(chunk_id + "\n")
+        self._f.flush()
 
     def flush(self) -> None:
         self._f.flush()
