@@ -81,7 +81,7 @@ def pin_machine(ctx, ident: str, image_at: str, actor: str | None = None) -> dic
     actor = actor or audit.default_actor()
     name, ref = parse_image_at(image_at)
     resolved = ctx.library.resolve(name, ref)
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:  # last writer wins
         m = inventory.resolve(s, ident)
         pin = s.get(BootPin, m.id)
         old = (pin.image, pin.version) if pin else None
@@ -157,7 +157,7 @@ def add_profile(ctx, name: str, kind: str = "image", image: str | None = None, r
             raise UserError(f"kernel argument {a.split('=', 1)[0]} is set by netslate itself")
     if console is not None and not CONSOLE_RE.match(console):
         raise UserError(f"invalid console {console[:40]!r}: e.g. ttyS0 or ttyS0,115200n8")
-    with ctx.db.session() as s:
+    with ctx.db.session(write=replace) as s:  # with replace: last writer wins
         p = s.scalar(select(BootProfile).where(BootProfile.name == name))
         if p is not None and not replace:
             raise Conflict(f"a profile named {name!r} already exists")
@@ -224,7 +224,7 @@ def add_rule(ctx, name: str, selectors: dict, profile: str, priority: int = 0, a
     if not -1_000_000 <= int(priority) <= 1_000_000:
         raise UserError("priority must be between -1000000 and 1000000")
     rule = Rule(name, int(priority), selectors, profile)
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:  # the tie check sees every rule written before it
         if s.scalar(select(BootProfile).where(BootProfile.name == profile)) is None:
             raise NotFound(f"no profile named {profile!r} (netslate boot profile add first)")
         row = s.scalar(select(BootRule).where(BootRule.ruleset == "working", BootRule.name == name))
@@ -331,7 +331,7 @@ def set_policy(ctx, policy: str, site: str = DEFAULT_SITE, retry_seconds: int | 
         raise UserError(f"unknown policy {policy!r}: use {' or '.join(POLICIES)}")
     if retry_seconds is not None and not 1 <= retry_seconds <= 3600:
         raise UserError("--retry-seconds must be between 1 and 3600")
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:  # last writer wins
         if default_profile and s.scalar(select(BootProfile).where(BootProfile.name == default_profile)) is None:
             raise NotFound(f"no profile named {default_profile!r}")
         p = s.get(BootPolicy, site)

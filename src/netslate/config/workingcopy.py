@@ -81,7 +81,7 @@ def load_snapshot(s: Session, snapshot: dict, actor: str) -> None:
 def put_node(ctx, path: str, doc: Any, actor: str, expect_revision: int | None = None) -> dict:
     """Replace one node's working document (apply / edit / API PUT)."""
     doc = check_document(doc if doc is not None else {})
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:  # expect_revision is checked under the write lock
         key = node_key(s, path)
         row = s.get(ConfigWorkingNode, key)
         have = row.revision if row else 0
@@ -94,7 +94,7 @@ def put_node(ctx, path: str, doc: Any, actor: str, expect_revision: int | None =
 
 def set_value(ctx, path: str, key: str, value: Any, actor: str) -> dict:
     """Set one dotted key of a node's working document (validated as a whole first)."""
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:  # read-modify-write: no concurrent set is lost
         nkey = node_key(s, path)
         row = s.get(ConfigWorkingNode, nkey)
         doc = with_value(row.document if row else {}, key, value)
@@ -106,7 +106,7 @@ def set_value(ctx, path: str, key: str, value: Any, actor: str) -> dict:
 
 def unset_value(ctx, path: str, key: str, actor: str) -> dict:
     """Remove one dotted key from a node's working document (the value is inherited again)."""
-    with ctx.db.session() as s:
+    with ctx.db.session(write=True) as s:
         nkey = node_key(s, path)
         row = s.get(ConfigWorkingNode, nkey)
         doc = without_value(row.document if row else {}, key, path)
