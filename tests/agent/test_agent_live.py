@@ -33,7 +33,7 @@ def test_fetch_verify_apply_report(ctx, world, live_server, tmp_path, cli):
     assert all(v == "ok" for v in out["modules"].values()), out["modules"]
     assert (root / "etc/hostname").read_text() == "m1-host\n"  # template rendered by the server
     cpus = (root / "etc/netslate-test/facts.txt").read_text()
-    assert cpus.startswith("cpus=") and cpus.strip() != "cpus=?"  # facts reported before the bundle was rendered
+    assert cpus.strip() == "cpus=?"  # m1 is not enrolled: its (anonymous) facts never fill a signed bundle (issue 11 #2)
     assert lkg.last_generation(root / "netslate/lkg") == world["generation"]
     f = _status(live_server.url)
     assert f["state"] == "configured" and f["config_source"] == "server" and f["generation"] == world["generation"]

@@ -156,8 +156,14 @@ def view(fleet: dict | None, approved: bool, last_boot_event: dt.datetime | None
         "problems": f.get("problems") or [],
         "timings": f.get("timings") or {},
         "authenticated": f.get("authenticated"),
+        "unverified": f.get("unverified"),  # facts/address of the last report without a credential
         "flags": flags(fleet, current_generation),
     }
+
+
+def unverified(received: dt.datetime, remote: str | None, facts: dict | None) -> dict:
+    """What a report without a credential claimed, kept apart from everything bundles are made of."""
+    return {"received_at": _iso(received), "address": remote, "facts": facts}
 
 
 def merge_report(old: dict | None, rep: dict, received: dt.datetime, authenticated: bool, remote: str | None) -> tuple[dict, bool]:

@@ -1,9 +1,15 @@
 """Fleet status against the database: store a report, identify a machine, list the fleet.
 
 A report is stored in one transaction: `machines.status["fleet"]` (last report + short history),
-`machines.status["facts"]` (read by the config part to render templates), `machines.state`
-(booting | configured | degraded as the report says; "offline" is derived when reading) and
-`machines.last_seen`.
+`machines.state` (booting | configured | degraded as the report says; "offline" is derived when
+reading) and `machines.last_seen`.
+
+Only a report authenticated by the machine's credential is trusted with what feeds signed bundles
+(issue 11 #2): its facts go to `machines.status["facts"]` (template input, read by the config part)
+and its TCP peer to `machines.ip_address` (the site hint of `image_pin`). A report without a
+credential (a machine not enrolled yet: anyone could send it) keeps its facts and address apart,
+under `status["fleet"]["unverified"]`, shown in the fleet view and flagged `unauthenticated`, and
+never read by template rendering or site hints.
 """
 
 from __future__ import annotations
@@ -61,12 +67,21 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) ->
         if m.credential_sha256 and not authenticated:
             raise Forbidden("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
         status = dict(m.status or {})
+        unverified = (status.get("fleet") or {}).get("unverified")
         fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)
+        if current and authenticated:
+            if facts is not None:
+                status["facts"] = facts
+            unverified = None  # the machine itself spoke last
+        elif current:
+            unverified = core.unverified(now, remote, facts)
+        if unverified:
+            fleet["unverified"] = unverified
+        else:
+            fleet.pop("unverified", None)
         status["fleet"] = fleet
-        if current and facts is not None:
-            status["facts"] = facts
         inventory.record_report(s, m, status, state=core.reported_state(rep) if current else None,
-                                seen=now if current else None, address=remote if current else None)
+                                seen=now if current else None, address=remote if current and authenticated else None)
         if rep["phase"] != "heartbeat":  # one audit row per boot step; heartbeats only refresh liveness
             audit.record(s, f"machine:{m.id}", "fleet.report", f"machine:{m.id}", phase=rep["phase"],
                          state=core.reported_state(rep), generation=rep.get("generation"),

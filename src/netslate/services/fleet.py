@@ -22,6 +22,14 @@ class HealthCheck(BaseModel):
     ms: int | float | None = None
 
 
+class UnverifiedReport(BaseModel):
+    """The last report sent without a machine credential: kept apart, never used for bundles."""
+
+    received_at: str | None
+    address: str | None  # the TCP peer that sent it
+    facts: dict[str, Any] | None
+
+
 class FleetFields(BaseModel):
     """The fleet part of one machine (also under `fleet` in `machine list/show`)."""
 
@@ -42,6 +50,7 @@ class FleetFields(BaseModel):
     problems: list[str]
     timings: dict[str, int | float]
     authenticated: bool | None
+    unverified: UnverifiedReport | None = None  # facts/address of the last report without a credential
     flags: list[str]
 
 
