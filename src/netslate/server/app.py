@@ -14,7 +14,7 @@ from netslate.errors import Conflict, NotFound, UserError
 from netslate.server import limits
 from netslate.server.auth import caller_of
 from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images
-from netslate.services.framework import Forbidden, router_for
+from netslate.services.framework import ERROR_RESPONSES, Forbidden, router_for
 
 # Routes the service contracts cannot express: firmware and iPXE paths outside /api/v1, chunk and
 # artifact streams, uploads, the agent's long-poll and reports, consoles.
@@ -58,8 +58,8 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    for router in HAND_WRITTEN:
-        app.include_router(router)
+    for router in HAND_WRITTEN:  # their error answers documented like the generated routes'
+        app.include_router(router, responses=ERROR_RESPONSES)
     include_services(app)
     app.add_middleware(boot.BootFastPath)
     limits.install(app)  # outermost: body size, auth before the body, JSON depth, big integers

@@ -249,6 +249,7 @@ class LocalDesktops(DesktopsService):
     def browser_console(self, ref: str, ttl: int, host: str | None, relay_port: int | None) -> BrowserConsole:
         """A noVNC page URL whose websocket relay holds a single-use token for this desktop's VNC ticket
         (not an operation of its own: the route knows the relay's port and the host the caller used)."""
+        self._console_allowed(ref)  # who asks comes first: a caller who may not open it learns nothing else
         if not relay_port:
             raise Conflict("browser consoles are off: start the server with NETSLATE_CONSOLE_PORT set")
         t = self.ticket(ref, TicketRequest(type="vnc", ttl=ttl))

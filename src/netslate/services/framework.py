@@ -231,12 +231,15 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
+# Errors are JSON whatever the route answers on success (text/plain scripts, octet streams): the
+# content is spelled out instead of `model=`, which FastAPI would document in the route's media type.
+_ERROR_JSON = {"application/json": {"schema": ErrorDetail.model_json_schema()}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorDetail, "description": "bad input"},
-    401: {"model": ErrorDetail, "description": "no credentials"},
-    403: {"model": ErrorDetail, "description": "the caller's role is too small"},
-    404: {"model": ErrorDetail, "description": "not found"},
-    409: {"model": ErrorDetail, "description": "conflicts with the current state"},
+    400: {"description": "bad input", "content": _ERROR_JSON},
+    401: {"description": "no credentials", "content": _ERROR_JSON},
+    403: {"description": "the caller's role is too small", "content": _ERROR_JSON},
+    404: {"description": "not found", "content": _ERROR_JSON},
+    409: {"description": "conflicts with the current state", "content": _ERROR_JSON},
 }
 
 

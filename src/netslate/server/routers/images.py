@@ -115,7 +115,11 @@ class PackRequest(BaseModel):
 PACK_RAW, PACK_ZSTD, PACK_MISSING = 0, 1, 2
 
 
-@serving.post("/chunks/pack")
+OCTETS = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@serving.post("/chunks/pack", response_class=StreamingResponse,
+              responses={200: {"description": "the framed chunks", **OCTETS}})
 def get_pack(body: PackRequest, request: Request):
     """Many chunks in one response, each as stored (zstd or raw), framed as
     `<1 byte: 0 raw | 1 zstd | 2 missing><4 bytes big-endian length><bytes>`. The client
