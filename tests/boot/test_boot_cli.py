@@ -131,3 +131,15 @@ def test_boot_cli_remote(live_server, tmp_path):
     assert store.activate_rules(ctx)["active_version"] == 1
     r = run_cli(*g, "boot", "explain", MAC_A, "--json")
     assert r.json()["rule"] == "a" and f"kernel {live_server.url}/images/desk/1/kernel" in r.json()["script"]
+
+
+def test_boot_cli_explain_a_held_machine_says_why(cli):
+    """A held machine's explanation has a reason like every other (it had none), in both modes."""
+    assert cli("boot", "policy", "set", "hold").code == 0
+    r = cli("boot", "explain", MAC_B, "--json")
+    assert r.code == 0, r.stderr
+    e = r.json()
+    assert e["kind"] == "hold" and not e["known"] and "hold policy of site default" in e["reason"]
+    assert "waiting for approval" in e["script"]
+    r = cli("boot", "explain", MAC_B)  # the table view prints the same reason
+    assert r.code == 0 and "hold policy of site default" in r.stdout

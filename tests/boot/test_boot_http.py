@@ -8,6 +8,8 @@ import httpx
 import pytest
 
 from netslate.boot import store
+from netslate.server.auth import local_principal
+from netslate.services import Services
 from netslate import inventory
 
 MAC_A, MAC_B, MAC_NEW = "52:54:00:0a:00:01", "52:54:00:0b:00:02", "52:54:00:0c:00:03"
@@ -146,8 +148,9 @@ def test_boot_tag_move_and_pin(live_server, tmp_path):
     assert "netslate.image=desk@3 " in _kernel_line(_script(live_server, MAC_A))
     assert f"/images/desk/3/kernel" in _kernel_line(_script(live_server, MAC_B))
     store.pin_machine(ctx, MAC_B, "desk@2")  # roll back one machine
+    images = Services.local(live_server.app.state.parts, local_principal()).images  # the in-use check lives in the images service
     with pytest.raises(store.Conflict, match="pinned to desk@2"):
-        ctx.library.remove_version("desk", 2)
+        images.remove_version("desk", 2)
     kb = _kernel_line(_script(live_server, MAC_B))
     assert "/images/desk/2/kernel" in kb and "netslate.image=desk@2 " in kb and " quiet" in kb
     assert f"netslate.manifest={ctx.library.resolve('desk', '2').manifest_digest}" in kb
