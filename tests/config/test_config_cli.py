@@ -120,3 +120,22 @@ def test_cli_remote_mode(live_server, tmp_path):
     assert r.code == 2 and "nothing to publish" in r.stderr
     r = run_cli("config", "publish", "-m", "x", data_dir=tmp_path / "unused", env={"NETSLATE_SERVER": live_server.url})
     assert r.code == 2 and "401" in r.stderr
+
+
+def test_cli_same_answer_locally_and_remotely(cli, data_dir):
+    """Found moving config onto the service layer: each of these behaved differently locally and over --server."""
+    # --limit 0: the local CLI printed an empty history, the server answered 422; now one line, exit 2, both ways
+    r = cli("config", "history", "--limit", "0")
+    assert r.code == 2 and "limit must be between 1 and 10000" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # a YAML value JSON cannot carry (a date): one line locally, a traceback in the HTTP client remotely
+    r = cli("config", "set", "/", "extra.when", "2024-01-01")
+    assert r.code == 2 and "not plain JSON data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    f = data_dir.parent / "dated.yaml"
+    f.write_text("extra: {when: 2024-01-01}\n")
+    r = cli("config", "apply", "/", str(f))
+    assert r.code == 2 and "not plain JSON data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # audit actors follow one convention: local:USER on the data directory, token:NAME through a server (was api:NAME)
+    assert cli("config", "set", "/", "timezone", "UTC").code == 0
+    assert cli("config", "publish", "-m", "actor").code == 0
+    author = cli("config", "history", "--json").json()[0]["author"]
+    assert author.startswith("token:" if cli.mode == "remote" else "local:"), author

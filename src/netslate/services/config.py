@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, model_serializer
 
+from netslate.canonical import canonical_json
 from netslate.config import bundles, credentials, generation_cache, generations, placement, workingcopy
 from netslate.config.explain import explain as explain_machine
 from netslate.config.schema import json_schema
@@ -369,14 +370,25 @@ def _warm(ctx) -> None:
         pass
 
 
+def _plain_json(value: Any) -> Any:
+    """Refuse what JSON cannot carry (a YAML date, say) with the line the local side gives, not a traceback."""
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"document is not plain JSON data: {exc}") from None
+    return value
+
+
 class HttpConfig(http_client(ConfigService)):
     """The generated client plus the routes written by hand (body limit, bundle with a machine credential)."""
 
     def put_node(self, path: str, document: dict[str, Any] | None, expect_revision: int | None = None) -> NodeWritten:
+        _plain_json(document)
         data = self.api.put("/api/v1/config/node", params={"path": path}, json={"document": document, "expect_revision": expect_revision})
         return NodeWritten(**data)
 
     def set_value(self, path: str, key: str, value: Any) -> NodeWritten:
+        _plain_json(value)
         return NodeWritten(**self.api.post("/api/v1/config/set", json={"path": path, "key": key, "value": value}))
 
     def node_for_edit(self, path: str) -> ConfigNode:
