@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import api_client
+from hostile_support import api_client
 
 BIG = ["9223372036854775808", "99999999999999999999999", "-9223372036854775809"]
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import rss_kib, serve_process
+from hostile_support import rss_kib, serve_process
 
 MiB = 1024 * 1024
 BIG = 200 * MiB

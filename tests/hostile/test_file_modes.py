@@ -8,7 +8,7 @@ import os
 import stat
 import subprocess
 
-from conftest import serve_process
+from hostile_support import serve_process
 from nstest import run_cli
 
 

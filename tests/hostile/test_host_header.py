@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import KNOWN_MAC, raw_http
+from hostile_support import KNOWN_MAC, raw_http
 
 HOSTS = [b"[::1", b"[::1]]", b"[", b"]", b"[zz::1]", b"a:b:c", b"host:99999999", b"h" * 300, b"[::1]:", b"%", b"..", b"-"]
 PATHS = [f"/boot/ipxe?mac={KNOWN_MAC}", "/boot/ipxe?mac=52:54:00:aa:0f:01", "/boot.ipxe", "/api/v1/boot/explain/known1",

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import HOSTILE, KNOWN_MAC, api_client, rendered_scripts
+from hostile_support import HOSTILE, KNOWN_MAC, api_client, rendered_scripts
 from netslate.context import Context
 from nstest import run_cli, start_server
 
