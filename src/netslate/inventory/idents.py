@@ -58,7 +58,7 @@ def normalize_uuid(value: str) -> str:
 
 
 def normalize_text(value: str, what: str) -> str:
-    v = str(value).strip()
+    v = str(value).strip(" ")  # spaces only: a trailing newline or CR is refused, not trimmed
     if not TEXT_RE.match(v):
         raise UserError(f"invalid {what} {shown(value)}: 1-128 of letters, digits, space and ._,()+/:@-")
     return v
@@ -66,7 +66,7 @@ def normalize_text(value: str, what: str) -> str:
 
 def normalize_group(value: str) -> str:
     """A placement in the config tree: /site/cluster/pool."""
-    v = str(value).strip()
+    v = str(value).strip(" ")  # spaces only: a trailing newline is refused, not trimmed
     if len(v) > 1 and v.endswith("/"):
         v = v[:-1]
     if not GROUP_RE.match(v) or ".." in v or len(v) > 512:
