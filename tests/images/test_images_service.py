@@ -112,3 +112,20 @@ def test_image_rm_refuses_a_version_in_use_without_the_images_part_knowing_boot(
     lib.remove_version("x", 2)
     with pytest.raises(Conflict, match="machine pc9"):
         ctx.library.remove_version("x", 1, in_use=[lambda n, v: ["machine pc9"]])
+
+
+def test_build_edit_commit_over_server_say_in_one_line_they_need_the_servers_files(live_server, tmp_path):
+    from nstest import run_cli
+
+    env = {"NETSLATE_SERVER": live_server.url, "NETSLATE_TOKEN": live_server.admin_token}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("suite: bookworm\n")
+    script = tmp_path / "s.sh"
+    script.write_text("true\n")
+    for args in (("image", "build", "x", "--recipe", str(recipe)), ("image", "edit", "x", "--script", str(script)),
+                 ("image", "edit", "x", "--abort"), ("image", "commit", "x", "-m", "m")):
+        r = run_cli(*args, env=env, data_dir=tmp_path / "unused")
+        assert r.code == 2, (args, r.stderr)
+        assert "works on the server's own files: run it on the server, without --server" in r.stderr, (args, r.stderr)
+        assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert not (tmp_path / "unused").exists()
