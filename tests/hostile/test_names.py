@@ -105,6 +105,9 @@ FIELDS: list[Field] = [
 ]
 
 VALUES = sorted(HOSTILE)
+# Each CLI run is a new process (~1-3 s): the line-injecting values are covered by lf/cr there,
+# and NUL cannot travel in argv.
+CLI_VALUES = ["lf", "cr", "dollar", "shebang", "long"]
 
 
 def _send(c, f: Field, value: str):
@@ -155,7 +158,7 @@ def _assert_clean(text: str, where: str) -> None:
 
 @pytest.mark.parametrize("field", [f for f in FIELDS if f.cli], ids=lambda f: f.name)
 def test_cli_refuses_or_keeps_scripts(tmp_path, field):
-    """Local CLI: every hostile value (NUL cannot travel in argv) exits 2 with one line and no
+    """Local CLI: every hostile value of CLI_VALUES exits 2 with one line and no
     traceback, or exits 0 without changing a line of any script (rendered by a server over the
     same data directory)."""
     data = tmp_path / "data"
@@ -165,10 +168,8 @@ def test_cli_refuses_or_keeps_scripts(tmp_path, field):
     try:
         before = rendered_scripts(srv)
         codes = {}
-        for key in VALUES:
+        for key in CLI_VALUES:
             value = HOSTILE[key]
-            if "\0" in value:
-                continue
             r = run_cli(*field.cli(value), data_dir=data, timeout=120)
             assert r.code in (0, 2), (field.name, key, r.code, r.stdout[-500:], r.stderr[-500:])
             assert "Traceback" not in r.stderr, (field.name, key, r.stderr[-2000:])
