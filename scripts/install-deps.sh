@@ -15,6 +15,8 @@ APT_PACKAGES=(
   isc-dhcp-server kea-dhcp4-server
   postgresql
   wrk
+  slapd ldap-utils
+  chromium chromium-driver fonts-dejavu-core
 )
 UV_VERSION=0.13.9
 
