@@ -4,6 +4,7 @@ Token storage lives in `netslate.identity.tokens`; role checks live in
 `netslate.services.framework.authorize`, shared by every adapter.
 """
 
+import dataclasses
 import getpass
 import os
 
@@ -35,6 +36,8 @@ def caller_of(request: Request) -> Caller:
     if cached is not None:
         return cached
     caller = principal_for(request.app.state.ctx, bearer(request)) or ANONYMOUS
+    if request.client is not None:
+        caller = dataclasses.replace(caller, address=request.client.host)
     request.state.caller = caller
     return caller
 

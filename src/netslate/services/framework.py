@@ -34,9 +34,10 @@ _PATH_PARAM = re.compile(r"{([a-z_]+)(?::path)?}")
 class Caller:
     """Who is acting: `token:NAME`, `user:NAME`, `machine:ID` or `local:USER` in audit entries."""
 
-    kind: str  # token | user | machine | local
+    kind: str  # token | user | machine | local | anonymous
     name: str
     role: str | None = None  # None: anonymous or a machine
+    address: str | None = None  # the client's address (login throttling, audit), when known
 
     @property
     def actor(self) -> str:
