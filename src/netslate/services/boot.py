@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from netslate.boot import store
+from netslate.boot import ipxe, store
+from netslate.errors import UserError
 from netslate.services.framework import Service, http_client, op
 
 # ---------------------------------------------------------------- records
@@ -312,11 +313,21 @@ class LocalBoot(BootService):
     def explain(self, ident: str, arch: str | None = None, platform: str | None = None, address: str | None = None,
                 base_url: str | None = None) -> Explanation:
         engine = self.parts.boot_engine
-        return Explanation(**engine.explain(ident, base_url or engine.default_base(), arch, platform, address))
+        return Explanation(**engine.explain(ident, _base_url(base_url) or engine.default_base(), arch, platform, address))
 
     def pxelinux(self, base_url: str | None = None) -> dict[str, str]:
         engine = self.parts.boot_engine
-        return engine.pxelinux_files(base_url or engine.default_base())
+        return engine.pxelinux_files(_base_url(base_url) or engine.default_base())
+
+
+def _base_url(value: str | None) -> str | None:
+    """A caller's base URL for scripts: refused in one line (400) when a script could not carry it."""
+    if not value:
+        return None
+    try:
+        return ipxe.base_url(value)
+    except ipxe.UnsafeValue as exc:
+        raise UserError(f"base_url: {exc} (want http[s]://HOST[:PORT] in plain characters)") from None
 
 
 class HttpBoot(http_client(BootService)):

@@ -66,14 +66,19 @@ class SetBody(BaseModel):
     value: Any = None
 
 
-@router.put("/config/node", response_model=NodeWritten)
+def _documented(model) -> dict:
+    """The JSON body a hand-read route takes, for the OpenAPI document."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+@router.put("/config/node", response_model=NodeWritten, openapi_extra=_documented(NodeBody))
 async def put_node(request: Request, path: str = Query(...), caller=auth.require("operator")):
     """Replace one node's working document: body `{"document": {...}, "expect_revision": N}`."""
     body = _model(NodeBody, await _json_body(request))
     return await run_in_threadpool(_service(request, caller).put_node, path, body.document, body.expect_revision)
 
 
-@router.post("/config/set", response_model=NodeWritten)
+@router.post("/config/set", response_model=NodeWritten, openapi_extra=_documented(SetBody))
 async def set_value(request: Request, caller=auth.require("operator")):
     """Set one key of a node's working document: body `{"path", "key", "value"}`."""
     body = _model(SetBody, await _json_body(request))

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from netslate.fleet.reports import Forbidden
 from netslate.server.auth import bearer, caller_of
-from netslate.services.fleet import LocalFleet
+from netslate.services.fleet import LocalFleet, ReportAccepted
 
 router = APIRouter(tags=["fleet"])
 
@@ -19,7 +19,25 @@ def _fleet(request: Request) -> LocalFleet:
     return LocalFleet(request.app.state.parts, caller_of(request))
 
 
-@router.post("/api/v1/machines/{machine}/report", status_code=202)
+# What a report may carry (documented for clients and the fuzz run; core.clean_report checks it).
+REPORT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object",
+    "properties": {
+        "phase": {"enum": ["booting", "configured", "heartbeat"]},
+        "generation": {"type": "integer", "minimum": 0},
+        "config_source": {"enum": ["server", "cache", "none"]},
+        "image_source": {"enum": ["server", "cache"]},
+        "image": {"type": "string"}, "version": {"type": "integer"}, "mode": {"type": "string"},
+        "modules": {"type": "object", "additionalProperties": {"type": "string"}},
+        "health": {"type": "object"},
+        "facts": {"type": "object", "description": "template input, only from a report with the machine credential"},
+        "timings": {"type": "object"}, "problems": {"type": "array", "items": {"type": "string"}},
+        "uptime_s": {"type": "number"}, "sent_at": {"type": "number"}, "queued": {"type": "boolean"},
+    },
+}}}}}
+
+
+@router.post("/api/v1/machines/{machine}/report", status_code=202, response_model=ReportAccepted, openapi_extra=REPORT_BODY)
 async def report(request: Request, machine: str):
     """An agent's report. Enrolled machines must send `Authorization: Bearer <machine credential>`;
     others are accepted and marked unauthenticated (flag `unauthenticated`)."""
