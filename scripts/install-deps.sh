@@ -38,3 +38,15 @@ if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | awk '{print $2}')" != 
 fi
 
 uv sync --frozen -q
+
+# The web console's browser libraries (htmx), pinned by src/netslate/web/assets/package-lock.json and
+# served by netslate itself (no CDN): `npm ci` when node_modules is missing or older than the lock.
+ASSETS=src/netslate/web/assets
+if ! command -v npm >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { echo "error: installing npm needs root" >&2; exit 2; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f "$ASSETS/node_modules/.package-lock.json" ] || [ "$ASSETS/package-lock.json" -nt "$ASSETS/node_modules/.package-lock.json" ]; then
+  echo "installing web assets (npm ci)"
+  (cd "$ASSETS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+fi

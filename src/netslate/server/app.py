@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from netslate import __version__, services
+from netslate import __version__, services, web
 from netslate.composition import Parts
 from netslate.context import Context
 from netslate.errors import Conflict, NotFound, UserError
@@ -61,6 +61,7 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
     for router in HAND_WRITTEN:  # their error answers documented like the generated routes'
         app.include_router(router, responses=ERROR_RESPONSES)
     include_services(app)
+    web.include(app)  # the web console: dashboard, portal, login pages, static assets
     app.add_middleware(boot.BootFastPath)
     limits.install(app)  # outermost: body size, auth before the body, JSON depth, big integers
     return app
