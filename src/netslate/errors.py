@@ -15,5 +15,13 @@ class Conflict(UserError):
     pass
 
 
+class Throttled(UserError):
+    """Too many attempts (failed logins): the API answers 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 class IntegrityError(Exception):
     """Data failed verification (hash, signature, generation). Never used silently."""

@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from netslate import __version__, services, web
 from netslate.composition import Parts
 from netslate.context import Context
-from netslate.errors import Conflict, NotFound, UserError
+from netslate.errors import Conflict, NotFound, Throttled, UserError
 from netslate.server import limits
-from netslate.server.auth import caller_of
+from netslate.server.auth import CsrfGuard, caller_of
 from netslate.server.routers import boot, config, desktops, discovery, fleet, health, images
 from netslate.services.framework import ERROR_RESPONSES, Forbidden, router_for
 
@@ -55,6 +55,8 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
             if exc.authenticated:
                 return JSONResponse({"detail": str(exc)}, status_code=403)
             return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if isinstance(exc, Throttled):
+            return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
@@ -62,6 +64,7 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
         app.include_router(router, responses=ERROR_RESPONSES)
     include_services(app)
     web.include(app)  # the web console: dashboard, portal, login pages, static assets
+    app.add_middleware(CsrfGuard)  # session-cookie requests: the CSRF token, checked in this one place
     app.add_middleware(boot.BootFastPath)
     limits.install(app)  # outermost: body size, auth before the body, JSON depth, big integers
     return app

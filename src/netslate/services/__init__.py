@@ -28,8 +28,10 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "fleet": ("netslate.services.fleet", "FleetService", "LocalFleet"),
     "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
     "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
-    "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
-    "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
+    "auth": ("netslate.services.auth", "AuthService", "LocalAuth"),
+    "users": ("netslate.services.users", "UsersService", "LocalUsers"),
+    "directories": ("netslate.services.directories", "DirectoriesService", "LocalDirectories"),
+    "entitlements": ("netslate.services.entitlements", "EntitlementsService", "LocalEntitlements"),
 }
 
 

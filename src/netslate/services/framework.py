@@ -26,28 +26,10 @@ from pydantic import BaseModel, TypeAdapter, create_model
 
 from netslate.errors import UserError
 
-ROLES = ("viewer", "operator", "admin")
+# Caller lives in the identity part (sessions build one; parts may not import services); re-exported here.
+from netslate.identity.caller import ANONYMOUS, ROLES, Caller  # noqa: E402,F401
+
 _PATH_PARAM = re.compile(r"{([a-z_]+)(?::path)?}")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is acting: `token:NAME`, `user:NAME`, `machine:ID` or `local:USER` in audit entries."""
-
-    kind: str  # token | user | machine | local | anonymous
-    name: str
-    role: str | None = None  # None: anonymous or a machine
-    address: str | None = None  # the client's address (login throttling, audit), when known
-
-    @property
-    def actor(self) -> str:
-        return f"{self.kind}:{self.name}"
-
-    def has(self, role: str) -> bool:
-        return self.role is not None and ROLES.index(self.role) >= ROLES.index(role)
-
-
-ANONYMOUS = Caller("anonymous", "-", None)
 
 
 class Forbidden(UserError):
@@ -90,6 +72,8 @@ def authorize(caller: Caller, operation: Op) -> None:
     if operation.role is None:
         return
     if caller.role is None:
+        if caller.kind == "user":  # logged in, with pool entitlements only
+            raise Forbidden(f"this needs the {operation.role} role; {caller.actor} has no role", authenticated=True)
         raise Forbidden("a bearer token or a login is required", authenticated=False)
     if not caller.has(operation.role):
         raise Forbidden(f"this needs the {operation.role} role; {caller.actor} is {caller.role}", authenticated=True)

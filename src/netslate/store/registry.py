@@ -9,6 +9,7 @@ MODEL_MODULES = [
     "netslate.discovery.models",
     "netslate.config.models",
     "netslate.desktops.models",
+    "netslate.identity.models",
 ]
 
 
