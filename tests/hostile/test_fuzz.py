@@ -30,7 +30,7 @@ from netslate.context import Context
 from netslate.server.limits import _flat_routes, declared_role
 from nstest import start_server
 
-EXAMPLES = int(os.environ.get("NETSLATE_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("NETSLATE_FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("NETSLATE_FUZZ_SEED")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
