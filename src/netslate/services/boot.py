@@ -43,7 +43,7 @@ class ProfileRequest(BaseModel):
     replace: bool = False
 
 
-class Rule(BaseModel):
+class RuleRecord(BaseModel):
     name: str
     priority: int
     specificity: int
@@ -56,7 +56,7 @@ class RuleSet(BaseModel):
     active_version: int
     activated_at: str | None
     activated_by: str | None
-    rules: list[Rule]  # in evaluation order
+    rules: list[RuleRecord]  # in evaluation order
 
 
 class RuleRequest(BaseModel):
@@ -113,7 +113,7 @@ class PolicyRequest(BaseModel):
     default_profile: str | None = None  # "" clears it
 
 
-class BootEvent(BaseModel):
+class BootEventRecord(BaseModel):
     id: int
     at: str | None
     machine: int | None
@@ -167,7 +167,7 @@ class PinRef(BaseModel):
     version: int
 
 
-class Explanation(BaseModel):
+class BootExplanation(BaseModel):
     machine: int | None
     known: bool
     facts: MachineFacts
@@ -217,7 +217,7 @@ class BootService(Service):
         raise NotImplementedError
 
     @op("POST", "/api/v1/boot/rules", role="operator", status=201)
-    def add_rule(self, request: RuleRequest) -> Rule:
+    def add_rule(self, request: RuleRequest) -> RuleRecord:
         """Add a rule to the working set (a tie with another rule is refused)."""
         raise NotImplementedError
 
@@ -247,13 +247,13 @@ class BootService(Service):
         raise NotImplementedError
 
     @op("GET", "/api/v1/boot/events")
-    def events(self, limit: int = 100, machine: str | None = None) -> list[BootEvent]:
+    def events(self, limit: int = 100, machine: str | None = None) -> list[BootEventRecord]:
         """Boot scripts served, newest first."""
         raise NotImplementedError
 
     @op("GET", "/api/v1/boot/explain/{ident}")
     def explain(self, ident: str, arch: str | None = None, platform: str | None = None, address: str | None = None,
-                base_url: str | None = None) -> Explanation:
+                base_url: str | None = None) -> BootExplanation:
         """Which rule matches a machine (MAC or UUID) and why, and the script it would be served.
         `base_url` is the server URL put in the script (default: the first advertised address)."""
         raise NotImplementedError
@@ -286,9 +286,9 @@ class LocalBoot(BootService):
     def list_rules(self, ruleset: str = "working") -> RuleSet:
         return RuleSet(**store.list_rules(self.ctx, ruleset))
 
-    def add_rule(self, request: RuleRequest) -> Rule:
+    def add_rule(self, request: RuleRequest) -> RuleRecord:
         r = request
-        return Rule(**store.add_rule(self.ctx, r.name, r.selectors, r.profile, r.priority, actor=self.actor, replace=r.replace))
+        return RuleRecord(**store.add_rule(self.ctx, r.name, r.selectors, r.profile, r.priority, actor=self.actor, replace=r.replace))
 
     def remove_rule(self, name: str) -> None:
         store.remove_rule(self.ctx, name, actor=self.actor)
@@ -306,14 +306,14 @@ class LocalBoot(BootService):
         r = request
         return Policy(**store.set_policy(self.ctx, r.policy, r.site, r.retry_seconds, r.default_profile, actor=self.actor))
 
-    def events(self, limit: int = 100, machine: str | None = None) -> list[BootEvent]:
+    def events(self, limit: int = 100, machine: str | None = None) -> list[BootEventRecord]:
         self.parts.boot_engine.events.flush(5)  # what this process served so far is listed too
-        return [BootEvent(**e) for e in store.list_events(self.ctx, limit, machine)]
+        return [BootEventRecord(**e) for e in store.list_events(self.ctx, limit, machine)]
 
     def explain(self, ident: str, arch: str | None = None, platform: str | None = None, address: str | None = None,
-                base_url: str | None = None) -> Explanation:
+                base_url: str | None = None) -> BootExplanation:
         engine = self.parts.boot_engine
-        return Explanation(**engine.explain(ident, _base_url(base_url) or engine.default_base(), arch, platform, address))
+        return BootExplanation(**engine.explain(ident, _base_url(base_url) or engine.default_base(), arch, platform, address))
 
     def pxelinux(self, base_url: str | None = None) -> dict[str, str]:
         engine = self.parts.boot_engine
@@ -335,7 +335,7 @@ class HttpBoot(http_client(BootService)):
     (the server itself only knows its advertised addresses)."""
 
     def explain(self, ident: str, arch: str | None = None, platform: str | None = None, address: str | None = None,
-                base_url: str | None = None) -> Explanation:
+                base_url: str | None = None) -> BootExplanation:
         return super().explain(ident, arch, platform, address, base_url or self.api.base_url)
 
     def pxelinux(self, base_url: str | None = None) -> dict[str, str]:

@@ -13,7 +13,7 @@ import threading
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, model_serializer
+from pydantic import BaseModel
 
 from netslate.canonical import canonical_json
 from netslate.config import bundles, credentials, generation_cache, generations, placement, workingcopy
@@ -21,22 +21,9 @@ from netslate.config.explain import explain as explain_machine
 from netslate.config.schema import json_schema
 from netslate.errors import UserError
 from netslate.services.framework import Service, http_client, op
+from netslate.services.records import MachineRef, Record
 
 HTTP_CLASS = "HttpConfig"
-
-
-class Record(BaseModel):
-    """A record whose `omit_when_none` fields are left out of its JSON when unset (as the API always did)."""
-
-    omit_when_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit(self, handler):
-        data = handler(self)
-        for key in self.omit_when_none:
-            if data.get(key, 0) is None:
-                del data[key]
-        return data
 
 
 class Canary(BaseModel):
@@ -150,18 +137,12 @@ class GenerationDiff(BaseModel):
     nodes: list[NodeChange]
 
 
-class MachineRef(BaseModel):
-    id: int
-    name: str | None
-    tree_path: str
-
-
 class ChainNode(BaseModel):
     node: str
     level: str
 
 
-class Explanation(Record):
+class ConfigExplanation(Record):
     omit_when_none: ClassVar[tuple[str, ...]] = ("ip_lease",)
     machine: MachineRef
     generation: int
@@ -261,7 +242,7 @@ class ConfigService(Service):
         raise NotImplementedError
 
     @op("GET", "/api/v1/machines/{machine}/explain")
-    def explain(self, machine: str, generation: int | None = None) -> Explanation:
+    def explain(self, machine: str, generation: int | None = None) -> ConfigExplanation:
         """The machine's resolved document and, for every leaf, the node it came from."""
         raise NotImplementedError
 
@@ -335,8 +316,8 @@ class LocalConfig(ConfigService):
     def generation(self, number: int) -> GenerationDiff:
         return GenerationDiff(**generations.generation_diff(self.parts.ctx, number))
 
-    def explain(self, machine: str, generation: int | None = None) -> Explanation:
-        return Explanation(**explain_machine(self.parts.ctx, machine, generation))
+    def explain(self, machine: str, generation: int | None = None) -> ConfigExplanation:
+        return ConfigExplanation(**explain_machine(self.parts.ctx, machine, generation))
 
     def place(self, machine: str, path: str) -> Placed:
         out = Placed(**placement.place(self.parts.ctx, machine, path, self.actor))

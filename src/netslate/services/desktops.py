@@ -28,7 +28,7 @@ def nudge(parts) -> None:
         loop.nudge()
 
 
-class Desktop(BaseModel):
+class DesktopRecord(BaseModel):
     id: int
     name: str
     pool: str | None  # None once its pool is gone (it is being destroyed)
@@ -101,7 +101,7 @@ class SnapshotRevert(BaseModel):
     disk: str
 
 
-class GoldenImage(BaseModel):
+class GoldenImageRecord(BaseModel):
     name: str
     version: int
     path: str
@@ -132,22 +132,22 @@ class DesktopsService(Service):
     noun = "desktops"
 
     @op("GET", "/api/v1/desktops")
-    def list(self, pool: str | None = None, user: str | None = None) -> list[Desktop]:
+    def list(self, pool: str | None = None, user: str | None = None) -> list[DesktopRecord]:
         """List desktops."""
         raise NotImplementedError
 
     @op("GET", "/api/v1/desktops/{ref}")
-    def show(self, ref: str) -> Desktop:
+    def show(self, ref: str) -> DesktopRecord:
         """One desktop, by id or name."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/desktops/{ref}/release", role="operator")
-    def release(self, ref: str) -> Desktop:
+    def release(self, ref: str) -> DesktopRecord:
         """The user is done: the desktop is reset now (a reconcile pass of its pool), then shown."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/desktops/{ref}/session", role="operator")
-    def session(self, ref: str, event: SessionEvent) -> Desktop:
+    def session(self, ref: str, event: SessionEvent) -> DesktopRecord:
         """logon/logoff from the netslate agent inside the desktop (or by hand)."""
         raise NotImplementedError
 
@@ -181,22 +181,22 @@ class DesktopsService(Service):
     # ---------- golden images ----------
 
     @op("GET", "/api/v1/golden-images")
-    def images(self, name: str | None = None) -> list[GoldenImage]:
+    def images(self, name: str | None = None) -> list[GoldenImageRecord]:
         """Golden images and their versions."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/golden-images/{name}", role="operator", status=201)
-    def image_import_uploaded(self, name: str, request: GoldenUpload) -> GoldenImage:
+    def image_import_uploaded(self, name: str, request: GoldenUpload) -> GoldenImageRecord:
         """The next version of golden NAME from uploaded files."""
         raise NotImplementedError
 
     def image_import(self, name: str, file: Path, kernel: Path | None = None, initrd: Path | None = None,
-                     cmdline: str | None = None) -> GoldenImage:
+                     cmdline: str | None = None) -> GoldenImageRecord:
         """The next version of golden NAME from a qcow2 or raw FILE of the caller's."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/golden-images/{name}/from-image", role="operator", status=201)
-    def image_from_image(self, name: str, request: GoldenFromImage) -> GoldenImage:
+    def image_from_image(self, name: str, request: GoldenFromImage) -> GoldenImageRecord:
         """A golden disk from a netslate image version (rootfs as the disk, its kernel booted directly)."""
         raise NotImplementedError
 
@@ -211,23 +211,23 @@ class LocalDesktops(DesktopsService):
     def ctx(self):
         return self.parts.ctx
 
-    def list(self, pool: str | None = None, user: str | None = None) -> list[Desktop]:
-        return [Desktop(**d) for d in part.list_desktops(self.ctx, pool, user)]
+    def list(self, pool: str | None = None, user: str | None = None) -> list[DesktopRecord]:
+        return [DesktopRecord(**d) for d in part.list_desktops(self.ctx, pool, user)]
 
-    def show(self, ref: str) -> Desktop:
-        return Desktop(**part.show_desktop(self.ctx, ref))
+    def show(self, ref: str) -> DesktopRecord:
+        return DesktopRecord(**part.show_desktop(self.ctx, ref))
 
-    def release(self, ref: str) -> Desktop:
+    def release(self, ref: str) -> DesktopRecord:
         data = part.release_desktop(self.ctx, ref, self.actor)
         if data["pool"]:
             Engine(self.ctx).reconcile(data["pool"])  # the reset, now: the same work locally and on a server
         nudge(self.parts)
-        return Desktop(**part.show_desktop(self.ctx, data["id"]))
+        return DesktopRecord(**part.show_desktop(self.ctx, data["id"]))
 
-    def session(self, ref: str, event: SessionEvent) -> Desktop:
+    def session(self, ref: str, event: SessionEvent) -> DesktopRecord:
         data = part.session_event(self.ctx, ref, event.event, event.user, self.actor, source=event.source)
         nudge(self.parts)
-        return Desktop(**data)
+        return DesktopRecord(**data)
 
     def _console_allowed(self, ref: str) -> int:
         """The desktop's id when the caller may open its console (its user or an admin)."""
@@ -269,27 +269,27 @@ class LocalDesktops(DesktopsService):
     def snapshot_remove(self, ref: str, name: str) -> None:
         snapshots.remove(self.ctx, ref, name, self.actor)
 
-    def images(self, name: str | None = None) -> list[GoldenImage]:
-        return [GoldenImage(**g) for g in golden.list_goldens(self.ctx, name)]
+    def images(self, name: str | None = None) -> list[GoldenImageRecord]:
+        return [GoldenImageRecord(**g) for g in golden.list_goldens(self.ctx, name)]
 
-    def image_import_uploaded(self, name: str, request: GoldenUpload) -> GoldenImage:
+    def image_import_uploaded(self, name: str, request: GoldenUpload) -> GoldenImageRecord:
         r = request
-        return GoldenImage(**golden.import_uploads(self.ctx, name, r.disk, self.actor, kernel=r.kernel, initrd=r.initrd,
+        return GoldenImageRecord(**golden.import_uploads(self.ctx, name, r.disk, self.actor, kernel=r.kernel, initrd=r.initrd,
                                                    cmdline=r.cmdline, source=r.source))
 
-    def image_import(self, name, file, kernel=None, initrd=None, cmdline=None) -> GoldenImage:
-        return GoldenImage(**golden.import_disk(self.ctx, name, Path(file), self.actor, kernel=kernel, initrd=initrd,
+    def image_import(self, name, file, kernel=None, initrd=None, cmdline=None) -> GoldenImageRecord:
+        return GoldenImageRecord(**golden.import_disk(self.ctx, name, Path(file), self.actor, kernel=kernel, initrd=initrd,
                                                 cmdline=cmdline))
 
-    def image_from_image(self, name: str, request: GoldenFromImage) -> GoldenImage:
-        return GoldenImage(**golden.from_image(self.ctx, name, request.image, self.actor))
+    def image_from_image(self, name: str, request: GoldenFromImage) -> GoldenImageRecord:
+        return GoldenImageRecord(**golden.from_image(self.ctx, name, request.image, self.actor))
 
     def image_remove(self, name: str, version: int) -> None:
         golden.remove_golden(self.ctx, name, version, self.actor)
 
 
 class HttpDesktops(http_client(DesktopsService)):
-    def image_import(self, name, file, kernel=None, initrd=None, cmdline=None) -> GoldenImage:
+    def image_import(self, name, file, kernel=None, initrd=None, cmdline=None) -> GoldenImageRecord:
         """Upload the disk (and kernel/initrd), then import the uploads on the server."""
         files = {"disk": Path(file), "kernel": kernel and Path(kernel), "initrd": initrd and Path(initrd)}
         for what, p in files.items():

@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from netslate.fleet import metrics, reports
 from netslate.services.framework import Service, op
+from netslate.services.records import MachineRef
 
 
-class HealthCheck(BaseModel):
+class HealthCheckResult(BaseModel):
     name: str | None
     ok: bool
     error: str | None = None
@@ -44,7 +45,7 @@ class FleetFields(BaseModel):
     config_source: str | None  # server | cache | none
     current_generation: int | None
     healthy: bool | None
-    health: list[HealthCheck]
+    health: list[HealthCheckResult]
     failures: dict[str, str]  # module → error, for modules that did not apply
     reboot_required: list[str]
     problems: list[str]
@@ -70,11 +71,6 @@ class FleetSummary(BaseModel):
 class FleetStatus(BaseModel):
     summary: FleetSummary
     machines: list[FleetMachine]
-
-
-class MachineRef(BaseModel):
-    id: int
-    name: str | None
 
 
 class ReportAccepted(BaseModel):

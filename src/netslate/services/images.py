@@ -60,7 +60,7 @@ class VersionInfo(BaseModel):
     artifacts: dict[str, ArtifactSummary]
 
 
-class TagEvent(BaseModel):
+class TagEventRecord(BaseModel):
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
 
     tag: str
@@ -72,7 +72,7 @@ class TagEvent(BaseModel):
 
 
 class VersionDetail(VersionInfo):
-    tag_history: list[TagEvent]
+    tag_history: list[TagEventRecord]
 
 
 class ImageDiff(BaseModel):

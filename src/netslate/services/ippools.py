@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from netslate.config import ippools
-from netslate.services.config import Record
+from netslate.services.records import Record
 from netslate.services.framework import Service, op
 
 

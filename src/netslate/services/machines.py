@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from netslate import inventory
 from netslate.boot import store as boot
 from netslate.fleet import reports as fleet
+from netslate.services.boot import BootEventRecord
 from netslate.services.fleet import FleetFields
 from netslate.services.framework import Service, op
 
@@ -30,7 +31,7 @@ class Pin(BaseModel):
     at: str | None
 
 
-class Machine(BaseModel):
+class MachineRecord(BaseModel):
     id: int
     name: str | None
     state: str  # discovered | held | approved | booting | configured | degraded
@@ -51,23 +52,8 @@ class Machine(BaseModel):
     fleet: FleetFields  # agent-reported status (netslate.fleet)
 
 
-class BootEvent(BaseModel):
-    id: int
-    at: str | None
-    machine: int | None
-    mac: str | None
-    kind: str
-    rule: str | None
-    profile: str | None
-    image: str | None
-    version: int | None
-    pinned: bool | None
-    remote: str | None
-    detail: str | None
-
-
-class MachineDetail(Machine):
-    boots: list[BootEvent]  # the most recent first
+class MachineDetail(MachineRecord):
+    boots: list[BootEventRecord]  # the most recent first
 
 
 class MachineCreate(BaseModel):
@@ -92,7 +78,7 @@ class MachinesService(Service):
     noun = "machines"
 
     @op("GET", "/api/v1/machines")
-    def list(self, state: str | None = None) -> list[Machine]:
+    def list(self, state: str | None = None) -> list[MachineRecord]:
         """List machines (optionally only those in one state)."""
         raise NotImplementedError
 
@@ -102,32 +88,32 @@ class MachinesService(Service):
         raise NotImplementedError
 
     @op("POST", "/api/v1/machines", role="operator", status=201)
-    def add(self, request: MachineCreate) -> Machine:
+    def add(self, request: MachineCreate) -> MachineRecord:
         """Register a machine (approved at once)."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/machines/{ident}/approve", role="operator")
-    def approve(self, ident: str) -> Machine:
+    def approve(self, ident: str) -> MachineRecord:
         """Approve a discovered (held) machine."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/machines/{ident}/labels", role="operator")
-    def label(self, ident: str, change: LabelChange) -> Machine:
+    def label(self, ident: str, change: LabelChange) -> MachineRecord:
         """Set or remove labels (and hostname, group, name)."""
         raise NotImplementedError
 
     @op("DELETE", "/api/v1/machines/{ident}", role="operator")
-    def remove(self, ident: str) -> Machine:
+    def remove(self, ident: str) -> MachineRecord:
         """Forget a machine (its boot history stays, without the link)."""
         raise NotImplementedError
 
     @op("PUT", "/api/v1/machines/{ident}/pin", role="operator")
-    def pin(self, ident: str, image: str) -> Machine:
+    def pin(self, ident: str, image: str) -> MachineRecord:
         """Pin a machine to one image version (IMAGE@VERSION; a tag is resolved now)."""
         raise NotImplementedError
 
     @op("DELETE", "/api/v1/machines/{ident}/pin", role="operator")
-    def unpin(self, ident: str) -> Machine:
+    def unpin(self, ident: str) -> MachineRecord:
         """Remove a machine's pin; the rules decide again."""
         raise NotImplementedError
 
@@ -139,40 +125,40 @@ class LocalMachines(MachinesService):
         views = fleet.machine_views(self.parts.ctx, ids)
         return [{**r, "pin": pins.get(r["id"]), "fleet": views[r["id"]]} for r in rows]
 
-    def _one(self, row: dict) -> Machine:
-        return Machine(**self._records([row])[0])
+    def _one(self, row: dict) -> MachineRecord:
+        return MachineRecord(**self._records([row])[0])
 
-    def list(self, state: str | None = None) -> list[Machine]:
+    def list(self, state: str | None = None) -> list[MachineRecord]:
         rows = inventory.list_machines(self.parts.ctx, state)
-        return [Machine(**r) for r in self._records(rows, everyone=len(rows) > 500)]
+        return [MachineRecord(**r) for r in self._records(rows, everyone=len(rows) > 500)]
 
     def show(self, ident: str) -> MachineDetail:
         row = self._records([inventory.show_machine(self.parts.ctx, ident)])[0]
         boots = boot.list_events(self.parts.ctx, limit=RECENT_BOOTS, machine=row["id"])
         return MachineDetail(**row, boots=boots)
 
-    def add(self, request: MachineCreate) -> Machine:
+    def add(self, request: MachineCreate) -> MachineRecord:
         return self._one(inventory.add_machine(self.parts.ctx, request.macs, request.uuid, request.serial, request.name,
                                                request.hostname, request.labels, request.group, actor=self.actor))
 
-    def approve(self, ident: str) -> Machine:
+    def approve(self, ident: str) -> MachineRecord:
         return self._one(inventory.approve_machine(self.parts.ctx, ident, actor=self.actor))
 
-    def label(self, ident: str, change: LabelChange) -> Machine:
+    def label(self, ident: str, change: LabelChange) -> MachineRecord:
         return self._one(inventory.label_machine(self.parts.ctx, ident, change.set, change.remove, actor=self.actor,
                                                  hostname=change.hostname, group=change.group, name=change.name))
 
-    def remove(self, ident: str) -> Machine:
+    def remove(self, ident: str) -> MachineRecord:
         ctx = self.parts.ctx
         machine_id = inventory.machine_id(ctx, ident)
         views = fleet.machine_views(ctx, [machine_id])  # read before the row goes
         row = inventory.remove_machine(ctx, machine_id, actor=self.actor)
-        return Machine(**row, pin=None, fleet=views[machine_id])
+        return MachineRecord(**row, pin=None, fleet=views[machine_id])
 
-    def pin(self, ident: str, image: str) -> Machine:
+    def pin(self, ident: str, image: str) -> MachineRecord:
         done = boot.pin_machine(self.parts.ctx, ident, image, actor=self.actor)
         return self._one(inventory.show_machine(self.parts.ctx, done["id"]))
 
-    def unpin(self, ident: str) -> Machine:
+    def unpin(self, ident: str) -> MachineRecord:
         done = boot.unpin_machine(self.parts.ctx, ident, actor=self.actor)
         return self._one(inventory.show_machine(self.parts.ctx, done["id"]))

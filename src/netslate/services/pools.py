@@ -8,11 +8,11 @@ from pydantic import BaseModel
 from netslate.desktops import pools as part
 from netslate.desktops import service as desktops
 from netslate.desktops.engine import Engine
-from netslate.services.desktops import Desktop, nudge
+from netslate.services.desktops import DesktopRecord, nudge
 from netslate.services.framework import Service, http_client, op
 
 
-class DesktopPool(BaseModel):
+class DesktopPoolRecord(BaseModel):
     name: str
     golden: str  # "" for a diskless pool
     golden_version: int | None  # None: follows the newest version
@@ -41,8 +41,8 @@ class DesktopPool(BaseModel):
     addresses_total: int
 
 
-class DesktopPoolDetail(DesktopPool):
-    desktop_list: list[Desktop]
+class DesktopPoolDetail(DesktopPoolRecord):
+    desktop_list: list[DesktopRecord]
 
 
 class DesktopPoolSpec(BaseModel):
@@ -101,7 +101,7 @@ class DesktopPoolsService(Service):
     noun = "pools"
 
     @op("GET", "/api/v1/pools")
-    def list(self) -> list[DesktopPool]:
+    def list(self) -> list[DesktopPoolRecord]:
         """List pools with desktop counts by state."""
         raise NotImplementedError
 
@@ -116,12 +116,12 @@ class DesktopPoolsService(Service):
         raise NotImplementedError
 
     @op("POST", "/api/v1/pools", role="operator", status=201)
-    def create(self, spec: DesktopPoolSpec) -> DesktopPool:
+    def create(self, spec: DesktopPoolSpec) -> DesktopPoolRecord:
         """Create a pool (nothing is written unless every parameter is valid)."""
         raise NotImplementedError
 
     @op("PATCH", "/api/v1/pools/{name}", role="operator")
-    def change(self, name: str, change: DesktopPoolChange) -> DesktopPool:
+    def change(self, name: str, change: DesktopPoolChange) -> DesktopPoolRecord:
         """Change size, spare, max, golden image, grace period or snapshot schedule."""
         raise NotImplementedError
 
@@ -131,7 +131,7 @@ class DesktopPoolsService(Service):
         raise NotImplementedError
 
     @op("POST", "/api/v1/pools/{name}/request", role="operator")
-    def request(self, name: str, request: DesktopRequest) -> Desktop:
+    def request(self, name: str, request: DesktopRequest) -> DesktopRecord:
         """A desktop for the user: theirs already, a prestarted one, or a new one within max."""
         raise NotImplementedError
 
@@ -141,8 +141,8 @@ class LocalDesktopPools(DesktopPoolsService):
     def ctx(self):
         return self.parts.ctx
 
-    def list(self) -> list[DesktopPool]:
-        return [DesktopPool(**p) for p in part.list_pools(self.ctx)]
+    def list(self) -> list[DesktopPoolRecord]:
+        return [DesktopPoolRecord(**p) for p in part.list_pools(self.ctx)]
 
     def reconcile(self, pool: str | None = None, wait: bool = False, timeout: float = 300.0) -> ReconcileResult:
         if pool is not None:
@@ -152,7 +152,7 @@ class LocalDesktopPools(DesktopPoolsService):
     def show(self, name: str) -> DesktopPoolDetail:
         return DesktopPoolDetail(**part.show_pool(self.ctx, name))
 
-    def create(self, spec: DesktopPoolSpec) -> DesktopPool:
+    def create(self, spec: DesktopPoolSpec) -> DesktopPoolRecord:
         p = spec
         data = part.create_pool(self.ctx, p.name, p.golden, p.size, p.spare, p.max, p.vcpus, p.memory_mib, p.display,
                                 p.usb_redirect, p.smartcard, p.persistence, p.assignment, p.ip_range, p.hosts, self.actor,
@@ -160,24 +160,24 @@ class LocalDesktopPools(DesktopPoolsService):
                                 snapshot_every_hours=p.snapshot_every_hours, snapshot_keep=p.snapshot_keep,
                                 diskless=p.diskless)
         nudge(self.parts)
-        return DesktopPool(**data)
+        return DesktopPoolRecord(**data)
 
-    def change(self, name: str, change: DesktopPoolChange) -> DesktopPool:
+    def change(self, name: str, change: DesktopPoolChange) -> DesktopPoolRecord:
         c = change
         data = part.resize_pool(self.ctx, name, self.actor, c.size, c.spare, c.max, c.golden, c.grace_seconds,
                                 c.snapshot_every_hours, c.snapshot_keep)
         nudge(self.parts)
-        return DesktopPool(**data)
+        return DesktopPoolRecord(**data)
 
     def remove(self, name: str, force: bool = False) -> PoolRemoval:
         n = part.remove_pool(self.ctx, name, self.actor, force)
         result = Engine(self.ctx).reconcile(name)  # destroy its desktops now (they belong to no pool any more)
         return PoolRemoval(pool=name, destroyed=n, actions=result["actions"])
 
-    def request(self, name: str, request: DesktopRequest) -> Desktop:
+    def request(self, name: str, request: DesktopRequest) -> DesktopRecord:
         data = desktops.request_desktop(self.ctx, name, request.user)
         nudge(self.parts)  # refill the spare in the background
-        return Desktop(**data)
+        return DesktopRecord(**data)
 
 
 class HttpDesktopPools(http_client(DesktopPoolsService)):

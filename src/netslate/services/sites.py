@@ -19,7 +19,7 @@ class SiteSubnets(BaseModel):
     subnets: list[str]
 
 
-class Site(SiteSubnets):
+class SiteRecord(SiteSubnets):
     servers: list[str]  # names of the servers registered in this site
 
 
@@ -31,12 +31,12 @@ class SitesService(Service):
     noun = "sites"
 
     @op("GET", "/api/v1/sites")
-    def list(self) -> list[Site]:
+    def list(self) -> list[SiteRecord]:
         """Sites with their subnets and servers."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/sites", role="operator", status=201)
-    def add(self, name: str, description: str = "") -> Site:
+    def add(self, name: str, description: str = "") -> SiteRecord:
         """Add a site."""
         raise NotImplementedError
 
@@ -62,11 +62,11 @@ class SitesService(Service):
 
 
 class LocalSites(SitesService):
-    def list(self) -> list[Site]:
-        return [Site(**d) for d in store.list_sites(self.parts.ctx)]
+    def list(self) -> list[SiteRecord]:
+        return [SiteRecord(**d) for d in store.list_sites(self.parts.ctx)]
 
-    def add(self, name: str, description: str = "") -> Site:
-        return Site(**store.add_site(self.parts.ctx, name, description, actor=self.actor))
+    def add(self, name: str, description: str = "") -> SiteRecord:
+        return SiteRecord(**store.add_site(self.parts.ctx, name, description, actor=self.actor))
 
     def show(self, name: str) -> SiteDetail:
         return SiteDetail(**store.show_site(self.parts.ctx, name))
