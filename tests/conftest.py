@@ -10,6 +10,7 @@ import pytest
 from netslate.context import Context
 from nstest import CliResult, LiveServer, free_port, run_cli, start_server  # noqa: F401
 from webworld import browser, page  # noqa: F401  (the shared headless Chromium of the web tests)
+from ldapworld import ldap_world  # noqa: F401  (the shared slapd of the identity and web tests)
 
 
 @pytest.fixture
