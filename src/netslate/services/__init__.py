@@ -28,6 +28,7 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "fleet": ("netslate.services.fleet", "FleetService", "LocalFleet"),
     "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
     "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
+    "audit": ("netslate.services.audit", "AuditService", "LocalAudit"),
     "auth": ("netslate.services.auth", "AuthService", "LocalAuth"),
     "users": ("netslate.services.users", "UsersService", "LocalUsers"),
     "directories": ("netslate.services.directories", "DirectoriesService", "LocalDirectories"),

@@ -10,6 +10,7 @@ Other routes under /api/v1/machines belong to other nouns and stay with them: th
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 from netslate import inventory
 from netslate.boot import store as boot
 from netslate.fleet import reports as fleet
+from netslate.inventory.search import search_machines
 from netslate.services.boot import BootEventRecord
 from netslate.services.fleet import FleetFields
 from netslate.services.framework import Service, op
@@ -74,12 +76,31 @@ class LabelChange(BaseModel):
     name: Optional[str] = None  # '' clears
 
 
+class MachinePage(BaseModel):
+    """One page of a filtered, sorted machine list (`search`)."""
+
+    total: int  # machines matching the filters, on every page
+    offset: int
+    limit: int
+    sort: str
+    machines: list[MachineRecord]
+
+
 class MachinesService(Service):
     noun = "machines"
 
     @op("GET", "/api/v1/machines")
     def list(self, state: str | None = None) -> list[MachineRecord]:
         """List machines (optionally only those in one state)."""
+        raise NotImplementedError
+
+    @op("GET", "/api/v1/machine-search")
+    def search(self, site: str | None = None, cluster: str | None = None, pool: str | None = None,
+               folder: str | None = None, state: str | None = None, image: str | None = None,
+               version: int | None = None, mac: str | None = None, label: str | None = None,
+               text: str | None = None, sort: str = "id", offset: int = 0, limit: int = 50) -> MachinePage:
+        """One page of machines, filtered and sorted by the database (site/cluster/pool: tree path segments;
+        folder: a subtree; state also `offline`; label KEY or KEY=VALUE; sort a field, -field descending)."""
         raise NotImplementedError
 
     @op("GET", "/api/v1/machines/{ident}")
@@ -131,6 +152,16 @@ class LocalMachines(MachinesService):
     def list(self, state: str | None = None) -> list[MachineRecord]:
         rows = inventory.list_machines(self.parts.ctx, state)
         return [MachineRecord(**r) for r in self._records(rows, everyone=len(rows) > 500)]
+
+    def search(self, site: str | None = None, cluster: str | None = None, pool: str | None = None,
+               folder: str | None = None, state: str | None = None, image: str | None = None,
+               version: int | None = None, mac: str | None = None, label: str | None = None,
+               text: str | None = None, sort: str = "id", offset: int = 0, limit: int = 50) -> MachinePage:
+        filters = {"site": site, "cluster": cluster, "pool": pool, "folder": folder, "state": state, "image": image,
+                   "version": version, "mac": mac, "label": label, "text": text}
+        cutoff = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - fleet.offline_after()).strftime("%Y-%m-%dT%H:%M:%SZ")
+        total, rows = search_machines(self.parts.ctx, filters, sort, offset, limit, offline_before=cutoff)
+        return MachinePage(total=total, offset=offset, limit=limit, sort=sort, machines=[MachineRecord(**r) for r in self._records(rows)])
 
     def show(self, ident: str) -> MachineDetail:
         row = self._records([inventory.show_machine(self.parts.ctx, ident)])[0]

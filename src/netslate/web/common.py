@@ -18,13 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from netslate import __version__
 from netslate.errors import Conflict, NotFound, UserError
-from netslate.server.auth import caller_of
+from netslate.server.auth import caller_of, csrf_token_of
 from netslate.services import Services
 from netslate.services.framework import Caller, Forbidden
 from netslate.web.assets import static_url, vendor_url
 
 TEMPLATES = Path(__file__).parent / "templates"
-CSRF_COOKIE = "netslate_csrf"  # a readable copy of the session's CSRF token for the page's own forms and htmx
 
 env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -95,8 +94,7 @@ def login_url(next_path: str | None = None) -> str:
 
 def csrf_token(request: Request) -> str:
     """The session's CSRF token, for forms (`csrf_token` field) and htmx (`X-CSRF-Token` header)."""
-    token = getattr(request.state, "csrf_token", None)
-    return token or request.cookies.get(CSRF_COOKIE, "")
+    return csrf_token_of(request) or ""
 
 
 # Scripts and styles only from this server, no inline script, no framing (the portal may widen

@@ -9,11 +9,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
-from netslate import services as service_registry
 from netslate.errors import UserError
 from netslate.server import auth as server_auth
-from netslate.services.framework import body_model
-from netslate.web.common import CSRF_COOKIE, caller, error_status, redirect, render, require_staff, safe_next, services
+from netslate.services.auth import LoginRequest
+from netslate.web.common import caller, error_status, redirect, render, require_staff, safe_next, services
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,7 +28,7 @@ def login_page(request: Request, next: str = "/"):
 @router.post("/login", response_class=HTMLResponse)
 def login(request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/")):
     target = safe_next(next)
-    login_request = body_model(service_registry.contract("auth"), "login")(username=username, password=password)
+    login_request = LoginRequest(username=username[:256], password=password[:1024])
     try:
         result = services(request).auth.login(login_request)
     except UserError as exc:
@@ -38,9 +37,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
     if result.role is None and target == "/":
         target = "/portal"
     response = redirect(target)
-    secure = request.url.scheme == "https"
-    server_auth.set_session_cookie(response, result, secure)
-    response.set_cookie(CSRF_COOKIE, result.csrf_token, path="/", samesite="strict", secure=secure, httponly=False)
+    server_auth.set_session_cookie(response, result, server_auth.request_is_https(request))
     return response
 
 
@@ -55,7 +52,6 @@ def logout(request: Request):
         services(request).auth.logout()
     response = redirect("/login")
     server_auth.clear_session_cookie(response)
-    response.delete_cookie(CSRF_COOKIE, path="/")
     return response
 
 
