@@ -9,7 +9,8 @@ Start order (stop is the reverse), and why:
 3. dnsmasq supervisor (+ TFTP root) — needs the boot engine for pxelinux files;
 4. discovery — registers this server (heartbeats) and answers DNS SRV;
 5. desktops reconcile loop — may add DHCP reservations, which dnsmasq picks up;
-6. the noVNC console relay.
+6. the noVNC console relay;
+7. the SPICE proxy (HTTP CONNECT to desktops' SPICE ports, only with a live ticket).
 """
 
 from __future__ import annotations
@@ -149,6 +150,19 @@ class Parts:
 
         return Background("console-relay", start, stop)
 
+    @cached_property
+    def spice_proxy(self):
+        """The SPICE CONNECT proxy when asked for (`NETSLATE_SPICE_PROXY_PORT`, 0: any free port); else None."""
+        port = self.options.get("desktops_spice_proxy_port")
+        if port is None:
+            port = os.environ.get("NETSLATE_SPICE_PROXY_PORT") or None
+        if port is None:
+            return None
+        from netslate.desktops.spiceproxy import SpiceProxy
+
+        listen = self.options.get("desktops_spice_proxy_listen") or os.environ.get("NETSLATE_SPICE_PROXY_LISTEN", "0.0.0.0")
+        return SpiceProxy(self.ctx.data_dir, listen, int(port))
+
     def health_checks(self) -> dict[str, Callable[[], dict]]:
         """/healthz probes of the background services that are running."""
         return {b.name: b.health for b in self.running if b.health is not None}
@@ -188,4 +202,7 @@ class Parts:
             out.append(Background("desktops", loop.start, loop.stop, loop.health))
         if self.console_port:
             out.append(self._console_relay())
+        if self.spice_proxy is not None:
+            sp = self.spice_proxy
+            out.append(Background("spice-proxy", sp.start, sp.stop, sp.health))
         return out

@@ -11,7 +11,17 @@ from netslate.desktops.engine import Engine
 from netslate.server.auth import create_token
 
 
-def test_vv_file_permissions_and_ticket_expiry(dctx, live_server):
+def test_vv_file_permissions_and_ticket_expiry(dctx):
+    from nstest import start_server
+
+    live_server = start_server(dctx, {"desktops_spice_proxy_port": 0, "desktops_spice_proxy_listen": "127.0.0.1"})
+    try:
+        _vv_file_permissions_and_ticket_expiry(dctx, live_server)
+    finally:
+        live_server.stop()
+
+
+def _vv_file_permissions_and_ticket_expiry(dctx, live_server):
     pools.create_pool(dctx, "p", "tiny", 1, 0, 2, 1, 128, "spice", 3, True, "none", "floating", "10.77.2.1-10.77.2.9",
                       "*", "test")
     Engine(dctx).reconcile("p", wait=True)
@@ -26,7 +36,10 @@ def test_vv_file_permissions_and_ticket_expiry(dctx, live_server):
     cp = configparser.ConfigParser(interpolation=None)
     cp.read_string(r.text)
     vv = cp["virt-viewer"]
-    assert vv["type"] == "spice" and vv["host"] == "127.0.0.1" and int(vv["port"]) > 0
+    # through netslate's SPICE proxy: a ticket-scoped name, never the hypervisor's address (test_spice_proxy.py)
+    proxy_port = live_server.app.state.parts.spice_proxy.port
+    assert vv["type"] == "spice" and vv["host"].endswith(".invalid") and int(vv["port"]) > 0
+    assert vv["proxy"] == f"http://127.0.0.1:{proxy_port}"
     assert vv["delete-this-file"] == "1" and vv["enable-usbredir"] == "1" and vv["enable-smartcard"] == "1"
     assert d["name"] in vv["title"] and len(vv["password"]) >= 16
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from netslate import audit
 from netslate.errors import Conflict, UserError
 
-from netslate.desktops import domainxml, hosts as hostmod
+from netslate.desktops import domainxml, hosts as hostmod, spiceproxy
 from netslate.desktops import states as S
 from netslate.desktops.models import DesktopHost, DesktopPool
 from netslate.desktops.records import get_desktop as _get
@@ -31,6 +31,23 @@ MAX_TTL = 3600
 def may_open_console(principal_name: str, principal_is_admin: bool, desktop_user: str | None) -> bool:
     """Only the desktop's assigned user or an admin."""
     return principal_is_admin or (desktop_user is not None and principal_name == desktop_user)
+
+
+def console_kind(ctx, ref, kind: str | None) -> str:
+    """The console type a ticket for `ref` would have: `kind`, or the pool's display."""
+    with ctx.db.session() as s:
+        d = _get(s, ref)
+        p = s.get(DesktopPool, d.pool_id) if d.pool_id else None
+        return kind or (p.display if p is not None else "spice")
+
+
+def proxied_vv(ctx, ticket: dict, proxy_url: str) -> str:
+    """The `.vv` of a SPICE ticket through the SPICE proxy: host= is a ticket-scoped name, never the
+    hypervisor's address."""
+    if ticket["type"] != "spice":
+        raise UserError("only SPICE consoles go through the SPICE proxy")
+    name = spiceproxy.issue_name(ctx.data_dir, ticket["desktop"], ticket["host"], ticket["port"], ticket["ttl"])
+    return vv_file({**ticket, "host": name}, proxy=proxy_url)
 
 
 def issue_ticket(ctx, ref, kind: str | None, actor: str, ttl: int = DEFAULT_TTL, admin: bool = False) -> dict:
@@ -81,8 +98,11 @@ def issue_ticket(ctx, ref, kind: str | None, actor: str, ttl: int = DEFAULT_TTL,
     }
 
 
-def vv_file(ticket: dict) -> str:
-    """The remote-viewer (virt-viewer) connection file for a ticket."""
+def vv_file(ticket: dict, proxy: str | None = None) -> str:
+    """The remote-viewer (virt-viewer) connection file for a ticket.
+
+    With `proxy` (a plain `http://SERVER:PORT`, see `spiceproxy`), `ticket["host"]` must be the
+    ticket-scoped name the proxy maps: the file then holds no hypervisor address."""
     cp = configparser.ConfigParser(interpolation=None)
     cp.optionxform = str  # keys are case-sensitive for virt-viewer
     sec = {
@@ -96,6 +116,10 @@ def vv_file(ticket: dict) -> str:
         "secure-attention": "ctrl+alt+end",
         "fullscreen": "0",
     }
+    if proxy is not None:
+        if "?" in proxy or "#" in proxy:  # remote-viewer refuses a proxy URL with a query (OpenNebula #5393)
+            raise ValueError(f"the SPICE proxy URL must be plain: {proxy!r}")
+        sec["proxy"] = proxy
     if ticket["type"] == "spice":
         usb = ticket.get("usb_redirect", 0) > 0
         sec["enable-usbredir"] = "1" if usb else "0"

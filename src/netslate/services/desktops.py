@@ -7,6 +7,7 @@ by upload id with the same operation a local caller could use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +27,16 @@ def nudge(parts) -> None:
     loop = getattr(parts, "desktops_loop", None)
     if loop is not None:
         loop.nudge()
+
+
+def spice_proxy_url(parts, server_host: str | None) -> str:
+    """`http://SERVER:PORT` of the SPICE proxy, SERVER being the public address setting
+    (`NETSLATE_SPICE_PROXY_ADDRESS`) or else the host name the caller reached us by."""
+    host = (parts.options.get("desktops_spice_proxy_address") or os.environ.get("NETSLATE_SPICE_PROXY_ADDRESS")
+            or server_host or "127.0.0.1")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{parts.spice_proxy.port}"
 
 
 class DesktopRecord(BaseModel):
@@ -232,8 +243,8 @@ class LocalDesktops(DesktopsService):
     def _console_allowed(self, ref: str) -> int:
         """The desktop's id when the caller may open its console (its user or an admin)."""
         c = self.caller
-        if c.role is None:
-            raise Forbidden("a bearer token is required", authenticated=False)
+        if c.role is None and c.kind != "user":  # a logged-in end user has no role, only pools
+            raise Forbidden("a bearer token or a login is required", authenticated=False)
         with self.ctx.db.session() as s:
             d = get_desktop(s, ref)
             did, user = d.id, d.user
@@ -256,6 +267,27 @@ class LocalDesktops(DesktopsService):
         token = relay.issue_relay_token(self.ctx.data_dir, t.host, t.port, ttl)
         return BrowserConsole(url=relay.browser_url(host or t.host, relay_port, token, t.password, t.title),
                               relay_port=relay_port, token=token, password=t.password, expires_at=t.expires_at)
+
+    def remote_viewer_file(self, ref: str, kind: str | None, ttl: int, server_host: str | None) -> tuple[str, str]:
+        """(desktop name, `.vv` text) for the desktop's user or an admin (not an operation of its own:
+        the route knows the host name the caller used). A SPICE file goes through the SPICE proxy and
+        holds no hypervisor address; without the proxy it is refused. The out-of-band VNC file
+        (remote-viewer's VNC has no proxy) is for admins, who know the hosts anyway; an end user of a
+        VNC pool uses the browser console."""
+        self._console_allowed(ref)
+        kind = consoles.console_kind(self.ctx, ref, kind)
+        if kind == "spice":
+            proxy = getattr(self.parts, "spice_proxy", None)
+            if proxy is None or proxy.port is None:
+                raise Conflict("remote-viewer files go through netslate's SPICE proxy, which is off: "
+                               "start the server with NETSLATE_SPICE_PROXY_PORT set")
+            t = self.ticket(ref, TicketRequest(type=kind, ttl=ttl))
+            return t.desktop, consoles.proxied_vv(self.ctx, t.model_dump(), spice_proxy_url(self.parts, server_host))
+        if not self.caller.has("admin"):
+            raise UserError("a remote-viewer VNC file is for admins (remote-viewer cannot use the proxy for VNC); "
+                            "a VNC desktop opens in the browser console")
+        t = self.ticket(ref, TicketRequest(type=kind, ttl=ttl))
+        return t.desktop, vv_file(t.model_dump())
 
     def snapshots(self, ref: str) -> list[Snapshot]:
         return [Snapshot(**x) for x in snapshots.list_snapshots(self.ctx, ref)]

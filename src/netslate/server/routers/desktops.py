@@ -19,13 +19,12 @@ def _desktops(request: Request):
 
 @router.get("/desktops/{ref}/console.vv")
 def console_vv(ref: str, request: Request, type: str | None = None, ttl: int = 120):
-    """A remote-viewer connection file with a fresh ticket (the desktop's user or an admin)."""
-    from netslate.services.desktops import TicketRequest, vv_file
-
-    t = _desktops(request).ticket(ref, TicketRequest(type=type, ttl=ttl))
+    """A remote-viewer connection file with a fresh ticket (the desktop's user or an admin); a SPICE
+    file goes through netslate's SPICE proxy and holds no hypervisor address."""
+    name, text = _desktops(request).remote_viewer_file(ref, type, ttl, request.url.hostname)
     return PlainTextResponse(
-        vv_file(t.model_dump()), media_type="application/x-virt-viewer",
-        headers={"Content-Disposition": f'attachment; filename="{t.desktop}.vv"', "Cache-Control": "no-store"},
+        text, media_type="application/x-virt-viewer",
+        headers={"Content-Disposition": f'attachment; filename="{name}.vv"', "Cache-Control": "no-store"},
     )
 
 
