@@ -139,3 +139,9 @@ def search_machines(ctx, filters: dict[str, Any] | None = None, sort: str = "id"
         total = s.scalar(select(func.count()).select_from(Machine).where(*conds)) or 0
         rows = s.scalars(select(Machine).where(*conds).order_by(*order).offset(offset).limit(limit))
         return total, [machine_dict(m) for m in rows]
+
+
+def machines_per_path(ctx) -> dict[str, int]:
+    """Tree path → how many machines are placed exactly there (one GROUP BY)."""
+    with ctx.db.session() as s:
+        return {p or "/": n for p, n in s.execute(select(Machine.tree_path, func.count()).group_by(Machine.tree_path))}

@@ -29,6 +29,7 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "config": ("netslate.services.config", "ConfigService", "LocalConfig"),
     "ippools": ("netslate.services.ippools", "IpPoolsService", "LocalIpPools"),
     "audit": ("netslate.services.audit", "AuditService", "LocalAudit"),
+    "overview": ("netslate.services.overview", "OverviewService", "LocalOverview"),
     "auth": ("netslate.services.auth", "AuthService", "LocalAuth"),
     "users": ("netslate.services.users", "UsersService", "LocalUsers"),
     "directories": ("netslate.services.directories", "DirectoriesService", "LocalDirectories"),

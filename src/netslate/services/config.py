@@ -16,10 +16,11 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from netslate.canonical import canonical_json
-from netslate.config import bundles, credentials, generation_cache, generations, placement, workingcopy
+from netslate.config import bundles, credentials, generation_cache, generations, listing, placement, tree, workingcopy
 from netslate.config.explain import explain as explain_machine
 from netslate.config.schema import json_schema
 from netslate.errors import UserError
+from netslate.inventory.search import machines_per_path
 from netslate.services.framework import Service, http_client, op
 from netslate.services.records import MachineRef, Record
 
@@ -169,6 +170,17 @@ class Enrolled(BaseModel):
     replaced: bool
 
 
+class TreeNode(BaseModel):
+    path: str  # a tree path, or @MACHINE for a machine's own document
+    key: str
+    level: str
+    settings: int  # leaf values set on this node (working copy)
+    revision: int
+    updated_by: str
+    updated_at: str | None
+    machines: int  # machines placed at this path or below it (0 for a machine's own document)
+
+
 class ConfigService(Service):
     noun = "config"
 
@@ -204,6 +216,11 @@ class ConfigService(Service):
     @op("POST", "/api/v1/config/unset", role="operator")
     def unset(self, path: str, key: str) -> NodeWritten:
         """Remove one dotted key from a node's working document (the value is inherited again)."""
+        raise NotImplementedError
+
+    @op("GET", "/api/v1/config/tree")
+    def tree(self) -> list[TreeNode]:
+        """The working copy's nodes (path, level, how many settings) and the machines placed at or below each."""
         raise NotImplementedError
 
     @op("GET", "/api/v1/config/diff")
@@ -266,6 +283,14 @@ MAX_HISTORY = 10000
 
 
 class LocalConfig(ConfigService):
+    def tree(self) -> list[TreeNode]:
+        counts = machines_per_path(self.parts.ctx)
+        out = []
+        for n in listing.working_nodes(self.parts.ctx):
+            below = 0 if n["key"].startswith("@") else sum(c for p, c in counts.items() if tree.under(p, n["key"]))
+            out.append(TreeNode(**n, machines=below))
+        return out
+
     def schema(self) -> dict[str, Any]:
         return json_schema()
 
