@@ -14,7 +14,6 @@ import re
 import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Literal
 
@@ -22,7 +21,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from netslate.errors import UserError
-from netslate.images import mounts
+from netslate.images import children, mounts, workdirs
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # A fixed default epoch: mmdebstrap and dpkg use it for generated timestamps, so two builds of one
@@ -368,8 +367,8 @@ def mkdir_inside(root: Path, rel: str) -> None:
 def run_logged(cmd: list[str], log: Log, env: dict | None = None, tail_lines: int = 40, input_: bytes | None = None) -> tuple[int, list[str]]:
     """Run a chatty tool, passing each output line to `log` and keeping the last lines for errors."""
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, text=True, errors="replace")
+    proc = children.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          env=env, text=True, errors="replace")  # dies with us (issue 11 #6)
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
@@ -464,8 +463,9 @@ def build_image(
     started = time.monotonic()
     warnings: list[str] = []
     work_root = ctx.data_dir / "tmp"
-    work_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=work_root))
+    workdirs.sweep(work_root)  # what killed imports and builds left behind (issue 11 #6)
+    workdir = workdirs.WorkDir(work_root, "build")  # leased: gc spares it while we run
+    work = workdir.path
     tree = work / "tree"
     try:
         phase(f"mmdebstrap {recipe.suite} ({recipe.variant}, {len(recipe.packages)} extra packages) from {mirror}")
@@ -498,7 +498,7 @@ def build_image(
             source=f"build:{recipe_path.resolve()}", progress=progress, warn=warn,
         )
     finally:
-        mounts.safe_rmtree(work)
+        workdir.close()  # unmounts first (safe_rmtree), then drops the lease
     result.update({"mirror": mirror, "suite": recipe.suite, "variant": recipe.variant, "packages": recipe.packages,
                    "prepared": prepared, "kernel_file": kernel.name if kernel else None,
                    "initrd_file": initrd.name if initrd else None, "warnings": warnings,

@@ -8,12 +8,12 @@ change, against 12 % for uncompressed squashfs). See docs/images.md.
 
 import shutil
 import struct
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
 from netslate.errors import UserError
+from netslate.images import children
 from netslate.onmachine.formats import detect_format  # the one format rule (the initramfs mounts by it)
 
 
@@ -31,7 +31,7 @@ def build_squashfs(source_dir: Path, output: Path) -> None:
         raise UserError("mksquashfs not found: install squashfs-tools (make deps does)")
     cmd = ["mksquashfs", str(source_dir), str(output), "-noI", "-noD", "-noF", "-noX",
            "-mkfs-time", "0", "-no-progress", "-quiet", "-noappend"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = children.run(cmd, capture_output=True, text=True)  # dies with us (issue 11 #6)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"mksquashfs failed: {tail[0]}")
@@ -42,7 +42,7 @@ def extract_tarball(tarball: Path, dest: Path) -> None:
     if not tarfile.is_tarfile(tarball):
         raise UserError(f"{tarball} is not a tar archive")
     cmd = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tarball), "-C", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = children.run(cmd, capture_output=True, text=True)  # dies with us (issue 11 #6)
     if proc.returncode != 0:
         raise UserError(f"extracting {tarball} failed: {proc.stderr.strip()[:300]}")
 

@@ -13,7 +13,6 @@ hand-written in `server/routers/images.py`.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from netslate.boot.store import versions_in_use
 from netslate.errors import UserError
-from netslate.images import ingest, manifest as mf
+from netslate.images import ingest, manifest as mf, workdirs
 from netslate.images.leases import UPLOAD_TTL
 from netslate.names import check_name
 from netslate.services.framework import Op, Service, authorize, http_client, op
@@ -104,6 +103,8 @@ class GcReport(BaseModel):
     chunks_in_progress: int
     chunks_spared_recent: int
     temp_files_removed: int
+    work_dirs_removed: int = 0  # DATA/tmp/import-* and build-* no live lease covers (issue 11 #6)
+    work_bytes_freed: int = 0
     dry_run: bool
 
 
@@ -372,7 +373,10 @@ class HttpImages(http_client(ImagesService)):
 
     def import_files(self, name, rootfs=None, kernel=None, initrd=None, tag=None, note="", progress=None, warn=print) -> ImportResult:
         """Chunk here, upload only the chunks the server lacks under an import lease, then publish."""
-        work = Path(tempfile.mkdtemp(prefix="netslate-import-"))
+        tmp = Path(tempfile.gettempdir())
+        workdirs.sweep(tmp, prefixes=("netslate-import",))  # left by killed remote imports (issue 11 #6)
+        workdir = workdirs.WorkDir(tmp, "netslate-import")
+        work = workdir.path
         try:
             files = ingest.collect_files(name, work, rootfs=rootfs, kernel=kernel, initrd=initrd, tag=tag, warn=warn)
             lease = self.begin_upload(name).lease
@@ -393,7 +397,7 @@ class HttpImages(http_client(ImagesService)):
                 artifacts[art] = ArtifactUpload(size=record.size, sha256=record.sha256, chunks=pieces, format=fmt)
             return self.create_version(name, VersionUpload(artifacts=artifacts, tag=tag, note=note, source=ingest.source_of(files), lease=lease))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            workdir.close()
 
 
 HTTP_CLASS = "HttpImages"
