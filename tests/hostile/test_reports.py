@@ -83,3 +83,29 @@ def test_anonymous_report_never_reaches_the_bundle_and_is_flagged(srv):
         r = httpx.post(f"{srv.url}/api/v1/machines/pc3/report", json={"facts": {"role": "ATTACKER"}}, timeout=30)
         assert r.status_code == 403
         assert _role_file(_bundle(srv, "pc3", cred)) == "role=web ip=127.0.0.1\n"
+
+
+def test_facts_stored_by_old_anonymous_reports_move_out_of_the_template_input(tmp_path):
+    """Databases written before the fix: facts whose last report was anonymous go to fleet.unverified."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from netslate.store.db import MIGRATIONS_DIR
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    rows = {1: {"facts": {"role": "ATTACKER"}, "fleet": {"authenticated": False, "remote": "10.0.0.9", "received_at": "2026-01-01T00:00:00Z"}},
+            2: {"facts": {"role": "web"}, "fleet": {"authenticated": True, "remote": "10.0.0.2"}}}
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001_core")
+        for mid, status in rows.items():
+            conn.execute(text("INSERT INTO machines (id, labels, tree_path, state, approved, status, first_seen, last_seen) "
+                              "VALUES (:id, '{}', '/', 'approved', 1, :s, '2026-01-01', '2026-01-01')"), {"id": mid, "s": json.dumps(status)})
+        command.upgrade(cfg, "heads")
+        after = {mid: json.loads(s) for mid, s in conn.execute(text("SELECT id, status FROM machines"))}
+    assert "facts" not in after[1]
+    assert after[1]["fleet"]["unverified"] == {"received_at": "2026-01-01T00:00:00Z", "address": "10.0.0.9", "facts": {"role": "ATTACKER"}}
+    assert after[2] == rows[2]
