@@ -17,6 +17,7 @@ from netslate import inventory
 from netslate import inventory
 from netslate.boot import ipxe
 from netslate.boot.decide import Decision, ScriptSettings, Snapshot, Target, assignment, decide, pxelinux_entry, pxelinux_menu
+from netslate.boot.discovery_limits import DiscoveryLimiter, discovery_limits
 from netslate.boot.events import EventWriter
 from netslate.boot.pxelinux import mac_filename, render_machine, uuid_filename
 from netslate.boot.queries import BootReader, machine_row
@@ -61,6 +62,7 @@ class BootEngine:
         self.settings = ScriptSettings(tuple(self.advertise), self.retry, ctx.signing_key.public_b64)
         self.reader = BootReader(ctx)
         self.events = EventWriter(ctx)
+        self.discovery = DiscoveryLimiter(lambda: inventory.count_pending(ctx), discovery_limits(options))
         self._snap: Snapshot | None = None
         self._lock = threading.Lock()
 
@@ -136,7 +138,8 @@ class BootEngine:
             if not may_write:
                 return None
             if m is None:
-                inventory.discover_machine(self.ctx, {k: v for k, v in q.items()}, remote)
+                if self.discovery.allow(remote):  # per-source rate and pending cap (issue 11 #11)
+                    inventory.discover_machine(self.ctx, {k: v for k, v in q.items()}, remote)
             else:
                 self._fill_facts(m.id, q)
             fp, m = self.reader.fingerprint_and_machine(q["mac"], q.get("uuid"))

@@ -25,6 +25,7 @@ from netslate.inventory.store import (
     approve_machine,
     by_mac,
     by_uuid,
+    count_pending,
     discover_machine,
     fill_facts,
     find,
@@ -45,7 +46,7 @@ from netslate.inventory.store import (
 )
 
 __all__ = [
-    "FORMS", "GENERATION_SQL", "add_machine", "approve_machine", "by_mac", "by_uuid", "check_hostname", "check_label",
+    "FORMS", "GENERATION_SQL", "add_machine", "approve_machine", "by_mac", "by_uuid", "count_pending", "check_hostname", "check_label",
     "discover_machine", "fill_facts", "find", "forms", "generation", "identify", "label_machine", "list_machines",
     "machine_dict", "machine_id", "machine_ids", "mark_seen", "normalize_group", "normalize_mac", "normalize_text",
     "normalize_uuid", "place", "record_report", "remove_machine", "resolve", "set_credential", "show_machine",

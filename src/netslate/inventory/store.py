@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -326,6 +326,12 @@ def discover_machine(ctx, facts: dict, remote: str | None, actor: str = "boot") 
             if row is None:
                 raise
             return row.machine_id
+
+
+def count_pending(ctx) -> int:
+    """Machines discovered at boot and not approved yet (the discovery cap counts these)."""
+    with ctx.db.session() as s:
+        return s.scalar(select(func.count()).select_from(Machine).where(Machine.state == "discovered", Machine.approved.is_(False))) or 0
 
 
 def fill_facts(ctx, machine_id: int, facts: dict) -> None:
