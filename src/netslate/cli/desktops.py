@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from netslate.cli.common import console, emit, human_bytes, state, table
+from netslate.cli.common import console, emit, err_console, human_bytes, state, table
 
 host_app = typer.Typer(help="Hypervisor hosts (libvirt URIs) that run desktops.", no_args_is_help=True)
 pool_app = typer.Typer(help="Desktop pools: golden image, size, spare, addresses, consoles.", no_args_is_help=True)
@@ -36,8 +36,16 @@ def host_add(
 
     data = state(ctx).services.hosts.add(HostCreate(name=name, uri=uri, accel=accel, max_starting=max_starting, reserve_mib=reserve,
                                                     console_address=console_address, labels=label))
-    emit(data, json_, lambda d: console.print(f"added host {d['name']} ({d['capacity'].get('cpus')} CPUs, "
-                                              f"{d['capacity'].get('memory_mib')} MiB, {d['capacity'].get('domain_type')})"))
+    emit(data, json_, lambda d: (console.print(f"added host {d['name']} ({d['capacity'].get('cpus')} CPUs, "
+                                               f"{d['capacity'].get('memory_mib')} MiB, {d['capacity'].get('domain_type')})"),
+                                 _host_warnings(d)))
+
+
+def _host_warnings(h) -> None:
+    """One warning line each: the accelerator note (issue 11 #10) and a degraded host."""
+    for key in ("accel_note", "degraded"):
+        if h.get(key):
+            err_console.print(f"warning: {h[key]}", highlight=False)
 
 
 def _render_hosts(rows):
@@ -55,7 +63,7 @@ def host_list(ctx: typer.Context, json_: bool = JSON):
 @host_app.command("show")
 def host_show(ctx: typer.Context, name: str, json_: bool = JSON):
     """Show one host (capacity is read from libvirt now)."""
-    emit(state(ctx).services.hosts.show(name), json_, lambda d: _render_hosts([d]))
+    emit(state(ctx).services.hosts.show(name), json_, lambda d: (_render_hosts([d]), _host_warnings(d)))
 
 
 @host_app.command("rm")

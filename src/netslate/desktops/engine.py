@@ -144,7 +144,8 @@ class Engine:
                 if reachable:
                     row.last_seen = utcnow()
         return R.HostObs(name=h.name, reachable=reachable, total_memory_mib=int(info[1]), free_memory_mib=int(free),
-                         reserve_mib=h.reserve_mib, max_starting=h.max_starting, domains=names)
+                         reserve_mib=h.reserve_mib, max_starting=h.max_starting, domains=names,
+                         degraded=(h.capacity or {}).get("degraded") or "")
 
     # ---------- the loop ----------
 
@@ -220,8 +221,16 @@ class Engine:
                         s.delete(row)
                         audit.record(s, ACTOR, "desktop.orphan.address", a.ip)
         except Exception as exc:  # one desktop's failure must not stop the pass
-            log.warning("%s failed: %s", a.describe(), exc)
             did = getattr(a, "desktop_id", None)
+            host = getattr(a, "host", None) or (observed[did].host if did in observed else None)
+            line = hostmod.degraded_line(host, str(exc)) if host else None
+            if line is not None:  # the hypervisor, not the desktop: mark the host, do not count it against the desktop
+                if hostmod.mark_degraded(self.ctx, host, line):
+                    log.warning("%s", line)
+                if did is not None:
+                    self._fail(did, line, count=False)
+                return
+            log.warning("%s failed: %s", a.describe(), exc)
             if did is not None:
                 self._fail(did, f"{a.describe()}: {exc}")
 
@@ -257,14 +266,14 @@ class Engine:
             d.reason = reason
             audit.record(s, ACTOR, "desktop.state", d.name, state=new, reason=reason)
 
-    def _fail(self, did: int, reason: str) -> None:
+    def _fail(self, did: int, reason: str, count: bool = True) -> None:
         with self.ctx.db.session() as s:
             d = s.get(Desktop, did)
             if d is None or d.state == S.DESTROYING:
                 return
             if S.can(d.state, S.ERROR) or d.state == S.ERROR:
                 d.state = S.ERROR
-            d.failures += 1
+            d.failures += 1 if count else 0
             d.reason = reason[:2000]
             audit.record(s, ACTOR, "desktop.error", d.name, reason=d.reason)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from netslate import audit
+from netslate import audit, kvmcheck
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
 from netslate.store.db import utcnow
@@ -85,18 +85,57 @@ def drop_connection(uri: str) -> None:
             pass
 
 
-def probe_domain_type(conn, accel: str) -> str:
-    """'kvm' when asked for, or when auto and libvirt offers it; else 'qemu' (TCG)."""
-    if accel == "kvm":
-        return "kvm"
-    if accel == "tcg":
-        return "qemu"
+def libvirt_offers_kvm(conn) -> bool:
     caps = ET.fromstring(conn.getCapabilities())
     for guest in caps.findall("guest"):
         if guest.find("arch").get("name") == "x86_64":
             if any(d.get("type") == "kvm" for d in guest.findall("arch/domain")):
-                return "kvm"
-    return "qemu"
+                return True
+    return False
+
+
+def choose_accel(accel: str, offered: bool, local: bool, probe: tuple[bool, str] | None) -> tuple[str, str | None]:
+    """(domain type, warning line or None) for a host. Pure: libvirt's word (`offered`) is not
+    enough for `auto`; only a test guest that booted under KVM (`probe`) is (issue 11 #10)."""
+    if accel == "kvm":
+        return "kvm", None
+    if accel == "tcg" or not offered:
+        return "qemu", None
+    if not local:
+        return "kvm", "KVM is not proven on a remote host (libvirt offers it); if desktops fail to start, re-add the host with --accel tcg"
+    if probe is not None and probe[0]:
+        return "kvm", None
+    detail = probe[1] if probe is not None else "not probed"
+    return "qemu", f"KVM does not work on this host ({detail}): desktops run under TCG (slow); fix KVM, then add the host again"
+
+
+def probe_accel(conn, uri: str, accel: str) -> tuple[str, str | None]:
+    """Decide the domain type of a host being added: for `auto` where libvirt offers KVM, boot a
+    tiny test guest under KVM with a time-out first (kvmcheck.probe_libvirt)."""
+    offered = accel == "auto" and libvirt_offers_kvm(conn)
+    local = kvmcheck.local_uri(uri)
+    probe = kvmcheck.probe_libvirt(conn) if offered and local else None
+    return choose_accel(accel, offered, local, probe)
+
+
+def degraded_line(host: str, error: str | None) -> str | None:
+    """The one line that marks a host degraded when a domain failed to start because of the
+    hypervisor (not because of the desktop), else None. Pure."""
+    reason = kvmcheck.hypervisor_fault(error)
+    if reason is None:
+        return None
+    return f"host {host} is degraded: {reason}; its desktops wait (re-add it with --accel tcg, or fix KVM)"
+
+
+def mark_degraded(ctx, name: str, line: str) -> bool:
+    """Record the host as degraded (once); True the first time. Scheduling skips degraded hosts."""
+    with ctx.db.session() as s:
+        h = s.scalar(select(DesktopHost).where(DesktopHost.name == name))
+        if h is None or (h.capacity or {}).get("degraded") == line:
+            return False
+        h.capacity = {**(h.capacity or {}), "degraded": line}
+        audit.record(s, "desktops", "desktop.host.degraded", f"host:{name}", reason=line)
+        return True
 
 
 def read_capacity(conn, data_dir) -> dict[str, Any]:
@@ -135,6 +174,8 @@ def host_dict(h: DesktopHost, desktops: int = 0) -> dict[str, Any]:
         "reachable": h.reachable,
         "last_error": h.last_error,
         "capacity": h.capacity or {},
+        "accel_note": (h.capacity or {}).get("accel_note"),
+        "degraded": (h.capacity or {}).get("degraded"),
         "last_seen": h.last_seen.isoformat() + "Z" if h.last_seen else None,
         "desktops": desktops,
     }
@@ -170,7 +211,7 @@ def add_host(ctx, name: str, uri: str, actor: str, accel: str = "auto", max_star
     try:
         conn = connect(uri, fresh=True)
         cap = read_capacity(conn, ctx.data_dir)
-        cap["domain_type"] = probe_domain_type(conn, accel)
+        cap["domain_type"], cap["accel_note"] = probe_accel(conn, uri, accel)
     except HostUnreachable as exc:
         raise UserError(f"host {name}: {exc}") from None
     with ctx.db.session() as s:
@@ -208,11 +249,12 @@ def refresh_host(ctx, name: str) -> bool:
     """Read capacity again; record reachability. Returns whether the host answered."""
     with ctx.db.session() as s:
         h = s.scalar(select(DesktopHost).where(DesktopHost.name == name))
-        uri, accel = h.uri, h.accel
+        uri, old = h.uri, dict(h.capacity or {})
     try:
         conn = connect(uri)
         cap = read_capacity(conn, ctx.data_dir)
-        cap["domain_type"] = probe_domain_type(conn, accel)
+        # the accelerator was proven when the host was added (a probe boots a guest: not on every read)
+        cap.update({k: old[k] for k in ("domain_type", "accel_note", "degraded") if k in old})
         ok, err = True, ""
     except Exception as exc:  # libvirt errors on a half-dead connection, HostUnreachable
         drop_connection(uri)

@@ -39,6 +39,7 @@ class HostObs:
     reserve_mib: int = 512  # kept for the host itself
     max_starting: int = 4  # desktops booting at once on this host (boot-storm throttle)
     domains: frozenset[str] = frozenset()  # running domains with netslate's prefix
+    degraded: str = ""  # the hypervisor failed a domain start: no new starts here (issue 11 #10)
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def plan(pools: list[DesktopPoolSpec], world: World) -> list[Action]:
 
     def book(host: str) -> bool:
         h = hosts.get(host)
-        if h is None or not h.reachable or budget.slots(h) <= 0:
+        if h is None or not h.reachable or h.degraded or budget.slots(h) <= 0:
             return False
         budget.take_slot(host)
         return True
@@ -300,9 +301,10 @@ def plan(pools: list[DesktopPoolSpec], world: World) -> list[Action]:
         quarantined = sum(1 for d in world.desktops if d.pool == pool.name and d.state == S.QUARANTINE)
         if have < want:
             for _ in range(min(want - have, pool.max - have - quarantined)):
-                candidates = [hosts[h] for h in pool.hosts if h in hosts and hosts[h].reachable]
+                candidates = [hosts[h] for h in pool.hosts if h in hosts and hosts[h].reachable and not hosts[h].degraded]
                 if not candidates:
-                    actions.append(Blocked(pool.name, "no reachable host for this pool"))
+                    degraded = [hosts[h].degraded for h in pool.hosts if h in hosts and hosts[h].degraded]
+                    actions.append(Blocked(pool.name, degraded[0] if degraded else "no reachable host for this pool"))
                     break
                 fits = [h for h in candidates if budget.free_mib(h) >= pool.memory_mib]
                 if not fits:

@@ -40,6 +40,8 @@ class Host(BaseModel):
     capacity: HostCapacity
     last_seen: str | None
     desktops: int
+    accel_note: str | None = None  # why `auto` did not get KVM (the probe failed), or why KVM is unproven
+    degraded: str | None = None  # the hypervisor made a domain fail to start: the host takes no desktops
 
 
 class HostCreate(BaseModel):

@@ -7,16 +7,15 @@ port; OVMF's console includes the serial port anyway.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from netslate.kvmcheck import find_kernel, probe_qemu as _probe_kvm  # noqa: F401  (the one KVM probe, shared with desktops)
 from netslate.vmlab.console import SerialLog
 from netslate.vmlab.net import LabNetwork
 
@@ -30,47 +29,6 @@ _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 _kvm_result: bool | None = None
 _kvm_lock = threading.Lock()
-
-
-def find_kernel() -> Path | None:
-    """The newest Debian kernel in /boot (used by the KVM probe and as a test image's kernel)."""
-    found = sorted(glob.glob("/boot/vmlinuz-*"), key=os.path.getmtime)
-    return Path(found[-1]) if found else None
-
-
-def _probe_kvm(timeout: float) -> bool:
-    """Boot a real kernel under KVM and wait for its first console line.
-
-    Opening /dev/kvm and even running firmware can succeed on a host where a kernel then hangs
-    forever (seen here: nested virtualisation), so only a kernel banner counts as "KVM works".
-    """
-    if not os.path.exists("/dev/kvm"):
-        return False
-    kernel = find_kernel()
-    if kernel is None:
-        return False
-    with tempfile.TemporaryDirectory(prefix="nslab-kvmprobe-") as tmp:
-        log = Path(tmp) / "serial.log"
-        argv = [QEMU, "-accel", "kvm", "-machine", "pc", "-m", "256", "-nodefaults", "-display", "none",
-                "-no-user-config", "-no-reboot", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
-                "-serial", f"file:{log}", "-monitor", "none"]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        ok = False
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                if log.exists() and b"Linux version" in log.read_bytes():
-                    ok = True
-                    break
-                time.sleep(0.1)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass  # stuck in the kernel on /dev/kvm; it is killed, we do not wait forever
-    return ok
 
 
 def kvm_available(timeout: float = 10.0) -> bool:
