@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from netslate import audit
-from netslate.errors import UserError
+from netslate.errors import Throttled, UserError
 from netslate.identity import directories, sessions, throttle
 from netslate.identity.entitlements import Resolution, resolve
 from netslate.identity.passwords import verify_password
@@ -79,12 +79,13 @@ def authenticate(ctx, username: str, password: str) -> tuple[str, list[dict], st
 def login(ctx, username: str, password: str, address: str | None, idle_seconds: int | None = None,
           max_seconds: int | None = None) -> LoginOutcome:
     username = check_username(username)
-    with ctx.db.session() as s:
-        try:
+    try:
+        with ctx.db.session() as s:
             throttle.check(s, username, address)
-        except UserError:
-            audit.record(s, _actor(username), "auth.login_throttled", _actor(username), address=address)
-            raise
+    except Throttled as exc:
+        with ctx.db.session() as s:  # its own transaction: the refusal is recorded, then raised
+            audit.record(s, _actor(username), "auth.login_throttled", _actor(username), address=address, detail=str(exc))
+        raise
     if not isinstance(password, str) or not password or len(password) > 1024:
         _fail(ctx, username, address, "empty or oversized password")
     try:

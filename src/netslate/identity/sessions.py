@@ -27,7 +27,7 @@ from netslate.store.db import utcnow
 
 DEFAULT_IDLE_SECONDS = 30 * 60
 DEFAULT_MAX_SECONDS = 12 * 3600
-TOUCH_EVERY_SECONDS = 15  # last_seen is written at most this often per session
+TOUCH_EVERY_SECONDS = 15  # last_seen is written at most this often per session (or a quarter of the idle time-out)
 
 
 def id_hash(session_id: str) -> str:
@@ -88,7 +88,7 @@ def lookup(ctx, session_id: str | None, touch: bool = True) -> SessionInfo | Non
                 return None
             local_role = found[1]
         res: Resolution = resolve(ctx, row.user, row.groups or [], local_role, s)
-        if touch and (now - row.last_seen).total_seconds() >= TOUCH_EVERY_SECONDS:
+        if touch and (now - row.last_seen).total_seconds() >= min(TOUCH_EVERY_SECONDS, row.idle_seconds / 4):
             row.last_seen = now
         return SessionInfo(row.user, row.source, list(row.groups or []), row.csrf_token, res.role, res.pools,
                            row.created_at, row.expires_at, row.idle_seconds)
