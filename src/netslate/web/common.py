@@ -7,6 +7,7 @@ happen in the services (`@op(role=...)`); the pages only hide what the caller co
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,8 @@ env = jinja2.Environment(
     lstrip_blocks=True,
 )
 env.globals.update(static_url=static_url, vendor_url=vendor_url, version=__version__)
+# JSON for reading, escaped like any other text (Jinja's tojson is for <script> blocks, which we never write)
+env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
 class LoginRequired(Exception):
