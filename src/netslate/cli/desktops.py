@@ -150,6 +150,8 @@ def pool_create(
     grace: float = typer.Option(60.0, "--grace", help="Seconds after logoff before a reset."),
     snapshot_every: Optional[float] = typer.Option(None, "--snapshot-every", help="Hours between scheduled snapshots (persistent pools)."),
     snapshot_keep: int = typer.Option(7, "--snapshot-keep", help="Scheduled snapshots kept per desktop."),
+    allow_reset: bool = typer.Option(False, "--allow-reset/--no-allow-reset", help="The portal lets a user reset their own desktop."),
+    allow_release: bool = typer.Option(True, "--allow-release/--no-allow-release", help="The portal lets a user give their desktop back."),
     json_: bool = JSON,
 ):
     """Create a pool (nothing is written unless every parameter is valid)."""
@@ -158,7 +160,8 @@ def pool_create(
     spec = DesktopPoolSpec(name=name, golden=golden, diskless=diskless, size=size, spare=spare, max=max_, vcpus=vcpus,
                            memory_mib=memory, display=display, video=video, usb_redirect=usb_redirect, smartcard=smartcard,
                            persistence=persistence, assignment=assignment, ip_range=ip_range, hosts=hosts, network=network,
-                           grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+                           grace_seconds=grace, snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep,
+                           allow_reset=allow_reset, allow_release=allow_release)
     data = state(ctx).services.pools.create(spec)
     emit(data, json_, lambda d: console.print(f"created pool {d['name']} (size {d['size']}, spare {d['spare']}, max {d['max']})"))
 
@@ -188,13 +191,16 @@ def pool_resize(
     grace: Optional[float] = typer.Option(None, "--grace"),
     snapshot_every: Optional[float] = typer.Option(None, "--snapshot-every", help="Hours between scheduled snapshots; 0 turns them off."),
     snapshot_keep: Optional[int] = typer.Option(None, "--snapshot-keep"),
+    allow_reset: Optional[bool] = typer.Option(None, "--allow-reset/--no-allow-reset", help="The portal lets a user reset their own desktop."),
+    allow_release: Optional[bool] = typer.Option(None, "--allow-release/--no-allow-release", help="The portal lets a user give their desktop back."),
     json_: bool = JSON,
 ):
-    """Change a pool's size, spare, max, golden image, grace period or snapshot schedule."""
+    """Change a pool's size, spare, max, golden image, grace period, snapshot schedule or portal settings."""
     from netslate.services.pools import DesktopPoolChange
 
     change = DesktopPoolChange(size=size, spare=spare, max=max_, golden=golden, grace_seconds=grace,
-                               snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep)
+                               snapshot_every_hours=snapshot_every, snapshot_keep=snapshot_keep,
+                               allow_reset=allow_reset, allow_release=allow_release)
     data = state(ctx).services.pools.change(name, change)
     emit(data, json_, lambda d: console.print(f"pool {d['name']}: size {d['size']}, spare {d['spare']}, max {d['max']}"))
 

@@ -71,6 +71,9 @@ class DesktopPool(Base):
     snapshot_keep: Mapped[int] = mapped_column(Integer, default=7, server_default="7")
     # diskless pools: "IMAGE@REF" of a netslate image; desktops PXE-boot it in ram mode (no disk, no golden)
     diskless: Mapped[str | None] = mapped_column(String(130), nullable=True)
+    # what the end-user portal offers a pool's users on their own desktop
+    allow_reset: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    allow_release: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

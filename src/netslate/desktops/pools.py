@@ -27,7 +27,8 @@ def pool_dict(p: DesktopPool, desktops: list[Desktop] | None = None, addresses_u
         "assignment": "dedicated" if p.dedicated else "floating",
         "ip_range": f"{p.ip_first}-{p.ip_last}", "hosts": p.hosts_selector, "network": p.network,
         "grace_seconds": p.grace_seconds, "snapshot_every_hours": p.snapshot_every_hours,
-        "snapshot_keep": p.snapshot_keep, "diskless": p.diskless, "created_at": p.created_at.isoformat() + "Z",
+        "snapshot_keep": p.snapshot_keep, "diskless": p.diskless,
+        "allow_reset": bool(p.allow_reset), "allow_release": bool(p.allow_release), "created_at": p.created_at.isoformat() + "Z",
     }
     if desktops is not None:
         counts: dict[str, int] = {}
@@ -62,6 +63,12 @@ def _check_schedule(persistent: bool, every: float | None, keep: int) -> None:
         raise UserError("--snapshot-keep must be between 1 and 100")
 
 
+def _check_reset(persistent: bool, allow_reset: bool) -> None:
+    if persistent and allow_reset:
+        raise UserError("--allow-reset needs a non-persistent pool (a persistent desktop keeps its disk; "
+                        "its user can revert a snapshot instead)")
+
+
 def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str) -> None:
     if size < 0 or spare < 0:
         raise UserError("--size and --spare must be 0 or more")
@@ -79,7 +86,8 @@ def validate_sizes(size: int, spare: int, max_: int, ip_first: str, ip_last: str
 def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, max_: int | None, vcpus: int, memory_mib: int,
                 display: str, usb_redirect: int, smartcard: bool, persistence: str, assignment: str, ip_range: str,
                 hosts: str, actor: str, network: str = "none", video: str = "qxl", grace_seconds: float = 60.0,
-                snapshot_every_hours: float | None = None, snapshot_keep: int = 7, diskless: str | None = None) -> dict:
+                snapshot_every_hours: float | None = None, snapshot_keep: int = 7, diskless: str | None = None,
+                allow_reset: bool = False, allow_release: bool = True) -> dict:
     check_name(name, "pool name")
     if len(name) > MAX_POOL_NAME:
         raise UserError(f"pool name {name!r} is longer than {MAX_POOL_NAME} characters")
@@ -122,6 +130,7 @@ def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, m
         raise UserError("--grace must be 0 or more seconds")
     network = _check_network(network)
     _check_schedule(persistence == "persistent", snapshot_every_hours, snapshot_keep)
+    _check_reset(persistence == "persistent", allow_reset)
     with ctx.db.session() as s:
         if s.scalar(select(DesktopPool).where(DesktopPool.name == name)):
             raise Conflict(f"a pool named {name!r} already exists")
@@ -135,7 +144,8 @@ def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, m
                         memory_mib=memory_mib, display=display, video=video, usb_redirect=usb_redirect,
                         smartcard=smartcard, persistent=persistence == "persistent", dedicated=assignment == "dedicated",
                         ip_first=first, ip_last=last, hosts_selector=hosts, network=network, grace_seconds=grace_seconds,
-                        snapshot_every_hours=snapshot_every_hours, snapshot_keep=snapshot_keep, diskless=diskless)
+                        snapshot_every_hours=snapshot_every_hours, snapshot_keep=snapshot_keep, diskless=diskless,
+                        allow_reset=allow_reset, allow_release=allow_release)
         s.add(p)
         audit.record(s, actor, "desktop.pool.create", f"pool:{name}", golden=golden_ref, diskless=diskless, size=size,
                      spare=spare, max=max_)
@@ -172,7 +182,8 @@ def show_pool(ctx, name: str) -> dict:
 
 def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int | None = None, max_: int | None = None,
                 golden_ref: str | None = None, grace_seconds: float | None = None,
-                snapshot_every_hours: float | None = None, snapshot_keep: int | None = None) -> dict:
+                snapshot_every_hours: float | None = None, snapshot_keep: int | None = None,
+                allow_reset: bool | None = None, allow_release: bool | None = None) -> dict:
     gname = gver = None
     if golden_ref is not None:
         gname, gver = golden.parse_ref(golden_ref)
@@ -197,8 +208,13 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
             keep = p.snapshot_keep if snapshot_keep is None else snapshot_keep
             _check_schedule(p.persistent, every, keep)  # --snapshot-every 0 turns the schedule off
             p.snapshot_every_hours, p.snapshot_keep = every, keep
+        if allow_reset is not None:
+            _check_reset(p.persistent, allow_reset)
+            p.allow_reset = allow_reset
+        if allow_release is not None:
+            p.allow_release = allow_release
         audit.record(s, actor, "desktop.pool.resize", f"pool:{name}", size=new_size, spare=new_spare, max=new_max,
-                     golden=golden_ref)
+                     golden=golden_ref, allow_reset=allow_reset, allow_release=allow_release)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
         used = len(list(s.scalars(select(DesktopAddress.id).where(DesktopAddress.pool_name == p.name))))
         return pool_dict(p, ds, used)

@@ -159,3 +159,59 @@ def release_desktop(ctx, ref: str | int, actor: str) -> dict:
         d.logged_off_at = utcnow() - dt.timedelta(days=3650)
         audit.record(s, actor, "desktop.release", d.name, user=d.user)
         return desktop_dict(s, d)
+
+
+def availability(s, p: DesktopPool) -> tuple[int, int]:
+    """(free, total) of a pool as its users see it: total is its max; free is what nobody holds."""
+    rows = list(s.execute(select(Desktop.state).where(Desktop.pool_id == p.id)))
+    held = sum(1 for (st,) in rows if st in S.CLAIMED or st == S.QUARANTINE)
+    return max(0, p.max - held), p.max
+
+
+def user_pools(ctx, user: str, entitled: list[str]) -> list[dict]:
+    """One entry per pool the user is entitled to or holds a desktop in: the pool's portal settings,
+    "N of M free", and the user's own desktop there (or None)."""
+    with ctx.db.session() as s:
+        held = {d.pool_name: d for d in s.scalars(
+            select(Desktop).where(Desktop.user == user, Desktop.pool_id.is_not(None),
+                                  Desktop.state.notin_([S.DESTROYING])).order_by(Desktop.id))}
+        names = sorted(set(entitled) | set(held))
+        out = []
+        for p in s.scalars(select(DesktopPool).where(DesktopPool.name.in_(names)).order_by(DesktopPool.name)):
+            free, total = availability(s, p)
+            mine = held.get(p.name)
+            out.append({
+                "pool": p.name, "entitled": p.name in entitled, "display": p.display,
+                "assignment": "dedicated" if p.dedicated else "floating",
+                "persistence": "persistent" if p.persistent else "none",
+                "allow_reset": bool(p.allow_reset), "allow_release": bool(p.allow_release),
+                "free": free, "total": total, "desktop": desktop_dict(s, mine) if mine is not None else None,
+            })
+        return out
+
+
+def check_request(ctx, pool_name: str, user: str) -> None:
+    """Before a user's own request: a plain sentence when the pool has nothing left for them."""
+    with ctx.db.session() as s:
+        p = s.scalar(select(DesktopPool).where(DesktopPool.name == pool_name))
+        if p is None:
+            raise NotFound(f"no pool named {pool_name!r}")
+        theirs = s.scalar(select(Desktop.id).where(Desktop.pool_id == p.id, Desktop.user == user,
+                                                   Desktop.state.notin_([S.DESTROYING, S.QUARANTINE, S.ERROR])))
+        if theirs is None and availability(s, p)[0] == 0:
+            raise Conflict(f"all {p.max} desktops of {p.name} are in use; try again later")
+
+
+def own_desktop(ctx, ref: str | int, user: str, action: str) -> dict:
+    """The user's own desktop for a self-service `action` (reset | release), checked against its pool."""
+    with ctx.db.session() as s:
+        d = _get(s, ref)
+        if d.user != user or d.state not in S.CLAIMED:
+            raise NotFound(f"you have no desktop {ref!r}")
+        p = s.get(DesktopPool, d.pool_id) if d.pool_id else None
+        if p is None:
+            raise Conflict(f"desktop {d.name} is being removed")
+        allowed = p.allow_reset if action == "reset" else p.allow_release
+        if not allowed:
+            raise Conflict(f"pool {p.name} does not let its users {action} their desktop")
+        return desktop_dict(s, d)

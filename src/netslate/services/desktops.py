@@ -157,6 +157,17 @@ class DesktopsService(Service):
         """The user is done: the desktop is reset now (a reconcile pass of its pool), then shown."""
         raise NotImplementedError
 
+    @op("POST", "/api/v1/my/desktops/{ref}/reset")
+    def reset_mine(self, ref: str) -> DesktopRecord:
+        """The caller's own desktop back to its golden image (changes since logon are lost), still theirs;
+        only where the pool allows it (`allow_reset`)."""
+        raise NotImplementedError
+
+    @op("POST", "/api/v1/my/desktops/{ref}/release")
+    def release_mine(self, ref: str) -> DesktopRecord:
+        """Give the caller's own desktop back (it is reset for the next user); where the pool allows it."""
+        raise NotImplementedError
+
     @op("POST", "/api/v1/desktops/{ref}/session", role="operator")
     def session(self, ref: str, event: SessionEvent) -> DesktopRecord:
         """logon/logoff from the netslate agent inside the desktop (or by hand)."""
@@ -235,6 +246,27 @@ class LocalDesktops(DesktopsService):
         nudge(self.parts)
         return DesktopRecord(**part.show_desktop(self.ctx, data["id"]))
 
+    def _person(self) -> str:
+        """The logged-in person's name (self-service is for people, not tokens or machines)."""
+        if self.caller.kind != "user":
+            raise Forbidden("log in as a user for self-service", authenticated=self.caller.kind != "anonymous")
+        return self.caller.name
+
+    def reset_mine(self, ref: str) -> DesktopRecord:
+        d = part.own_desktop(self.ctx, ref, self._person(), "reset")
+        part.release_desktop(self.ctx, d["id"], self.actor)
+        Engine(self.ctx).reconcile(d["pool"])  # the reset, now
+        data = part.request_desktop(self.ctx, d["pool"], self.caller.name)  # a fresh desktop, still theirs
+        nudge(self.parts)
+        return DesktopRecord(**data)
+
+    def release_mine(self, ref: str) -> DesktopRecord:
+        d = part.own_desktop(self.ctx, ref, self._person(), "release")
+        part.release_desktop(self.ctx, d["id"], self.actor)
+        Engine(self.ctx).reconcile(d["pool"])  # reset for the next user now, as `desktop release` does
+        nudge(self.parts)
+        return DesktopRecord(**part.show_desktop(self.ctx, d["id"]))
+
     def session(self, ref: str, event: SessionEvent) -> DesktopRecord:
         data = part.session_event(self.ctx, ref, event.event, event.user, self.actor, source=event.source)
         nudge(self.parts)
@@ -260,10 +292,12 @@ class LocalDesktops(DesktopsService):
     def browser_console(self, ref: str, ttl: int, host: str | None, relay_port: int | None) -> BrowserConsole:
         """A noVNC page URL whose websocket relay holds a single-use token for this desktop's VNC ticket
         (not an operation of its own: the route knows the relay's port and the host the caller used)."""
-        self._console_allowed(ref)  # who asks comes first: a caller who may not open it learns nothing else
+        did = self._console_allowed(ref)  # who asks comes first: a caller who may not open it learns nothing else
         if not relay_port:
             raise Conflict("browser consoles are off: start the server with NETSLATE_CONSOLE_PORT set")
-        t = self.ticket(ref, TicketRequest(type="vnc", ttl=ttl))
+        # the browser console is every user's console (the portal's Connect), SPICE desktops included:
+        # their VNC display is the same screen, reached only through the single-use relay token
+        t = Ticket(**consoles.issue_ticket(self.ctx, did, "vnc", self.actor, ttl=ttl, admin=True))
         token = relay.issue_relay_token(self.ctx.data_dir, t.host, t.port, ttl)
         return BrowserConsole(url=relay.browser_url(host or t.host, relay_port, token, t.password, t.title),
                               relay_port=relay_port, token=token, password=t.password, expires_at=t.expires_at)

@@ -8,8 +8,9 @@ from pydantic import BaseModel
 from netslate.desktops import pools as part
 from netslate.desktops import service as desktops
 from netslate.desktops.engine import Engine
+from netslate.services.auth import LocalAuth
 from netslate.services.desktops import DesktopRecord, nudge
-from netslate.services.framework import Service, http_client, op
+from netslate.services.framework import Forbidden, Service, http_client, op
 
 
 class DesktopPoolRecord(BaseModel):
@@ -34,6 +35,8 @@ class DesktopPoolRecord(BaseModel):
     snapshot_every_hours: float | None
     snapshot_keep: int
     diskless: str | None  # IMAGE@REF of a netslate image the desktops PXE-boot
+    allow_reset: bool  # the portal offers the desktop's user a reset (back to the golden image)
+    allow_release: bool  # the portal offers the desktop's user to give it back
     created_at: str
     desktops: int
     states: dict[str, int]
@@ -68,6 +71,8 @@ class DesktopPoolSpec(BaseModel):
     grace_seconds: float = 60.0
     snapshot_every_hours: float | None = None
     snapshot_keep: int = 7
+    allow_reset: bool = False
+    allow_release: bool = True
 
 
 class DesktopPoolChange(BaseModel):
@@ -80,6 +85,8 @@ class DesktopPoolChange(BaseModel):
     grace_seconds: float | None = None
     snapshot_every_hours: float | None = None
     snapshot_keep: int | None = None
+    allow_reset: bool | None = None
+    allow_release: bool | None = None
 
 
 class PoolRemoval(BaseModel):
@@ -95,6 +102,21 @@ class ReconcileResult(BaseModel):
 
 class DesktopRequest(BaseModel):
     user: str
+
+
+class MyPool(BaseModel):
+    """A portal card: a pool the caller is entitled to (or holds a desktop in), and their desktop there."""
+
+    pool: str
+    entitled: bool  # False: a desktop of theirs in a pool they are no longer entitled to
+    display: str
+    assignment: str
+    persistence: str
+    allow_reset: bool
+    allow_release: bool
+    free: int  # desktops nobody holds ("N of M free")
+    total: int  # the pool's max
+    desktop: DesktopRecord | None
 
 
 class DesktopPoolsService(Service):
@@ -122,12 +144,22 @@ class DesktopPoolsService(Service):
 
     @op("PATCH", "/api/v1/pools/{name}", role="operator")
     def change(self, name: str, change: DesktopPoolChange) -> DesktopPoolRecord:
-        """Change size, spare, max, golden image, grace period or snapshot schedule."""
+        """Change size, spare, max, golden image, grace period, snapshot schedule or portal settings."""
         raise NotImplementedError
 
     @op("DELETE", "/api/v1/pools/{name}", role="operator")
     def remove(self, name: str, force: bool = False) -> PoolRemoval:
         """Remove a pool and destroy its desktops (in use: only with force)."""
+        raise NotImplementedError
+
+    @op("GET", "/api/v1/my/pools")
+    def mine(self) -> list[MyPool]:
+        """The logged-in user's pools (entitlements) and desktops, with "N of M free"."""
+        raise NotImplementedError
+
+    @op("POST", "/api/v1/my/pools/{name}/desktop")
+    def request_mine(self, name: str) -> DesktopRecord:
+        """A desktop of an entitled pool for the logged-in user: theirs already, a prestarted one, or a new one."""
         raise NotImplementedError
 
     @op("POST", "/api/v1/pools/{name}/request", role="operator")
@@ -158,14 +190,14 @@ class LocalDesktopPools(DesktopPoolsService):
                                 p.usb_redirect, p.smartcard, p.persistence, p.assignment, p.ip_range, p.hosts, self.actor,
                                 network=p.network, video=p.video, grace_seconds=p.grace_seconds,
                                 snapshot_every_hours=p.snapshot_every_hours, snapshot_keep=p.snapshot_keep,
-                                diskless=p.diskless)
+                                diskless=p.diskless, allow_reset=p.allow_reset, allow_release=p.allow_release)
         nudge(self.parts)
         return DesktopPoolRecord(**data)
 
     def change(self, name: str, change: DesktopPoolChange) -> DesktopPoolRecord:
         c = change
         data = part.resize_pool(self.ctx, name, self.actor, c.size, c.spare, c.max, c.golden, c.grace_seconds,
-                                c.snapshot_every_hours, c.snapshot_keep)
+                                c.snapshot_every_hours, c.snapshot_keep, c.allow_reset, c.allow_release)
         nudge(self.parts)
         return DesktopPoolRecord(**data)
 
@@ -177,6 +209,26 @@ class LocalDesktopPools(DesktopPoolsService):
     def request(self, name: str, request: DesktopRequest) -> DesktopRecord:
         data = desktops.request_desktop(self.ctx, name, request.user)
         nudge(self.parts)  # refill the spare in the background
+        return DesktopRecord(**data)
+
+
+    def _person(self) -> tuple[str, list[str]]:
+        """The logged-in person and their entitled pools (self-service is for people, not tokens)."""
+        if self.caller.kind != "user":
+            raise Forbidden("log in as a user to see your desktops", authenticated=self.caller.kind != "anonymous")
+        return self.caller.name, LocalAuth(self.parts, self.caller).me().pools
+
+    def mine(self) -> list[MyPool]:
+        user, entitled = self._person()
+        return [MyPool(**p) for p in desktops.user_pools(self.ctx, user, entitled)]
+
+    def request_mine(self, name: str) -> DesktopRecord:
+        user, entitled = self._person()
+        if name not in entitled:
+            raise Forbidden(f"you are not entitled to desktops of pool {name}", authenticated=True)
+        desktops.check_request(self.ctx, name, user)
+        data = desktops.request_desktop(self.ctx, name, user)
+        nudge(self.parts)
         return DesktopRecord(**data)
 
 
