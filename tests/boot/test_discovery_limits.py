@@ -125,10 +125,12 @@ def test_flood_of_distinct_macs_is_capped_and_known_machines_boot(ctx, tmp_path,
             elapsed = time.monotonic() - t0
             pending = inventory.count_pending(ctx)
             assert sent == 200
+            print(f"flood: {sent} requests from one source in {elapsed:.1f} s recorded {pending} machines")
             assert 10 <= pending <= 10 + 2 * elapsed + 1, (pending, elapsed)
             # many sources (127.0.0.2-9): each has a burst, but the pending cap holds for all
             for n in range(2, 10):
                 _flood(srv.url, f"127.0.0.{n}", n * 1000, 30, t0 + 120)
+            print(f"flood: after 8 more sources × 30 requests, {inventory.count_pending(ctx)} machines pending (cap 40)")
             assert inventory.count_pending(ctx) <= 40 + 1  # the cached count may admit one in flight
             # the known machine still boots its image
             r = httpx.get(f"{srv.url}/boot/ipxe", params=_q(known), timeout=10)
