@@ -180,14 +180,14 @@ def _machine_context(request: Request, ident: str) -> dict:
 
 
 def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1}: each leaf beside the node it came from (config explain's `sources` keys)."""
-    if isinstance(doc, dict) and doc:
-        out: dict[str, Any] = {}
+    """{'a': {'b': 1}} → {'/a/b': 1, '/a': {...}}: each value under the JSON-pointer-like key config explain's `sources` use."""
+    out: dict[str, Any] = {}
+    if isinstance(doc, dict):
         for k, v in doc.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-            out.setdefault(f"{prefix}{k}", v)
-        return out
-    return {prefix[:-1]: doc} if prefix else {}
+            key = f"{prefix}/{k}"
+            out[key] = v
+            out.update(_flatten(v, key))
+    return out
 
 
 @router.get("/machines/{ident}", response_class=HTMLResponse)
