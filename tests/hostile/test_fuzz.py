@@ -45,6 +45,8 @@ OPEN_BY_DESIGN: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/machines/{machine}/report"): "an agent's report: without a credential it is kept apart and flagged (issue 11 #2)",
     ("POST", "/api/v1/desktops/{ref}/ticket"): "checks its caller itself: the desktop's user or an admin",
     ("POST", "/api/v1/desktops/{ref}/browser-console"): "checks its caller itself: the desktop's user or an admin",
+    ("POST", "/api/v1/auth/login"): "how a caller gets a session (user name and password)",
+    ("POST", "/api/v1/auth/logout"): "ends the caller's own session; without one it changes nothing",
 }
 MAX_BUNDLE_WAIT = 1  # the bundle long-poll takes ?wait= up to 300 s: keep each request short
 
