@@ -377,7 +377,10 @@ def count_events(ctx) -> int:
         return s.scalar(select(func.count(BootEvent.id))) or 0
 
 
-def last_boots(s: Session) -> dict[int, dt.datetime]:
-    """Machine id → when it last asked for a boot script (naive UTC); read by the fleet view."""
+def last_boots(s: Session, machine_ids: list[int] | None = None) -> dict[int, dt.datetime]:
+    """Machine id → when it last asked for a boot script (naive UTC); read by the fleet view.
+    Only for `machine_ids` when given (a page of the machine list, not the whole fleet)."""
     q = select(BootEvent.machine_id, func.max(BootEvent.at)).where(BootEvent.machine_id.is_not(None)).group_by(BootEvent.machine_id)
+    if machine_ids is not None:
+        q = q.where(BootEvent.machine_id.in_(machine_ids))
     return dict(s.execute(q).all())

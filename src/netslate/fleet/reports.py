@@ -132,6 +132,8 @@ def machine_views(ctx, ids: list[int] | None = None) -> dict[int, dict]:
         q = select(Machine)
         if ids is not None:
             q = q.where(Machine.id.in_(ids))
+            # the last boots of these machines only: a page of 50 need not group every boot event
+            s.info["netslate_fleet"] = {"boots": boot.last_boots(s, ids), "config": config_state.read(s), "now": _now()}
         return {m.id: machine_view(m) for m in s.scalars(q)}
 
 
