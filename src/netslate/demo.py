@@ -39,6 +39,7 @@ class Demo:
         self.server: subprocess.Popen | None = None
         self.url = ""
         self.fleet = None  # netslate.demo_fleet.Fleet: namespace, server with dnsmasq, VMs
+        self.web_user = self.web_password = ""  # the demo's local admin for the web console
 
     def netslate(self, *args: str, json_out: bool = True, timeout: float = 900) -> dict | str:
         cmd = [sys.executable, "-m", "netslate", *args] + (["--json"] if json_out else [])
@@ -175,6 +176,18 @@ def run(demo: Demo) -> None:
             raise StepFailed(f"corrupt or missing chunks: {report}")
         console.print(f"   {report['chunks_checked']} chunks of {report['versions_checked']} versions verified")
 
+    @step("web console: a local admin logs in; the dashboard and the portal load")
+    def _():
+        import secrets
+
+        demo.web_user, demo.web_password = "demo-admin", secrets.token_urlsafe(12)
+        proc = subprocess.run([sys.executable, "-m", "netslate", "user", "add", demo.web_user, "--role", "admin", "--password-stdin"],
+                              env=demo.env, input=demo.web_password + "\n", capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise StepFailed(f"`netslate user add` exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        for page, wanted in check_web_pages(demo.url, demo.web_user, demo.web_password).items():
+            console.print(f"   {page}: {wanted}")
+
     if fleet_enabled():
         from netslate.context import Context
         from netslate.demo_fleet import Fleet, fleet_steps
@@ -199,6 +212,30 @@ def run(demo: Demo) -> None:
         console.print(f"   [green]ok[/green] ({time.monotonic() - started:.1f}s)")
 
 
+def check_web_pages(url: str, user: str, password: str) -> dict[str, str]:
+    """Log in through the real /login form and load the dashboard and the portal (StepFailed otherwise)."""
+    import http.cookiejar
+    import urllib.parse
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = urllib.parse.urlencode({"username": user, "password": password, "next": "/"}).encode()
+    with opener.open(url + "/login", data=form, timeout=30) as r:
+        if urllib.parse.urlsplit(r.geturl()).path != "/":
+            raise StepFailed(f"the login did not lead to the dashboard but to {r.geturl()}")
+    out = {}
+    for path, marker in (("/", "Fleet"), ("/portal", "netslate")):
+        try:
+            with opener.open(url + path, timeout=30) as r:
+                body = r.read().decode()
+        except OSError as exc:
+            raise StepFailed(f"{path} did not load: {exc}") from None
+        if marker not in body:
+            raise StepFailed(f"{path} loaded without {marker!r}")
+        out[url + path] = "loads"
+    return out
+
+
 def main() -> int:
     if os.geteuid() != 0:
         console.print("[red]error:[/red] the demo builds images with mmdebstrap and needs root")
@@ -212,6 +249,8 @@ def main() -> int:
         run(demo)
         if interactive():
             console.print(f"\n[bold]netslate is running at {demo.url}[/bold]; admin token in {demo.data / 'admin.token'}. Ctrl-C stops it.")
+            console.print(f"[bold]web console[/bold]: dashboard {demo.url}/  ·  portal {demo.url}/portal  ·  "
+                          f"log in as {demo.web_user} / {demo.web_password}", soft_wrap=True, highlight=False)
             if demo.fleet is not None and demo.fleet.server is not None:
                 console.print(f"[bold]the fleet server is {demo.fleet.server.url}[/bold] in namespace {demo.fleet.lab.name} "
                               f"(ip netns exec {demo.fleet.lab.name} …); admin token in {demo.fleet.data / 'admin.token'}")
