@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netslate.discovery import core
-from netslate.discovery.core import Entry, ServerInfo, View
+from netslate.discovery.core import ServerInfo, SrvEntry, View
 
 
 def _view():
@@ -76,11 +76,11 @@ def test_rfc2782_weights_statistically():
     firsts = Counter(core.rfc2782_order(entries, rng)[0].server.name for _ in range(n))
     assert abs(firsts["a"] / n - 0.75) < 0.03, firsts
     # Weight 0 within a priority with weighted peers is picked first rarely (RFC 2782: "very small chance").
-    zero = [Entry(servers[0], 0, 1000), Entry(servers[1], 0, 0)]
+    zero = [SrvEntry(servers[0], 0, 1000), SrvEntry(servers[1], 0, 0)]
     firsts = Counter(core.rfc2782_order(zero, rng)[0].server.name for _ in range(n))
     assert firsts["b"] / n < 0.01, firsts
     # Priorities are never mixed up by weights.
-    mixed = [Entry(servers[0], 5, 65535), Entry(servers[1], 1, 1)]
+    mixed = [SrvEntry(servers[0], 5, 65535), SrvEntry(servers[1], 1, 1)]
     assert all(core.rfc2782_order(mixed, rng)[0].server.name == "b" for _ in range(200))
 
 

@@ -164,8 +164,8 @@ def test_initramfs_pull_with_pinned_digest(ctx, live_server, tmp_path):
 
 # ------------------------------------------------------------------ builder (pure parts)
 def test_initramfs_newc_is_read_by_gnu_cpio(tmp_path):
-    entries = [B.Entry("bin", "dir"), B.Entry("bin/hello", "file", 0o755, b"hi\n"), B.Entry("bin/sh", "symlink", target="busybox"),
-               B.Entry("dev/console", "chr", 0o600, rdev=(5, 1)), B.Entry("dev", "dir"), B.Entry("odd", "file", 0o644, b"x" * 5)]
+    entries = [B.CpioEntry("bin", "dir"), B.CpioEntry("bin/hello", "file", 0o755, b"hi\n"), B.CpioEntry("bin/sh", "symlink", target="busybox"),
+               B.CpioEntry("dev/console", "chr", 0o600, rdev=(5, 1)), B.CpioEntry("dev", "dir"), B.CpioEntry("odd", "file", 0o644, b"x" * 5)]
     arc = B.newc(entries)
     listing = subprocess.run(["cpio", "-itv"], input=arc, capture_output=True).stdout.decode()
     names = [line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.splitlines()]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from netslate.agent import dnssrv
 from netslate.discovery import core
-from netslate.discovery.core import Entry, ServerInfo
+from netslate.discovery.core import ServerInfo, SrvEntry
 from netslate.onmachine.srv import rfc2782_order
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True)
@@ -52,7 +52,7 @@ def test_every_usable_record_once_priorities_non_decreasing_dot_dropped(records,
 @PROPERTY
 def test_records_without_a_target_are_all_kept(rows, seed):
     # discovery's entries have no target: every one of them is ordered
-    records = [Entry(ServerInfo(f"s{i}", None, ("10.0.0.1",), 80), p, w) for i, (p, w) in enumerate(rows)]
+    records = [SrvEntry(ServerInfo(f"s{i}", None, ("10.0.0.1",), 80), p, w) for i, (p, w) in enumerate(rows)]
     out = rfc2782_order(records, random.Random(seed))
     assert sorted(e.server.name for e in out) == sorted(e.server.name for e in records)
     assert [e.priority for e in out] == sorted(e.priority for e in out)
@@ -113,7 +113,7 @@ def test_agent_and_discovery_draw_the_same_way():
     same order."""
     assert dnssrv.rfc2782_order is rfc2782_order
     rows = [(0, 100), (0, 300), (0, 0), (10, 50), (10, 50), (11, 0)]
-    entries = [Entry(ServerInfo(f"s{i}", None, ("10.0.0.1",), 80), p, w) for i, (p, w) in enumerate(rows)]
+    entries = [SrvEntry(ServerInfo(f"s{i}", None, ("10.0.0.1",), 80), p, w) for i, (p, w) in enumerate(rows)]
     srvs = [dnssrv.Srv(p, w, 8080 + i, f"s{i}.fleet.test") for i, (p, w) in enumerate(rows)]
     for seed in range(50):
         by_server = [int(e.server.name[1:]) for e in core.rfc2782_order(entries, random.Random(seed))]

@@ -52,7 +52,7 @@ class Target:
 
 
 @dataclass
-class Snapshot:
+class BootSnapshot:
     fingerprint: tuple
     rules: CompiledRules
     profiles: dict[str, dict]
@@ -121,7 +121,7 @@ def request_facts(q: dict, m: MachineRow | None) -> Facts:
     )
 
 
-def decide(cfg: ScriptSettings, snap: Snapshot, m: MachineRow | None, q: dict, base: str, with_explain: bool = False,
+def decide(cfg: ScriptSettings, snap: BootSnapshot, m: MachineRow | None, q: dict, base: str, with_explain: bool = False,
            site_hint: str | None = None) -> Decision:
     """site: the machine's `site` label, else the site of its address (discovery subnets), else default."""
     facts = request_facts(q, m)
@@ -210,7 +210,7 @@ def _image_decision(cfg: ScriptSettings, t: Target, profile: dict, base: str, fa
     return Decision("image", script, rule=rname, profile=pname, image=t.name, version=t.version, pinned=pinned)
 
 
-def _menu_decision(cfg: ScriptSettings, snap: Snapshot, profile: dict, base: str, facts: Facts, comments: list[str],
+def _menu_decision(cfg: ScriptSettings, snap: BootSnapshot, profile: dict, base: str, facts: Facts, comments: list[str],
                    rname: str | None) -> Decision:
     name = profile["image"]
     entries = []
@@ -238,7 +238,7 @@ def _menu_decision(cfg: ScriptSettings, snap: Snapshot, profile: dict, base: str
 ASSIGN_BASE = "http://netslate.invalid"
 
 
-def assignment(cfg: ScriptSettings, snap: Snapshot, m: MachineRow, first_mac: str | None, site_hint: str | None) -> dict | None:
+def assignment(cfg: ScriptSettings, snap: BootSnapshot, m: MachineRow, first_mac: str | None, site_hint: str | None) -> dict | None:
     """The image version a known machine's boot from its first MAC would get, as the signed config
     bundle carries it (`image_pin`), or None when that boot is not one image version."""
     q = {"mac": first_mac, "uuid": None, "serial": None, "manufacturer": None, "product": None,
@@ -253,7 +253,7 @@ def assignment(cfg: ScriptSettings, snap: Snapshot, m: MachineRow, first_mac: st
     return {"name": d.image, "version": int(d.version), "digest": t.digest, "source": source}
 
 
-def pxelinux_entry(cfg: ScriptSettings, snap: Snapshot, d: Decision, base: str, label: str = "netslate") -> pxelinux.PxeEntry | None:
+def pxelinux_entry(cfg: ScriptSettings, snap: BootSnapshot, d: Decision, base: str, label: str = "netslate") -> pxelinux.PxeEntry | None:
     """The pxelinux.cfg entry of a decision: its image, the local disk, or None (held, unmatched, menu)."""
     if d.kind == "local":
         return pxelinux.LOCAL
@@ -265,7 +265,7 @@ def pxelinux_entry(cfg: ScriptSettings, snap: Snapshot, d: Decision, base: str, 
     return pxelinux.PxeEntry(label, boot.title, boot.kernel_url, boot.initrd_url, boot.args)
 
 
-def pxelinux_menu(cfg: ScriptSettings, snap: Snapshot, base: str) -> str:
+def pxelinux_menu(cfg: ScriptSettings, snap: BootSnapshot, base: str) -> str:
     """`pxelinux.cfg/default`: every image profile that resolves, plus the local disk (the default)."""
     entries = []
     for name in sorted(snap.profiles):

@@ -3,7 +3,7 @@ the decision and the event writer together for every caller (boot scripts, expla
 the signed bundles' image pins).
 
 Hot path per request: one cheap fingerprint query + one indexed machine lookup (queries.py). Rules,
-profiles, pins, policies and image resolutions live in an in-memory `Snapshot` rebuilt only when the
+profiles, pins, policies and image resolutions live in an in-memory `BootSnapshot` rebuilt only when the
 fingerprint moves. Boot events and last-seen updates go to a background writer (events.py).
 """
 
@@ -16,7 +16,7 @@ import threading
 from netslate import inventory
 from netslate import inventory
 from netslate.boot import ipxe
-from netslate.boot.decide import Decision, ScriptSettings, Snapshot, Target, assignment, decide, pxelinux_entry, pxelinux_menu
+from netslate.boot.decide import Decision, ScriptSettings, BootSnapshot, Target, assignment, decide, pxelinux_entry, pxelinux_menu
 from netslate.boot.discovery_limits import DiscoveryLimiter, discovery_limits
 from netslate.boot.events import EventWriter
 from netslate.boot.pxelinux import mac_filename, render_machine, uuid_filename
@@ -63,22 +63,22 @@ class BootEngine:
         self.reader = BootReader(ctx)
         self.events = EventWriter(ctx)
         self.discovery = DiscoveryLimiter(lambda: inventory.count_pending(ctx), discovery_limits(options))
-        self._snap: Snapshot | None = None
+        self._snap: BootSnapshot | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ cache
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> BootSnapshot:
         return self._snapshot_for(self.reader.fingerprint())
 
-    def _snapshot_for(self, fp: tuple) -> Snapshot:
+    def _snapshot_for(self, fp: tuple) -> BootSnapshot:
         snap = self._snap
         if snap is not None and snap.fingerprint == fp:
             return snap
         with self._lock:
             if self._snap is None or self._snap.fingerprint != fp:
                 rules, profiles, pins, policies = self.reader.boot_tables()
-                self._snap = Snapshot(fp, rules, profiles, pins, policies, self._resolve, self._list_versions,
+                self._snap = BootSnapshot(fp, rules, profiles, pins, policies, self._resolve, self._list_versions,
                                       subnets=self.reader.subnets())
             return self._snap
 
@@ -97,7 +97,7 @@ class BootEngine:
         except NotFound:
             return []
 
-    def site_of_address(self, snap: Snapshot, remote: str | None) -> str | None:
+    def site_of_address(self, snap: BootSnapshot, remote: str | None) -> str | None:
         if snap.subnets is None or not remote:
             return None
         try:

@@ -89,7 +89,7 @@ class Mount(_Strict):
     options: str | None = None
 
 
-class Agent(_Strict):
+class AgentSettings(_Strict):
     wait_seconds: int | None = Field(None, ge=0, le=300, description="long-poll wait for the next generation")
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     cache_last_known_good: bool | None = None
@@ -124,7 +124,7 @@ class ConfigDocument(_Strict):
     sysctl: dict[str, str | int | bool] | None = None
     kernel_args: list[str] | None = None
     mounts: list[Mount] | None = None
-    agent: Agent | None = None
+    agent: AgentSettings | None = None
     health_checks: list[HealthCheck] | None = None
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")], str] | None = Field(  # names: no newline, '$' or path
         None, description="delivered only to the machines under this node that prove their credential"

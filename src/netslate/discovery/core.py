@@ -129,7 +129,7 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
-class Entry:
+class SrvEntry:
     """One server as seen by one client: the SRV priority and weight it gets."""
 
     server: ServerInfo
@@ -225,7 +225,7 @@ class View:
     def server(self, name: str) -> ServerInfo | None:
         return self._by_name.get(name)
 
-    def entries(self, client_site: str | None) -> list[Entry]:
+    def entries(self, client_site: str | None) -> list[SrvEntry]:
         """Every live server with the priority it gets for a client in `client_site`, sorted by
         (priority, name). Same-site servers get tier 0; everything else (or every server, when the
         client's site is unknown) tier 1, as AD does for clients in unknown subnets."""
@@ -236,18 +236,18 @@ class View:
         for s in self.servers:
             tier = SAME_SITE_TIER if client_site is not None and s.site == client_site else OTHER_SITE_TIER
             prio = tier * TIER_STEP + min(max(s.priority, 0), MAX_SERVER_PRIORITY)
-            out.append(Entry(s, prio, max(0, min(s.weight, 65535))))
+            out.append(SrvEntry(s, prio, max(0, min(s.weight, 65535))))
         out.sort(key=lambda e: (e.priority, e.server.name))
         if len(self._entries) < 1024:
             self._entries[client_site] = tuple(out)
         return out
 
-    def ordered(self, client_site: str | None, rng: random.Random | None = None) -> list[Entry]:
+    def ordered(self, client_site: str | None, rng: random.Random | None = None) -> list[SrvEntry]:
         """The order a client should try servers in: RFC 2782 (priority, then weighted random)."""
         return rfc2782_order(self.entries(client_site), rng or random)
 
 
-def rfc2782_order(entries: list[Entry], rng) -> list[Entry]:
+def rfc2782_order(entries: list[SrvEntry], rng) -> list[SrvEntry]:
     """RFC 2782 selection applied to the whole list (lowest priority first, weighted random within
     one priority). The one weighted-choice function lives in the on-machine library, so the agent
     orders DNS SRV answers exactly as this orders the locate answer."""
@@ -258,25 +258,27 @@ def rfc2782_order(entries: list[Entry], rng) -> list[Entry]:
 
 
 @dataclass(frozen=True)
-class Record:
+class ResourceRecord:
+    """One DNS resource record (SRV, A or AAAA) of the exported zone."""
+
     name: str  # absolute, without the trailing dot
     rtype: str  # SRV | A | AAAA
     ttl: int
     data: tuple  # SRV: (priority, weight, port, target); A/AAAA: (address,)
 
 
-def srv_records(entries: list[Entry], domain: str, ttl: int = DNS_TTL) -> list[Record]:
+def srv_records(entries: list[SrvEntry], domain: str, ttl: int = DNS_TTL) -> list[ResourceRecord]:
     name = srv_name(domain)
-    return [Record(name, "SRV", ttl, (e.priority, e.weight, e.server.port, target_name(e.server.name, domain))) for e in entries]
+    return [ResourceRecord(name, "SRV", ttl, (e.priority, e.weight, e.server.port, target_name(e.server.name, domain))) for e in entries]
 
 
-def address_records(server: ServerInfo, domain: str, ttl: int = DNS_TTL, rtype: str | None = None) -> list[Record]:
+def address_records(server: ServerInfo, domain: str, ttl: int = DNS_TTL, rtype: str | None = None) -> list[ResourceRecord]:
     name = target_name(server.name, domain)
     out = []
     for a in server.addresses:
         t = "AAAA" if ":" in a else "A"
         if rtype is None or rtype == t:
-            out.append(Record(name, t, ttl, (a,)))
+            out.append(ResourceRecord(name, t, ttl, (a,)))
     return out
 
 
@@ -290,7 +292,7 @@ def locate_answer(view: View, client: str | None, rng=None, ttl: int = LOCATE_TT
     }
 
 
-def _export_entries(view: View, site: str | None) -> list[Entry]:
+def _export_entries(view: View, site: str | None) -> list[SrvEntry]:
     if site is not None and site not in view.sites:
         raise DiscoveryInputError(f"no such site {site!r}")
     return view.entries(site)

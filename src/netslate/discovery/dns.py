@@ -197,7 +197,7 @@ class Responder:
                     return _ecs_address(bytes(o.data))
         return None
 
-    def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, entries: list[core.Entry] | None) -> int:
+    def _answer(self, reply: DNSRecord, qname: str, qtype: int, view: core.View, entries: list[core.SrvEntry] | None) -> int:
         ttl = self.ttl
         if qname == self.srv_name:
             if entries is not None:

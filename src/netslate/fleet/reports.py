@@ -29,8 +29,8 @@ from netslate.fleet import core
 from netslate.store.models import Machine
 
 
-class Forbidden(Exception):
-    pass
+class ReportRefused(Exception):
+    """An enrolled machine's report came without its credential (the route answers 403)."""
 
 
 def offline_after() -> dt.timedelta:
@@ -53,7 +53,7 @@ def _credential_ok(m: Machine, token: str | None) -> bool:
 
 
 def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) -> dict:
-    """Store one report. A machine with a credential must present it (Forbidden otherwise); a
+    """Store one report. A machine with a credential must present it (ReportRefused otherwise); a
     machine without one is accepted and marked unauthenticated."""
     try:
         rep = core.clean_report(body)
@@ -65,7 +65,7 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) ->
         m = _find(s, ident)
         authenticated = _credential_ok(m, credential)
         if m.credential_sha256 and not authenticated:
-            raise Forbidden("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
+            raise ReportRefused("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
         status = dict(m.status or {})
         unverified = (status.get("fleet") or {}).get("unverified")
         fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)

@@ -75,7 +75,7 @@ def netslate_files() -> list[str]:
 
 # ---------------------------------------------------------------- pure parts
 @dataclass(frozen=True)
-class Entry:
+class CpioEntry:
     """One archive member. kind: file | dir | symlink | chr."""
 
     path: str  # without leading /
@@ -87,7 +87,7 @@ class Entry:
     rdev: tuple[int, int] = (0, 0)
 
 
-def newc(entries: list[Entry]) -> bytes:
+def newc(entries: list[CpioEntry]) -> bytes:
     """A newc ("070701") cpio archive of `entries`, parents before children."""
     out = io.BytesIO()
     kinds = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "chr": stat.S_IFCHR}
@@ -190,7 +190,7 @@ def kernel_version_from_bzimage(data: bytes) -> str | None:
 # ---------------------------------------------------------------- collecting files
 class Collector:
     def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
+        self.entries: dict[str, CpioEntry] = {}
 
     def dir(self, path: str, mode: int = 0o755) -> None:
         path = path.strip("/")
@@ -198,23 +198,23 @@ class Collector:
         for i in range(1, len(parts) + 1):
             p = "/".join(parts[:i])
             if p and p not in self.entries:
-                self.entries[p] = Entry(p, "dir", mode)
+                self.entries[p] = CpioEntry(p, "dir", mode)
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: CpioEntry) -> None:
         parent = entry.path.rsplit("/", 1)[0] if "/" in entry.path else ""
         if parent:
             self.dir(parent)
         self.entries[entry.path] = entry
 
     def file(self, path: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None:
-        self.add(Entry(path.strip("/"), "file", mode, data, mtime=mtime))
+        self.add(CpioEntry(path.strip("/"), "file", mode, data, mtime=mtime))
 
     def copy(self, src: Path, dest: str | None = None, keep_mtime: bool = False) -> None:
         st = os.stat(src)
         self.file(dest or str(src), Path(src).read_bytes(), stat.S_IMODE(st.st_mode), int(st.st_mtime) if keep_mtime else 0)
 
     def symlink(self, path: str, target: str) -> None:
-        self.add(Entry(path.strip("/"), "symlink", 0o777, target=target))
+        self.add(CpioEntry(path.strip("/"), "symlink", 0o777, target=target))
 
     def binary(self, src: Path, dest: str | None = None) -> None:
         """A dynamically linked program and every library ldd names (copied to the same paths)."""
@@ -341,8 +341,8 @@ def collect(modules_dir: Path, kver: str) -> tuple[Collector, dict]:
     c = Collector()
     for d in ("proc", "sys", "dev", "run", "tmp", "newroot", "root", "etc/netslate", "var", "mnt"):
         c.dir(d)
-    c.add(Entry("dev/console", "chr", 0o600, rdev=(5, 1)))
-    c.add(Entry("dev/null", "chr", 0o666, rdev=(1, 3)))
+    c.add(CpioEntry("dev/console", "chr", 0o600, rdev=(5, 1)))
+    c.add(CpioEntry("dev/null", "chr", 0o666, rdev=(1, 3)))
     modules = add_modules(c, modules_dir, kver)  # first: a wrong modules tree fails fast
     add_busybox(c)
     add_python(c)
@@ -357,11 +357,11 @@ def collect(modules_dir: Path, kver: str) -> tuple[Collector, dict]:
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\n")
     c.dir("tmp", 0o1777)
-    c.entries["tmp"] = Entry("tmp", "dir", 0o1777)
+    c.entries["tmp"] = CpioEntry("tmp", "dir", 0o1777)
     return c, {"kernel_version": kver, "modules": modules}
 
 
-def content_digest(entries: list[Entry]) -> str:
+def content_digest(entries: list[CpioEntry]) -> str:
     h = hashlib.sha256(BUILDER_VERSION.encode())
     for e in sorted(entries, key=lambda e: e.path):
         h.update(f"\0{e.path}\0{e.kind}\0{e.mode:o}\0{e.target}\0{e.mtime}\0{e.rdev}\0".encode())

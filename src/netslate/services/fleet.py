@@ -107,7 +107,7 @@ class LocalFleet(FleetService):
 
     def report(self, machine: str, body: Any, credential: str | None, remote: str | None) -> ReportAccepted:
         """Store an agent's report. An enrolled machine must present its credential
-        (`reports.Forbidden` otherwise); others are accepted and flagged `unauthenticated`."""
+        (`reports.ReportRefused` otherwise); others are accepted and flagged `unauthenticated`."""
         return ReportAccepted(**reports.ingest(self.parts.ctx, machine, body, credential, remote))
 
     def metrics(self) -> bytes:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from netslate.fleet.reports import Forbidden
+from netslate.fleet.reports import ReportRefused
 from netslate.server.auth import bearer, caller_of
 from netslate.services.fleet import LocalFleet, ReportAccepted
 
@@ -50,7 +50,7 @@ async def report(request: Request, machine: str):
     remote = request.client.host if request.client else None
     try:
         accepted = await run_in_threadpool(_fleet(request).report, machine, body, credential, remote)
-    except Forbidden as exc:
+    except ReportRefused as exc:
         raise HTTPException(403, str(exc)) from None
     return accepted.model_dump(mode="json")
 
