@@ -38,7 +38,7 @@ class Probe(BaseModel):
     detail: str | None = None
 
 
-class SigningKey(BaseModel):
+class SigningKeyRecord(BaseModel):
     algorithm: str
     fingerprint: str
 
@@ -53,7 +53,7 @@ class Storage(BaseModel):
 class HealthBand(BaseModel):
     sites: list[SiteHealth]
     probes: list[Probe]  # the background services this server runs, and the database
-    signing_key: SigningKey
+    signing_key: SigningKeyRecord
     chunk_store: Storage
 
 
@@ -113,7 +113,7 @@ class LocalOverview(OverviewService):
         store = ctx.data_dir / "chunks"
         store.mkdir(parents=True, exist_ok=True)
         usage = shutil.disk_usage(store)
-        return HealthBand(sites=sites, probes=probes, signing_key=SigningKey(algorithm="ed25519", fingerprint=key.fingerprint),
+        return HealthBand(sites=sites, probes=probes, signing_key=SigningKeyRecord(algorithm="ed25519", fingerprint=key.fingerprint),
                           chunk_store=Storage(path=str(store), free_bytes=usage.free, total_bytes=usage.total,
                                               free_fraction=_share(usage.free, usage.total)))
 
