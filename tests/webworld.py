@@ -77,6 +77,10 @@ def reset(driver) -> None:
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": "*", "storageTypes": "all"})
     driver.get("about:blank")
+    try:
+        driver.get_log("browser")  # drain: each test reads only its own console messages
+    except Exception:
+        pass
 
 
 def on_loopback(driver) -> bool:
