@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "desktops
 from desktops_fixtures import build_guest, cleanup, ensure_libvirtd, traversable  # noqa: E402
 
 from netslate.context import Context  # noqa: E402
-from netslate.desktops import golden, hosts, pools, service, tinyguest  # noqa: E402
-from netslate.desktops.engine import Engine  # noqa: E402
+from netslate.desktops import allocation, golden, hosts, pools, tinyguest  # noqa: E402
+from netslate.desktops.actuator import Actuator  # noqa: E402
 
 
 def clone_vs_copy(work: Path, n: int = 5) -> dict:
@@ -77,10 +77,10 @@ def main() -> None:
                           "10.99.0.1-10.99.0.250", "*", "bench", grace_seconds=0)
         stamps = []
         t0 = time.perf_counter()
-        Engine(ctx).reconcile("bench", wait=True, timeout=900, on_action=lambda a: stamps.append(time.perf_counter()))
+        Actuator(ctx).reconcile("bench", wait=True, timeout=900, on_action=lambda a: stamps.append(time.perf_counter()))
         fill = time.perf_counter() - t0
         per = [b - a for a, b in zip([t0] + stamps, stamps)]
-        ready = [d for d in service.list_desktops(ctx, "bench") if d["state"] == "ready"]
+        ready = [d for d in allocation.list_desktops(ctx, "bench") if d["state"] == "ready"]
         result["fill"] = {"desktops": args.size, "ready": len(ready), "seconds": round(fill, 2)}
         result["provision_s"] = {"median": round(statistics.median(per), 3), "max": round(max(per), 3)}
 
@@ -89,7 +89,7 @@ def main() -> None:
         lat = []
         for i in range(n_req):
             t = time.perf_counter()
-            service.request_desktop(ctx, "bench", f"user{i}")
+            allocation.request_desktop(ctx, "bench", f"user{i}")
             lat.append(time.perf_counter() - t)
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from nstest import start_server
@@ -109,12 +109,12 @@ def main() -> None:
                                           "api_median": round(statistics.median(api), 4), "api_max": round(max(api), 4)}
 
         # reset: release one desktop, time the reset action
-        d = service.list_desktops(ctx, "bench", "user0")[0]
-        service.release_desktop(ctx, d["id"], "bench")
+        d = allocation.list_desktops(ctx, "bench", "user0")[0]
+        allocation.release_desktop(ctx, d["id"], "bench")
         t = time.perf_counter()
-        Engine(ctx).reconcile("bench")
+        Actuator(ctx).reconcile("bench")
         result["reset_s"] = round(time.perf_counter() - t, 3)
-        after = service.show_desktop(ctx, d["id"])
+        after = allocation.show_desktop(ctx, d["id"])
         assert after["state"] == "ready" and after["user"] is None and after["started_at"] != d["started_at"], after
 
         # boot time of one tiny guest under this load (serial console marker after its reset)
@@ -126,7 +126,7 @@ def main() -> None:
             time.sleep(0.5)
         result["guest_boot_after_reset_s_under_load"] = round(time.perf_counter() - t, 1)
         pools.remove_pool(ctx, "bench", "bench", force=True)
-        Engine(ctx).reconcile()
+        Actuator(ctx).reconcile()
         result["clone_vs_copy"] = clone_vs_copy(work)
     finally:
         if ctx is not None:

@@ -67,7 +67,7 @@ def our_domains(prefix: str) -> set[str]:
 
 def cleanup(ctx: Context) -> None:
     """Kill every domain of this installation, whatever state the test left."""
-    from netslate.desktops.engine import installation_id
+    from netslate.desktops.actuator import installation_id
 
     prefix = f"ns-{installation_id(ctx)}-"
     for name in our_domains(prefix):

@@ -86,10 +86,10 @@ def test_cli_hosts_goldens_pools_and_bad_input(cli, data_dir, desktop_guest):
         pools.resize_pool(ctx, "p", "t", max_=50)
     r = cli("pool", "reconcile", "p", "--wait", "--json")
     assert r.code == 0 and len(r.json()["actions"]) == 1, r.stdout + r.stderr
-    from netslate.desktops import hosts, service
+    from netslate.desktops import allocation, hosts
 
     assert hosts.show_host(ctx, "local")["reachable"] is True
-    ds = service.list_desktops(ctx)
+    ds = allocation.list_desktops(ctx)
     assert len(ds) == 1 and ds[0]["state"] == "ready"
     r = cli("desktop", "request", "p", "--user", "gina", "--json")
     assert r.code == 0 and r.json()["id"] == ds[0]["id"] and r.json()["user"] == "gina"
@@ -99,7 +99,7 @@ def test_cli_hosts_goldens_pools_and_bad_input(cli, data_dir, desktop_guest):
     assert r.code == 2 and "in use" in r.stderr
     r = cli("pool", "rm", "p", "--force", "--json")
     assert r.code == 0 and r.json()["destroyed"] == 1
-    assert service.list_desktops(ctx) == []
+    assert allocation.list_desktops(ctx) == []
     assert list((data_dir / "desktops" / "disks").iterdir()) == []
     assert cli("host", "rm", "local").code == 0
 
@@ -108,8 +108,8 @@ def test_golden_from_netslate_image(dctx, desktop_guest, tmp_path):
     """An image version (rootfs dir → filesystem image + kernel + initrd) becomes a golden disk that a desktop boots."""
     import subprocess
 
-    from netslate.desktops import golden, service
-    from netslate.desktops.engine import Engine
+    from netslate.desktops import allocation, golden
+    from netslate.desktops.actuator import Actuator
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -127,8 +127,8 @@ def test_golden_from_netslate_image(dctx, desktop_guest, tmp_path):
     assert data[: rec["size"]] == b"".join(dctx.library.read_range(rec, 0, rec["size"]))
     pools.create_pool(dctx, "fi", "fromimg", 1, 0, 1, 1, 128, "vnc", 0, False, "none", "floating",
                       "10.77.8.1-10.77.8.9", "*", "test")
-    Engine(dctx).reconcile("fi", wait=True)
-    d = service.list_desktops(dctx, "fi")
+    Actuator(dctx).reconcile("fi", wait=True)
+    d = allocation.list_desktops(dctx, "fi")
     assert len(d) == 1 and d[0]["state"] == "ready"
     # the desktop boots the image's own kernel + initrd, which mounts the image's EROFS root from its disk
     from desktops_fixtures import wait_serial
@@ -139,24 +139,24 @@ def test_golden_from_netslate_image(dctx, desktop_guest, tmp_path):
 def test_request_errors_full_host_unreachable_host_unknown_pool(dctx):
     from sqlalchemy import update
 
-    from netslate.desktops import service
+    from netslate.desktops import allocation
     from netslate.desktops.models import DesktopHost
     from netslate.errors import Conflict, NotFound
 
     with pytest.raises(NotFound, match="no pool named"):
-        service.request_desktop(dctx, "nope", "u")
+        allocation.request_desktop(dctx, "nope", "u")
     pools.create_pool(dctx, "huge", "tiny", 0, 0, 1, 1, 1024 * 1024, "vnc", 0, False, "none", "floating",
                       "10.77.9.1-10.77.9.9", "*", "test")
     with pytest.raises(Conflict, match="MiB free"):
-        service.request_desktop(dctx, "huge", "u")
+        allocation.request_desktop(dctx, "huge", "u")
     with dctx.db.session() as s:
         s.execute(update(DesktopHost).values(uri="qemu+tcp://127.0.0.1:1/system"))
     pools.resize_pool(dctx, "huge", "test")
     with pytest.raises(Conflict, match="no reachable host"):
-        service.request_desktop(dctx, "huge", "u")
-    assert service.list_desktops(dctx) == []  # nothing half-made
+        allocation.request_desktop(dctx, "huge", "u")
+    assert allocation.list_desktops(dctx) == []  # nothing half-made
     with pytest.raises(UserError, match="invalid user name"):
-        service.request_desktop(dctx, "huge", "../x")
+        allocation.request_desktop(dctx, "huge", "../x")
 
 
 def test_release_resets_now_locally_and_remotely(cli, data_dir, desktop_guest):

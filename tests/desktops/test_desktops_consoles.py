@@ -6,8 +6,8 @@ import time
 import httpx
 
 from desktops_fixtures import vnc_auth
-from netslate.desktops import pools, service
-from netslate.desktops.engine import Engine
+from netslate.desktops import allocation, pools
+from netslate.desktops.actuator import Actuator
 from netslate.server.auth import create_token
 
 
@@ -24,8 +24,8 @@ def test_vv_file_permissions_and_ticket_expiry(dctx):
 def _vv_file_permissions_and_ticket_expiry(dctx, live_server):
     pools.create_pool(dctx, "p", "tiny", 1, 0, 2, 1, 128, "spice", 3, True, "none", "floating", "10.77.2.1-10.77.2.9",
                       "*", "test")
-    Engine(dctx).reconcile("p", wait=True)
-    d = service.request_desktop(dctx, "p", "carol")
+    Actuator(dctx).reconcile("p", wait=True)
+    d = allocation.request_desktop(dctx, "p", "carol")
     carol = create_token(dctx, "carol", "viewer")
     mallory = create_token(dctx, "mallory", "operator")
     url = f"{live_server.url}/api/v1/desktops/{d['id']}/console.vv"
@@ -122,8 +122,8 @@ def test_browser_console_relay_single_use_token(dctx):
     try:
         pools.create_pool(dctx, "vp", "tiny", 1, 0, 1, 1, 128, "vnc", 0, False, "none", "floating",
                           "10.77.7.1-10.77.7.9", "*", "test")
-        Engine(dctx).reconcile("vp", wait=True)
-        d = service.request_desktop(dctx, "vp", "hana")
+        Actuator(dctx).reconcile("vp", wait=True)
+        d = allocation.request_desktop(dctx, "vp", "hana")
         hana = create_token(dctx, "hana", "viewer")
         other = create_token(dctx, "ivan", "viewer")
         api = f"{srv.url}/api/v1/desktops/{d['id']}/browser-console"

@@ -51,7 +51,7 @@ def host(name="h1", reachable=True, mem=8192, free=8192, slots=4, domains=()):
 def pool(**kw):
     base = dict(name="p", size=2, spare=1, max=4, memory_mib=512, golden_version=1, hosts=("h1",), grace_seconds=60)
     base.update(kw)
-    return R.DesktopPoolSpec(**base)
+    return R.PoolObs(**base)
 
 
 def dsk(i, state=S.READY, host="h1", **kw):
@@ -225,6 +225,6 @@ def test_reconcile_scheduled_snapshots_only_for_persistent_running_when_due():
     ds = [dsk(1, S.ASSIGNED, user="a", last_scheduled_snapshot=None),
           dsk(2, S.ASSIGNED, user="b", last_scheduled_snapshot=990.0)]
     p = pool(size=2, spare=0, persistent=True, dedicated=True, snapshot_every=60, snapshot_keep=3)
-    snaps = kinds(R.plan([p], world([h], ds)), R.Snapshot)
+    snaps = kinds(R.plan([p], world([h], ds)), R.TakeSnapshot)
     assert [(a.desktop_id, a.keep) for a in snaps] == [(1, 3)]  # 2 had one 10 s ago
-    assert not kinds(R.plan([pool(size=2, spare=0, snapshot_every=60)], world([h], ds)), R.Snapshot)
+    assert not kinds(R.plan([pool(size=2, spare=0, snapshot_every=60)], world([h], ds)), R.TakeSnapshot)

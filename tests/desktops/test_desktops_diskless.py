@@ -20,8 +20,8 @@ import pytest
 
 from netslate.boot import store as bstore
 from netslate.context import Context
-from netslate.desktops import hosts, service
-from netslate.desktops.engine import Engine
+from netslate.desktops import allocation, hosts
+from netslate.desktops.actuator import Actuator
 from netslate.desktops.tinyguest import kernel_path
 from netslate.inventory import store as inventory
 
@@ -99,12 +99,12 @@ def _wait_boot(ctx, name: str, version: str, image_version: int) -> str:
     return text
 
 
-def _reset(ctx, engine, did: int) -> None:
-    service.request_desktop(ctx, "dl", "alice", provision=False)
-    service.release_desktop(ctx, did, "test")
-    r = engine.reconcile(pool="dl", wait=True, timeout=120)
+def _reset(ctx, actuator, did: int) -> None:
+    allocation.request_desktop(ctx, "dl", "alice", provision=False)
+    allocation.release_desktop(ctx, did, "test")
+    r = actuator.reconcile(pool="dl", wait=True, timeout=120)
     assert r["actions"], r
-    assert service.show_desktop(ctx, did)["state"] == "ready"
+    assert allocation.show_desktop(ctx, did)["state"] == "ready"
 
 
 def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bridge):
@@ -148,9 +148,9 @@ def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bri
                                "--ip-range", "10.99.0.50-10.99.0.59", "--json").stdout)
         assert pool["diskless"] == "dl@stable" and pool["network"] == f"bridge:{BRIDGE}"
 
-        engine = Engine(ctx)
-        engine.reconcile(pool="dl", wait=True, timeout=120)
-        ds = service.list_desktops(ctx, pool="dl")
+        actuator = Actuator(ctx)
+        actuator.reconcile(pool="dl", wait=True, timeout=120)
+        ds = allocation.list_desktops(ctx, pool="dl")
         assert len(ds) == 1 and ds[0]["state"] == "ready", ds
         d = ds[0]
         # no disk, network boot, NIC on the bridge, serial console logged
@@ -172,13 +172,13 @@ def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bri
         assert re.search(rf"{d['mac']} 10\.99\.0\.50 ", leases), leases
 
         # a reset is a power cycle: the same image again, from the network
-        _reset(ctx, engine, d["id"])
+        _reset(ctx, actuator, d["id"])
         _wait_boot(ctx, d["name"], "1", v_first)
 
         # move the tag: the next reset boots the new version
         v_second = _new_version(ctx, data, tmp_path, "2")
         assert v_second != v_first
-        _reset(ctx, engine, d["id"])
+        _reset(ctx, actuator, d["id"])
         _wait_boot(ctx, d["name"], "2", v_second)
         # the boot server chose through our rule and profile each time: three boots, then the new version
         events = [e for e in bstore.list_events(ctx, machine=d["mac"]) if e["kind"] == "image"]
@@ -187,8 +187,8 @@ def test_desktops_diskless_pool_pxe_boots_ram_mode_and_rolls_a_tag(tmp_path, bri
 
         # destroy: the desktop and its inventory entry go
         _cli(data, "pool", "rm", "dl", "--force")
-        engine.reconcile(wait=True, timeout=120)
-        assert service.list_desktops(ctx, pool="dl") == []
+        actuator.reconcile(wait=True, timeout=120)
+        assert allocation.list_desktops(ctx, pool="dl") == []
         assert not [x for x in inventory.list_machines(ctx) if d["mac"] in x["macs"]]
         assert d["name"] not in _sh("virsh", "-c", URI, "list", "--name").stdout
     finally:

@@ -46,7 +46,7 @@ def test_degraded_line_and_plan_skip_the_host():
     line = hosts.degraded_line("h1", MSR_ERROR)
     assert line.startswith("host h1 is degraded: QEMU cannot set the vCPU's MSRs under KVM") and "\n" not in line
     assert hosts.degraded_line("h1", "Cannot access storage file") is None
-    pool = R.DesktopPoolSpec(name="p", size=2, spare=1, max=4, memory_mib=512, golden_version=1, hosts=("h1",), grace_seconds=60)
+    pool = R.PoolObs(name="p", size=2, spare=1, max=4, memory_mib=512, golden_version=1, hosts=("h1",), grace_seconds=60)
     h = R.HostObs("h1", True, 8192, 8192, 512, 4, frozenset())
     errored = [R.DesktopObs(id=i, name=f"ns-x-p-{i}", pool="p", host="h1", state=S.ERROR, memory_mib=512, golden_version=1,
                             started_at=0.0, failures=0, reason=line) for i in (1, 2)]

@@ -12,8 +12,8 @@ import httpx
 from sqlalchemy import select, update
 
 from desktops_fixtures import our_domains, wait_serial
-from netslate.desktops import addresses, golden, pools, service
-from netslate.desktops.engine import Engine, installation_id
+from netslate.desktops import addresses, allocation, golden, pools
+from netslate.desktops.actuator import Actuator, installation_id
 from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost
 from netslate.errors import Conflict
 
@@ -40,21 +40,21 @@ def invariants(ctx) -> list[Desktop]:
 
 def test_pool_fills_request_takes_prestarted_and_spare_refills(dctx):
     mkpool(dctx)
-    Engine(dctx).reconcile("p", wait=True)
+    Actuator(dctx).reconcile("p", wait=True)
     ds = invariants(dctx)
     assert len(ds) == 2 and {d.state for d in ds} == {"ready"}
     ready_ids = {d.id for d in ds}
     t0 = time.monotonic()
-    got = service.request_desktop(dctx, "p", "alice")
+    got = allocation.request_desktop(dctx, "p", "alice")
     took = time.monotonic() - t0
     assert got["id"] in ready_ids and got["state"] == "assigned" and got["user"] == "alice"
     assert got["ip"].startswith("10.77.0.")
     print(f"request with a prestarted spare took {took:.3f}s")
     # same user again: the same desktop (an open claim is not doubled)
-    assert service.request_desktop(dctx, "p", "alice")["id"] == got["id"]
-    bob = service.request_desktop(dctx, "p", "bob")
+    assert allocation.request_desktop(dctx, "p", "alice")["id"] == got["id"]
+    bob = allocation.request_desktop(dctx, "p", "bob")
     assert bob["id"] != got["id"] and bob["id"] in ready_ids
-    Engine(dctx).reconcile("p", wait=True)  # 2 claimed + 1 spare
+    Actuator(dctx).reconcile("p", wait=True)  # 2 claimed + 1 spare
     ds = invariants(dctx)
     assert len(ds) == 3
     assert sorted(d.state for d in ds) == ["assigned", "assigned", "ready"]
@@ -66,9 +66,9 @@ def test_pool_fills_request_takes_prestarted_and_spare_refills(dctx):
 
 def test_reset_after_logoff_discards_written_file_and_new_golden_rolls(dctx, live_server, desktop_guest):
     mkpool(dctx, size=1, spare=0, max_=2)
-    eng = Engine(dctx)
+    eng = Actuator(dctx)
     eng.reconcile("p", wait=True)
-    d = service.request_desktop(dctx, "p", "dora")
+    d = allocation.request_desktop(dctx, "p", "dora")
     first = wait_serial(dctx, d["name"], r"NETSLATE-SCRATCH-WRITTEN=\S+")
     assert "NETSLATE-GOLDEN=v1" in first and "NETSLATE-SCRATCH-ABSENT" in first
     # the guest's write landed in the desktop's own overlay, not in the golden image
@@ -80,7 +80,7 @@ def test_reset_after_logoff_discards_written_file_and_new_golden_rolls(dctx, liv
     r = httpx.post(f"{live_server.url}/api/v1/desktops/{d['id']}/session", json={"event": "logoff"}, headers=h)
     assert r.status_code == 200 and r.json()["state"] == "logged_off"
     eng.reconcile("p", wait=True)  # grace 0: reset now
-    after = service.show_desktop(dctx, d["id"])
+    after = allocation.show_desktop(dctx, d["id"])
     assert after["state"] == "ready" and after["user"] is None and after["ip"] == d["ip"]
     second = wait_serial(dctx, d["name"], r"NETSLATE-SCRATCH-WRITTEN=\S+")
     assert "NETSLATE-SCRATCH-ABSENT" in second and "NETSLATE-SCRATCH-PRESENT" not in second
@@ -90,7 +90,7 @@ def test_reset_after_logoff_discards_written_file_and_new_golden_rolls(dctx, liv
     assert g2["version"] == 2 and g2["path"].endswith("/tiny/2.qcow2")
     assert golden.qemu_img_info(__import__("pathlib").Path(g2["path"]))["format"] == "qcow2"
     eng.reconcile("p", wait=True)
-    rolled = service.show_desktop(dctx, d["id"])
+    rolled = allocation.show_desktop(dctx, d["id"])
     assert rolled["golden_version"] == 2
     info = golden.qemu_img_info(__import__("pathlib").Path(rolled["disk"]))
     assert info["backing-filename"] == g2["path"]
@@ -103,7 +103,7 @@ def test_concurrent_requests_get_distinct_addresses(dctx):
 
     def go(user):
         try:
-            results.append(service.request_desktop(dctx, "p", user))
+            results.append(allocation.request_desktop(dctx, "p", user))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -116,7 +116,7 @@ def test_concurrent_requests_get_distinct_addresses(dctx):
     assert len({r["ip"] for r in results}) == 4 and len({r["id"] for r in results}) == 4
     # the pool is full now: a clear error, nothing half-made
     try:
-        service.request_desktop(dctx, "p", "u9")
+        allocation.request_desktop(dctx, "p", "u9")
         raise AssertionError("a fifth request should fail")
     except Conflict as exc:
         assert "full" in str(exc)
@@ -162,7 +162,7 @@ def test_killed_mid_provisioning_then_restart_leaves_no_orphans(dctx, data_dir):
     with dctx.db.session() as s:
         states = [d.state for d in s.scalars(select(Desktop))]
     assert states  # something was half-way
-    Engine(dctx).reconcile("p", wait=True)  # the "restart"
+    Actuator(dctx).reconcile("p", wait=True)  # the "restart"
     ds = invariants(dctx)
     assert len(ds) == 4 and {d.state for d in ds} == {"ready"}
     # an orphan domain, disk directory and address that no row owns are cleaned up too
@@ -170,26 +170,26 @@ def test_killed_mid_provisioning_then_restart_leaves_no_orphans(dctx, data_dir):
     (dctx.data_dir / "desktops" / "disks" / f"{prefix}p-99").mkdir()
     with dctx.db.session() as s:
         s.add(DesktopAddress(ip="10.77.0.99", pool_name="p", desktop_id=None, mac="52:54:00:99:99:99", hostname="x"))
-    Engine(dctx).reconcile("p")
+    Actuator(dctx).reconcile("p")
     invariants(dctx)
 
 
 def test_unreachable_host_marks_desktops_unknown_not_deleted(dctx):
     mkpool(dctx, size=1, spare=0, max_=1)
-    eng = Engine(dctx)
+    eng = Actuator(dctx)
     eng.reconcile("p", wait=True)
-    d = service.request_desktop(dctx, "p", "erin")
+    d = allocation.request_desktop(dctx, "p", "erin")
     with dctx.db.session() as s:
         s.execute(update(DesktopHost).values(uri="qemu+tcp://127.0.0.1:1/system"))
     eng.reconcile("p")
-    gone = service.show_desktop(dctx, d["id"])
+    gone = allocation.show_desktop(dctx, d["id"])
     assert gone["state"] == "unknown" and gone["prior_state"] == "assigned" and gone["user"] == "erin"
     with dctx.db.session() as s:
         assert s.scalar(select(DesktopHost)).reachable is False
     with dctx.db.session() as s:
         s.execute(update(DesktopHost).values(uri="qemu:///system"))
     eng.reconcile("p", wait=True)
-    back = service.show_desktop(dctx, d["id"])
+    back = allocation.show_desktop(dctx, d["id"])
     assert back["state"] == "assigned" and back["user"] == "erin" and back["id"] == d["id"]
     invariants(dctx)
 
@@ -211,7 +211,7 @@ def test_server_loop_fills_pool_and_console_events_drive_logon_logoff(dctx, data
                 time.sleep(0.3)
             raise AssertionError(f"timed out waiting for {what}")
 
-        wait_for(lambda: [d["state"] for d in service.list_desktops(dctx, "p")] == ["ready"], "pool fill")  # max(size 1, 0 claimed + spare 1)
+        wait_for(lambda: [d["state"] for d in allocation.list_desktops(dctx, "p")] == ["ready"], "pool fill")  # max(size 1, 0 claimed + spare 1)
         r = run_cli("--server", srv.url, "--token", srv.admin_token, "desktop", "request", "p", "--user", "kim", "--json")
         assert r.code == 0, r.stderr
         d = r.json()
@@ -219,16 +219,16 @@ def test_server_loop_fills_pool_and_console_events_drive_logon_logoff(dctx, data
         listed = httpx.get(f"{srv.url}/api/v1/desktops", params={"user": "kim"}).json()
         assert [x["id"] for x in listed] == [d["id"]]
         # the loop refills the spare: 1 claimed + 1 spare
-        wait_for(lambda: len(service.list_desktops(dctx, "p")) == 2 and
-                 len([x for x in service.list_desktops(dctx, "p") if x["state"] == "ready"]) == 1, "spare refill")
+        wait_for(lambda: len(allocation.list_desktops(dctx, "p")) == 2 and
+                 len([x for x in allocation.list_desktops(dctx, "p") if x["state"] == "ready"]) == 1, "spare refill")
         admin = {"Authorization": f"Bearer {srv.admin_token}"}
         t = httpx.post(f"{srv.url}/api/v1/desktops/{d['id']}/ticket", json={"type": "vnc", "ttl": 60}, headers=admin).json()
         sock = vnc_session(t["host"], t["port"], t["password"])
         assert sock is not None
-        wait_for(lambda: service.show_desktop(dctx, d["id"])["state"] == "in_use", "console logon event")
+        wait_for(lambda: allocation.show_desktop(dctx, d["id"])["state"] == "in_use", "console logon event")
         sock.close()
         # disconnect → logoff (the session came from the console) → grace 0 → reset by the loop
-        wait_for(lambda: (lambda x: x["state"] == "ready" and x["user"] is None)(service.show_desktop(dctx, d["id"])),
+        wait_for(lambda: (lambda x: x["state"] == "ready" and x["user"] is None)(allocation.show_desktop(dctx, d["id"])),
                  "console logoff and reset")
     finally:
         srv.stop()
@@ -239,7 +239,7 @@ def test_libvirtd_restart_keeps_desktops(dctx):
     from desktops_fixtures import ensure_libvirtd
 
     mkpool(dctx, size=2, spare=0, max_=2)
-    eng = Engine(dctx)
+    eng = Actuator(dctx)
     eng.reconcile("p", wait=True)
     before = {d.name: d.state for d in invariants(dctx)}
     pid = int(open("/run/libvirtd.pid").read().strip())
@@ -253,7 +253,7 @@ def test_libvirtd_restart_keeps_desktops(dctx):
             break
     # while it is down: the host is unreachable, the desktops become unknown, nothing is deleted
     eng.reconcile("p")
-    assert {d["state"] for d in service.list_desktops(dctx, "p")} == {"unknown"}
+    assert {d["state"] for d in allocation.list_desktops(dctx, "p")} == {"unknown"}
     ensure_libvirtd()
     result = eng.reconcile("p", wait=True)
     assert all("host local is back" in a for a in result["actions"]), result

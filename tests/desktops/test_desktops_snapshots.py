@@ -6,8 +6,8 @@ import time
 import pytest
 
 from desktops_fixtures import wait_serial
-from netslate.desktops import pools, service, snapshots
-from netslate.desktops.engine import Engine
+from netslate.desktops import allocation, pools, snapshots
+from netslate.desktops.actuator import Actuator
 from netslate.errors import UserError
 
 
@@ -18,8 +18,8 @@ def written(text: str) -> str:
 def test_snapshot_revert_restores_content_and_rm_merges(dctx):
     pools.create_pool(dctx, "pers", "tiny", 1, 0, 1, 1, 128, "vnc", 0, False, "persistent", "dedicated",
                       "10.77.3.1-10.77.3.9", "*", "test")
-    Engine(dctx).reconcile("pers", wait=True)
-    d = service.request_desktop(dctx, "pers", "frank")
+    Actuator(dctx).reconcile("pers", wait=True)
+    d = allocation.request_desktop(dctx, "pers", "frank")
     log = dctx.data_dir / "desktops" / "logs" / f"{d['name']}.log"
     snapshots.create(dctx, d["id"], "clean", "test")  # live, while the guest is still booting
     boot1 = wait_serial(dctx, d["name"], r"NETSLATE-SCRATCH-WRITTEN=\S+")
@@ -39,7 +39,7 @@ def test_snapshot_revert_restores_content_and_rm_merges(dctx):
     boot3 = wait_serial(dctx, d["name"], r"NETSLATE-SCRATCH-WRITTEN=\S+")
     assert f"NETSLATE-SCRATCH-PRESENT={u1}" in boot3
     # the desktop kept its user and address: a single-desktop restore, the pool untouched
-    after = service.show_desktop(dctx, d["id"])
+    after = allocation.show_desktop(dctx, d["id"])
     assert after["user"] == "frank" and after["ip"] == d["ip"] and after["state"] == "assigned"
     with pytest.raises(UserError):
         snapshots.revert(dctx, d["id"], "clean", "test")
@@ -49,8 +49,8 @@ def test_snapshot_revert_restores_content_and_rm_merges(dctx):
 def test_snapshots_refused_for_non_persistent_desktops(dctx):
     pools.create_pool(dctx, "np", "tiny", 1, 0, 1, 1, 128, "vnc", 0, False, "none", "floating", "10.77.4.1-10.77.4.9",
                       "*", "test")
-    Engine(dctx).reconcile("np", wait=True)
-    d = service.list_desktops(dctx, "np")[0]
+    Actuator(dctx).reconcile("np", wait=True)
+    d = allocation.list_desktops(dctx, "np")[0]
     with pytest.raises(UserError, match="persistent"):
         snapshots.create(dctx, d["id"], "x", "test")
 
@@ -61,9 +61,9 @@ def test_scheduled_snapshots_are_taken_and_pruned(dctx):
     with pytest.raises(UserError, match="needs --persistence persistent"):
         pools.create_pool(dctx, "bad", "tiny", 1, 0, 1, 1, 128, "vnc", 0, False, "none", "floating",
                           "10.77.11.1-10.77.11.9", "*", "test", snapshot_every_hours=1.0)
-    eng = Engine(dctx)
+    eng = Actuator(dctx)
     eng.reconcile("sched", wait=True)
-    d = service.list_desktops(dctx, "sched")[0]
+    d = allocation.list_desktops(dctx, "sched")[0]
     names = [s["name"] for s in snapshots.list_snapshots(dctx, d["id"])]
     assert len(names) == 1 and names[0].startswith("auto-")
     eng.reconcile("sched")  # not due again within the hour
@@ -77,4 +77,4 @@ def test_scheduled_snapshots_are_taken_and_pruned(dctx):
     assert names[0] not in [s["name"] for s in snaps]
     # the chain still works: the desktop runs on its latest layer and reverts to a kept snapshot
     snapshots.revert(dctx, d["id"], snaps[0]["name"], "test")
-    assert service.show_desktop(dctx, d["id"])["state"] == "ready"
+    assert allocation.show_desktop(dctx, d["id"])["state"] == "ready"

@@ -15,8 +15,8 @@ import time
 import httpx
 from sqlalchemy import update
 
-from netslate.desktops import pools, service, spiceproxy
-from netslate.desktops.engine import Engine
+from netslate.desktops import allocation, pools, spiceproxy
+from netslate.desktops.actuator import Actuator
 from netslate.desktops.models import DesktopHost
 from netslate.server.auth import create_token
 from nstest import start_server
@@ -146,8 +146,8 @@ def test_vv_goes_through_the_proxy_to_a_real_desktop(dctx):
         s.execute(update(DesktopHost).values(console_address="127.0.0.2"))
     pools.create_pool(dctx, "sp", "tiny", 1, 0, 1, 1, 128, "spice", 0, False, "none", "floating", "10.77.9.1-10.77.9.9",
                       "*", "test")
-    Engine(dctx).reconcile("sp", wait=True)
-    d = service.request_desktop(dctx, "sp", "paula")
+    Actuator(dctx).reconcile("sp", wait=True)
+    d = allocation.request_desktop(dctx, "sp", "paula")
     paula = {"Authorization": f"Bearer {create_token(dctx, 'paula', 'viewer')}"}
 
     # without the proxy, the server will not hand out a SPICE file with the hypervisor in it

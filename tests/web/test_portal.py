@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktops"))  # the
 from desktops_fixtures import URI, cleanup, ensure_libvirtd, traversable  # noqa: E402
 from netslate.context import Context  # noqa: E402
 from netslate.desktops import golden, hosts, pools, tinyguest  # noqa: E402
-from netslate.desktops.engine import Engine  # noqa: E402
+from netslate.desktops.actuator import Actuator  # noqa: E402
 from netslate.desktops.models import Desktop  # noqa: E402
 from netslate.identity import directories, entitlements  # noqa: E402
 from netslate.store.models import AuditEntry  # noqa: E402
@@ -66,7 +66,7 @@ def world(tmp_path_factory, ldap_world):
     for kind, subject, pool in (("group", "lab-a-users", "lab-a"), ("group", "lab-b-users", "lab-b"),
                                 ("user", "bob", "lab-c"), ("user", "carol", "lab-a"), ("user", "carol", "lab-c")):
         entitlements.add_entitlement(ctx, kind, subject, "pool", pool, actor="local:test")
-    Engine(ctx).reconcile("lab-a", wait=True, timeout=300)
+    Actuator(ctx).reconcile("lab-a", wait=True, timeout=300)
     srv = start_server(ctx, {"desktops_console_port": free_port(), "desktops_console_listen": "127.0.0.1",
                              "desktops_spice_proxy_port": 0, "desktops_spice_proxy_listen": "127.0.0.1"})
     srv.ldap = ldap_world
@@ -77,6 +77,13 @@ def world(tmp_path_factory, ldap_world):
     finally:
         srv.stop()
         cleanup(ctx)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_browser_log(browser):
+    """The browser is shared: what noVNC or a refused request logged here stays out of later tests."""
+    yield
+    browser.get_log("browser")
 
 
 def _login(page, world, user):

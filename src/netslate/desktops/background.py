@@ -79,9 +79,9 @@ class ReconcileLoop:
                 "last_actions": len((self.last_result or {}).get("actions", []))}
 
     def _run(self) -> None:
-        from netslate.desktops.engine import Engine
+        from netslate.desktops.actuator import Actuator
 
-        engine = None
+        actuator = None
         while not self._stop.is_set():
             try:
                 from sqlalchemy import select
@@ -91,8 +91,8 @@ class ReconcileLoop:
                 with self.ctx.db.session() as s:
                     any_host = s.scalar(select(DesktopHost.id).limit(1)) is not None
                 if any_host:
-                    engine = engine or Engine(self.ctx)
-                    self.last_result = engine.reconcile(timeout=max(self.interval, 30))
+                    actuator = actuator or Actuator(self.ctx)
+                    self.last_result = actuator.reconcile(timeout=max(self.interval, 30))
                     if self._events:
                         self._register_events()
                 self.last_error = ""
@@ -125,7 +125,7 @@ class ReconcileLoop:
     def _on_graphics(self, _conn, dom, phase, _local, remote, _auth, _subject, _opaque) -> None:
         import libvirt
 
-        from netslate.desktops.service import session_event, show_desktop
+        from netslate.desktops.allocation import session_event, show_desktop
 
         try:
             name = dom.name()

@@ -1,4 +1,4 @@
-"""libvirt domains of desktops and the one-reconciler-at-a-time lock, shared by the engine and snapshots.
+"""libvirt domains of desktops and the one-reconciler-at-a-time lock, shared by the actuator and snapshots.
 
 Domains are transient: the store holds the definition (`domain_spec`), nothing lingers in libvirt
 after a destroy.

@@ -1,6 +1,6 @@
 """Reconcile decisions as a pure function: desired pools + observed world → a list of actions.
 
-No I/O here. `engine.py` observes libvirt, disks and the store, calls `plan`, and carries out the
+No I/O here. `actuator.py` observes libvirt, disks and the store, calls `plan`, and carries out the
 actions one by one (each persisted before it acts), so a crash at any point is repaired by the
 next pass: the plan is computed again from what is really there.
 """
@@ -15,7 +15,7 @@ MAX_FAILURES = 3  # an errored desktop is reset this many times, then quarantine
 
 
 @dataclass(frozen=True)
-class DesktopPoolSpec:
+class PoolObs:
     name: str
     size: int
     spare: int
@@ -163,7 +163,7 @@ class ReleaseOrphanAddress(Action):
 
 
 @dataclass(frozen=True)
-class Snapshot(Action):
+class TakeSnapshot(Action):
     """A scheduled snapshot of a persistent desktop; older scheduled ones beyond `keep` are pruned."""
     desktop_id: int
     keep: int
@@ -201,7 +201,7 @@ class _Budget:
         return min(h.free_memory_mib, by_netslate)
 
 
-def desired_count(pool: DesktopPoolSpec, claimed: int) -> int:
+def desired_count(pool: PoolObs, claimed: int) -> int:
     """Keep `size` desktops, and `spare` unclaimed ones on top of the claimed, never above `max`."""
     return min(pool.max, max(pool.size, claimed + pool.spare))
 
@@ -210,7 +210,7 @@ def _effective_state(d: DesktopObs) -> str:
     return d.prior_state if d.state == S.UNKNOWN and d.prior_state else d.state
 
 
-def plan(pools: list[DesktopPoolSpec], world: World) -> list[Action]:
+def plan(pools: list[PoolObs], world: World) -> list[Action]:
     actions: list[Action] = []
     hosts = world.hosts
     budget = _Budget()
@@ -283,7 +283,7 @@ def plan(pools: list[DesktopPoolSpec], world: World) -> list[Action]:
             pool.persistent and pool.snapshot_every and d.state in S.RUNNING and dom_up
             and (d.last_scheduled_snapshot is None or world.now - d.last_scheduled_snapshot >= pool.snapshot_every)
         ):
-            actions.append(Snapshot(d.id, pool.snapshot_keep))
+            actions.append(TakeSnapshot(d.id, pool.snapshot_keep))
         elif (
             d.state == S.READY and not pool.persistent and d.golden_version != pool.golden_version
         ):

@@ -222,7 +222,7 @@ def _merge_and_delete(ctx, d, h, snap_id, name, frozen, parent, others, actor) -
 
 
 def scheduled(ctx, desktop_id: int, keep: int, actor: str = "netslate:schedule") -> None:
-    """Take a scheduled snapshot and prune older scheduled ones beyond `keep` (called by the engine,
+    """Take a scheduled snapshot and prune older scheduled ones beyond `keep` (called by the actuator,
     which already holds the reconcile lock)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     create(ctx, desktop_id, f"auto-{stamp}-{secrets.token_hex(2)}", actor, note="scheduled", scheduled=True)

@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import BaseModel
 
 from netslate.desktops import consoles, golden, relay, snapshots
-from netslate.desktops import service as part
+from netslate.desktops import allocation as part
 from netslate.desktops.consoles import vv_file  # noqa: F401  (the CLI writes .vv files with it)
-from netslate.desktops.engine import Engine
+from netslate.desktops.actuator import Actuator
 from netslate.desktops.records import get_desktop
 from netslate.errors import Conflict, UserError
 from netslate.services.framework import Forbidden, Service, http_client, op
@@ -242,7 +242,7 @@ class LocalDesktops(DesktopsService):
     def release(self, ref: str) -> DesktopRecord:
         data = part.release_desktop(self.ctx, ref, self.actor)
         if data["pool"]:
-            Engine(self.ctx).reconcile(data["pool"])  # the reset, now: the same work locally and on a server
+            Actuator(self.ctx).reconcile(data["pool"])  # the reset, now: the same work locally and on a server
         nudge(self.parts)
         return DesktopRecord(**part.show_desktop(self.ctx, data["id"]))
 
@@ -255,7 +255,7 @@ class LocalDesktops(DesktopsService):
     def reset_mine(self, ref: str) -> DesktopRecord:
         d = part.own_desktop(self.ctx, ref, self._person(), "reset")
         part.release_desktop(self.ctx, d["id"], self.actor)
-        Engine(self.ctx).reconcile(d["pool"])  # the reset, now
+        Actuator(self.ctx).reconcile(d["pool"])  # the reset, now
         data = part.request_desktop(self.ctx, d["pool"], self.caller.name)  # a fresh desktop, still theirs
         nudge(self.parts)
         return DesktopRecord(**data)
@@ -263,7 +263,7 @@ class LocalDesktops(DesktopsService):
     def release_mine(self, ref: str) -> DesktopRecord:
         d = part.own_desktop(self.ctx, ref, self._person(), "release")
         part.release_desktop(self.ctx, d["id"], self.actor)
-        Engine(self.ctx).reconcile(d["pool"])  # reset for the next user now, as `desktop release` does
+        Actuator(self.ctx).reconcile(d["pool"])  # reset for the next user now, as `desktop release` does
         nudge(self.parts)
         return DesktopRecord(**part.show_desktop(self.ctx, d["id"]))
 

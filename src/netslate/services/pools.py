@@ -6,8 +6,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from netslate.desktops import pools as part
-from netslate.desktops import service as desktops
-from netslate.desktops.engine import Engine
+from netslate.desktops import allocation as desktops
+from netslate.desktops.actuator import Actuator
 from netslate.services.auth import LocalAuth
 from netslate.services.desktops import DesktopRecord, nudge
 from netslate.services.framework import Forbidden, Service, http_client, op
@@ -179,7 +179,7 @@ class LocalDesktopPools(DesktopPoolsService):
     def reconcile(self, pool: str | None = None, wait: bool = False, timeout: float = 300.0) -> ReconcileResult:
         if pool is not None:
             part.show_pool(self.ctx, pool)  # unknown pool → 404, not an empty pass
-        return ReconcileResult(**Engine(self.ctx).reconcile(pool, wait=wait, timeout=timeout))
+        return ReconcileResult(**Actuator(self.ctx).reconcile(pool, wait=wait, timeout=timeout))
 
     def show(self, name: str) -> DesktopPoolDetail:
         return DesktopPoolDetail(**part.show_pool(self.ctx, name))
@@ -203,7 +203,7 @@ class LocalDesktopPools(DesktopPoolsService):
 
     def remove(self, name: str, force: bool = False) -> PoolRemoval:
         n = part.remove_pool(self.ctx, name, self.actor, force)
-        result = Engine(self.ctx).reconcile(name)  # destroy its desktops now (they belong to no pool any more)
+        result = Actuator(self.ctx).reconcile(name)  # destroy its desktops now (they belong to no pool any more)
         return PoolRemoval(pool=name, destroyed=n, actions=result["actions"])
 
     def request(self, name: str, request: DesktopRequest) -> DesktopRecord:

@@ -1,4 +1,4 @@
-"""Desktop requests, releases, session events and listings (store + engine; no HTTP or CLI here)."""
+"""Who has which desktop: requests, releases, session events and listings (store + actuator; no HTTP or CLI here)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from netslate.store.db import utcnow
 
 from netslate.desktops import reconcile as R
 from netslate.desktops import states as S
-from netslate.desktops.engine import Engine
+from netslate.desktops.actuator import Actuator
 from netslate.desktops.models import Desktop, DesktopPool
 from netslate.desktops.records import desktop_dict, get_desktop
 
@@ -85,18 +85,18 @@ def request_desktop(ctx, pool_name: str, user: str, timeout: float = 300.0, prov
 
 def _provision_for(ctx, pool: DesktopPool, user: str, timeout: float) -> int:
     """No prestarted desktop: make one for this user now (within --max), placed like the reconciler would."""
-    eng = Engine(ctx)
-    with eng.locked(timeout):
+    act = Actuator(ctx)
+    with act.locked(timeout):
         did = _claim(ctx, pool, user)  # one may have become ready while we waited for the lock
         if did is not None:
             return did
-        specs, world, host_rows = eng.observe()
+        specs, world, host_rows = act.observe()
         spec = next((p for p in specs if p.name == pool.name), None)
         live = [d for d in world.desktops if d.pool == pool.name and d.state not in (S.DESTROYING, S.QUARANTINE)]
         if spec is None or len(live) >= spec.max:
             raise Conflict(f"pool {pool.name} is full: all {pool.max} desktops are taken")
         # a one-desktop plan for this pool, ignoring the boot throttle (a user is waiting)
-        one = R.DesktopPoolSpec(**{**spec.__dict__, "size": len(live) + 1, "spare": 0, "max": len(live) + 1})
+        one = R.PoolObs(**{**spec.__dict__, "size": len(live) + 1, "spare": 0, "max": len(live) + 1})
         hosts = {n: R.HostObs(**{**h.__dict__, "max_starting": 1000}) for n, h in world.hosts.items()}
         plan = R.plan([one], R.World(hosts=hosts, desktops=tuple(d for d in world.desktops if d.pool == pool.name),
                                      now=world.now))
@@ -104,11 +104,11 @@ def _provision_for(ctx, pool: DesktopPool, user: str, timeout: float) -> int:
         if create is None:
             reason = next((a.reason for a in plan if isinstance(a, R.Blocked)), "no host can take it")
             raise Conflict(f"pool {pool.name}: cannot start a desktop: {reason}")
-        did = eng.create_row(pool.name, create.host, user=user)
+        did = act.create_row(pool.name, create.host, user=user)
         try:
-            eng.provision(did, host_rows)
+            act.provision(did, host_rows)
         except Exception as exc:
-            eng._fail(did, f"provision: {exc}")
+            act._fail(did, f"provision: {exc}")
             raise Conflict(f"pool {pool.name}: starting a desktop failed: {exc}") from None
         return did
 

@@ -1,4 +1,4 @@
-"""The reconcile engine: observe (store, libvirt, disks) → `reconcile.plan` → carry out each action.
+"""The reconcile actuator: observe (store, libvirt, disks) → `reconcile.plan` → carry out each action.
 
 Every action writes its intent to the store before touching libvirt or disks, and every step is
 idempotent, so a netslate (or libvirtd) killed at any moment is repaired by the next pass:
@@ -47,7 +47,7 @@ def random_mac() -> str:
     return "52:54:00:%02x:%02x:%02x" % (b[0], b[1], b[2])
 
 
-class Engine:
+class Actuator:
     def __init__(self, ctx):
         self.ctx = ctx
         self.inst = installation_id(ctx)
@@ -70,7 +70,7 @@ class Engine:
         with self.ctx.db.session() as s:
             return list(s.scalars(select(DesktopHost)))
 
-    def observe(self) -> tuple[list[R.DesktopPoolSpec], R.World, dict]:
+    def observe(self) -> tuple[list[R.PoolObs], R.World, dict]:
         host_rows = self._host_rows()
         hosts: dict[str, R.HostObs] = {}
         for h in host_rows:
@@ -80,7 +80,7 @@ class Engine:
             specs = []
             for p in pools:
                 target = self._target_golden(s, p)
-                specs.append(R.DesktopPoolSpec(
+                specs.append(R.PoolObs(
                     name=p.name, size=p.size, spare=p.spare, max=p.max, memory_mib=p.memory_mib,
                     golden_version=target.version if target else 0, persistent=p.persistent, dedicated=p.dedicated,
                     grace_seconds=p.grace_seconds, hosts=tuple(hostmod.select_hosts(p.hosts_selector, host_rows)),
@@ -206,7 +206,7 @@ class Engine:
                 self.set_state(a.desktop_id, observed[a.desktop_id].state, a.state, a.reason)
             elif isinstance(a, R.Destroy):
                 self.destroy(a.desktop_id, observed[a.desktop_id].state, host_rows, a.reason)
-            elif isinstance(a, R.Snapshot):
+            elif isinstance(a, R.TakeSnapshot):
                 snapshots.scheduled(self.ctx, a.desktop_id, a.keep)
             elif isinstance(a, R.DestroyOrphanDomain):
                 self._kill_domain(host_rows[a.host].uri, a.name)
