@@ -1,7 +1,9 @@
 """The layering written in ARCHITECTURE.md holds: import contracts pass and no file-level import cycle exists."""
 
+import ast
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import grimp
@@ -93,3 +95,15 @@ def test_cli_commands_never_branch_on_local_or_remote():
             if "st.remote" in line or ".api()" in line and path.name != "common.py":
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_class_names_are_unique_across_the_package():
+    """One word, one meaning (issue 10 #6): no two classes in src/netslate share a name (private `_Names`
+    excepted). ORM models keep the noun; a service record of the same noun is `NounRecord`."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in sorted((ROOT / "src/netslate").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where[node.name].append(f"{path.relative_to(ROOT / 'src/netslate')}:{node.lineno}")
+    duplicates = {name: places for name, places in sorted(where.items()) if len(places) > 1}
+    assert duplicates == {}

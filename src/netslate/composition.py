@@ -107,9 +107,9 @@ class Parts:
         """Server registration + heartbeats and the DNS SRV responder, when `serve` asked for them."""
         if not (self.options.get("discovery_register") or self.options.get("dns_listen")):
             return None
-        from netslate.discovery.runtime import DiscoveryService
+        from netslate.discovery.runtime import DiscoveryRuntime
 
-        return DiscoveryService(self.ctx, self.options)
+        return DiscoveryRuntime(self.ctx, self.options)
 
     @cached_property
     def desktops_loop(self):

@@ -164,11 +164,11 @@ def test_heartbeat_thread_keeps_row_fresh_and_reregisters(ctx, monkeypatch):
     import time
 
     from netslate.discovery import store
-    from netslate.discovery.runtime import DiscoveryService
+    from netslate.discovery.runtime import DiscoveryRuntime
 
     monkeypatch.setattr(store, "HEARTBEAT_INTERVAL", 0.2)
     store.add_site(ctx, "north")
-    svc = DiscoveryService(ctx, {"discovery_register": True, "site": "north", "server_name": "hb",
+    svc = DiscoveryRuntime(ctx, {"discovery_register": True, "site": "north", "server_name": "hb",
                                  "advertise": ["10.0.0.9"], "listen": ("0.0.0.0", 8080)})
     svc.start()
     try:

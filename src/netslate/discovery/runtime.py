@@ -1,6 +1,6 @@
 """Discovery at run time inside `netslate serve`: register + heartbeat this server, run the DNS responder.
 
-The composition root (`netslate.composition.Parts.discovery`) builds one `DiscoveryService` and
+The composition root (`netslate.composition.Parts.discovery`) builds one `DiscoveryRuntime` and
 starts it with the other background services, only when `netslate serve` asked for it through the
 options (`serve_options` validates them):
   site, advertise, server_name, srv_priority, srv_weight  → registration and heartbeat
@@ -76,7 +76,7 @@ def default_server_name() -> str:
         return "netslate"
 
 
-class DiscoveryService:
+class DiscoveryRuntime:
     def __init__(self, ctx, options: dict):
         self.ctx = ctx
         self.options = options
