@@ -40,7 +40,7 @@ class Me(BaseModel):
 class AuthService(Service):
     noun = "auth"
 
-    @op("POST", "/api/v1/auth/login")
+    @op("POST", "/api/v1/auth/login", throttled=True)
     def login(self, request: LoginRequest) -> LoginResult:
         """Log in with a local or directory account: a new server-side session."""
         raise NotImplementedError

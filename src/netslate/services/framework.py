@@ -48,6 +48,7 @@ class Op:
     status: int = 200
     remote: bool = True  # False: needs the server's own files; over HTTP it says so in one line
     summary: str = ""
+    throttled: bool = False  # may answer 429 (too many attempts: logins)
 
     @property
     def path_params(self) -> list[str]:
@@ -58,11 +59,11 @@ class Op:
         return self.method in ("POST", "PUT", "PATCH")
 
 
-def op(method: str, path: str, *, role: str | None = None, status: int = 200, remote: bool = True):
+def op(method: str, path: str, *, role: str | None = None, status: int = 200, remote: bool = True, throttled: bool = False):
     """Declare a contract method's HTTP shape and the role it needs."""
 
     def mark(fn):
-        fn.__op__ = Op(method.upper(), path, role, status, remote, (fn.__doc__ or "").strip().split("\n")[0])
+        fn.__op__ = Op(method.upper(), path, role, status, remote, (fn.__doc__ or "").strip().split("\n")[0], throttled)
         return fn
 
     return mark
@@ -207,7 +208,7 @@ def router_for(contract: type, local: Callable[[Any, Caller], Service], caller_o
             operation.path, make(), methods=[operation.method], status_code=operation.status,
             response_model=None if returns in (None, type(None), Any) else returns,
             summary=operation.summary or None, name=f"{contract.noun}.{name}",
-            responses=ERROR_RESPONSES,
+            responses={**ERROR_RESPONSES, **THROTTLED_RESPONSE} if operation.throttled else ERROR_RESPONSES,
         )
     return router
 
@@ -225,6 +226,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "the caller's role is too small", "content": _ERROR_JSON},
     404: {"description": "not found", "content": _ERROR_JSON},
     409: {"description": "conflicts with the current state", "content": _ERROR_JSON},
+}
+THROTTLED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    429: {"description": "too many attempts; Retry-After says when to try again", "content": _ERROR_JSON},
 }
 
 
