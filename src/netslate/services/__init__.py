@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from netslate.services.framework import ANONYMOUS, Caller, http_client
+from netslate.services.framework import ANONYMOUS, Caller, Checked, http_client
 
 # noun → (module, contract class, local class). Modules load on first use so the CLI only
 # imports the noun it runs (start-up time); a contract may also name a hand-made HTTP class
@@ -74,7 +74,7 @@ class Services:
 
     @classmethod
     def local(cls, parts, caller: Caller = ANONYMOUS) -> "Services":
-        return cls(lambda noun: local_class(noun)(parts, caller))
+        return cls(lambda noun: Checked(local_class(noun)(parts, caller)))
 
     @classmethod
     def remote(cls, api, caller: Caller = ANONYMOUS) -> "Services":

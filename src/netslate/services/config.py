@@ -21,7 +21,7 @@ from netslate.config.explain import explain as explain_machine
 from netslate.config.schema import json_schema
 from netslate.errors import UserError
 from netslate.inventory.search import machines_per_path
-from netslate.services.framework import Service, http_client, op
+from netslate.services.framework import Service, http_client, op, requires
 from netslate.services.records import MachineRef, Record
 
 HTTP_CLASS = "HttpConfig"
@@ -200,11 +200,13 @@ class ConfigService(Service):
         raise NotImplementedError
 
     # hand-written route (PUT /api/v1/config/node, body limit), see HttpConfig
+    @requires("operator")
     def put_node(self, path: str, document: dict[str, Any] | None, expect_revision: int | None = None) -> NodeWritten:
         """Replace a node's working document; refused if its revision is not `expect_revision`."""
         raise NotImplementedError
 
     # hand-written route (POST /api/v1/config/set, body limit), see HttpConfig
+    @requires("operator")
     def set_value(self, path: str, key: str, value: Any) -> NodeWritten:
         """Set one dotted key of a node's working document."""
         raise NotImplementedError

@@ -19,7 +19,7 @@ from netslate.desktops.consoles import vv_file  # noqa: F401  (the CLI writes .v
 from netslate.desktops.actuator import Actuator
 from netslate.desktops.records import get_desktop
 from netslate.errors import Conflict, UserError
-from netslate.services.framework import Forbidden, Service, http_client, op
+from netslate.services.framework import Forbidden, Service, http_client, op, requires
 
 
 def nudge(parts) -> None:
@@ -289,6 +289,7 @@ class LocalDesktops(DesktopsService):
         return Ticket(**consoles.issue_ticket(self.ctx, did, request.type, self.actor, ttl=request.ttl,
                                               admin=self.caller.has("admin")))
 
+    @requires(None)  # the desktop's own user or an admin: checked inside
     def browser_console(self, ref: str, ttl: int, host: str | None, relay_port: int | None) -> BrowserConsole:
         """A noVNC page URL whose websocket relay holds a single-use token for this desktop's VNC ticket
         (not an operation of its own: the route knows the relay's port and the host the caller used)."""
@@ -302,6 +303,7 @@ class LocalDesktops(DesktopsService):
         return BrowserConsole(url=relay.browser_url(host or t.host, relay_port, token, t.password, t.title),
                               relay_port=relay_port, token=token, password=t.password, expires_at=t.expires_at)
 
+    @requires(None)  # the desktop's own user or an admin: checked inside
     def remote_viewer_file(self, ref: str, kind: str | None, ttl: int, server_host: str | None) -> tuple[str, str]:
         """(desktop name, `.vv` text) for the desktop's user or an admin (not an operation of its own:
         the route knows the host name the caller used). A SPICE file goes through the SPICE proxy and

@@ -80,6 +80,43 @@ def authorize(caller: Caller, operation: Op) -> None:
         raise Forbidden(f"this needs the {operation.role} role; {caller.actor} is {caller.role}", authenticated=True)
 
 
+def requires(role: str | None):
+    """The least role of a public service method without an @op (its route is hand-written, or it
+    has none); None lets any caller in and leaves the check to the method (e.g. "own desktop")."""
+
+    def mark(fn):
+        fn.__role__ = role
+        return fn
+
+    return mark
+
+
+class Checked:
+    """A local service whose every public method checks the caller first (`authorize`): declared
+    operations by their @op role, others by @requires, anything unmarked needs admin. Every adapter
+    that calls `Services.local` (the CLI, the web pages, tests) gets this; the routers check too."""
+
+    def __init__(self, service: "Service"):
+        self._service = service
+        self._ops = operations(type(service))
+
+    def __getattr__(self, name: str):
+        value = getattr(self._service, name)
+        if name.startswith("_") or not callable(value) or isinstance(value, type):
+            return value
+        declared = self._ops.get(name)
+        if declared is None:
+            marked = [vars(k)[name] for k in type(self._service).__mro__ if hasattr(vars(k).get(name), "__role__")]
+            declared = Op("POST", "", marked[0].__role__ if marked else "admin")
+
+        def call(*args, **kwargs):
+            authorize(self._service.caller, declared)
+            return value(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
 class Service:
     """Base of every contract. Local implementations get the composition root and the caller."""
 

@@ -21,7 +21,7 @@ from netslate import __version__
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.server.auth import caller_of, csrf_token_of
 from netslate.services import Services
-from netslate.services.framework import Caller, Forbidden, Op, authorize, operations
+from netslate.services.framework import Caller, Forbidden
 from netslate.web.assets import static_url, vendor_url
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -53,46 +53,9 @@ def caller(request: Request) -> Caller:
     return caller_of(request)
 
 
-# Methods without an @op (their routes are hand-written) and the least role they need from a page.
-UNDECLARED_ROLES = {("config", "set_value"): "operator", ("config", "put_node"): "operator",
-                    # consoles: no role; the service lets the desktop's own user (or an admin) in
-                    ("desktops", "browser_console"): None, ("desktops", "remote_viewer_file"): None}
-
-
-class Checked:
-    """A local service whose declared operations check the caller's role first (`framework.authorize`),
-    as the generated API routes do: `Services.local` itself trusts its caller (the local CLI is admin)."""
-
-    def __init__(self, service, who: Caller):
-        self._service, self._caller = service, who
-        self._ops = operations(type(service))
-
-    def __getattr__(self, name: str):
-        value = getattr(self._service, name)
-        if name.startswith("_") or not callable(value):
-            return value
-        declared = self._ops.get(name)
-        role = declared.role if declared else UNDECLARED_ROLES.get((self._service.noun, name), "admin")
-
-        def call(*args, **kwargs):
-            authorize(self._caller, declared or Op("POST", "", role))
-            return value(*args, **kwargs)
-
-        return call
-
-
-class CheckedServices:
-    def __init__(self, inner: Services, who: Caller):
-        self._inner, self._caller = inner, who
-
-    def __getattr__(self, noun: str) -> Any:
-        return Checked(getattr(self._inner, noun), self._caller)
-
-
-def services(request: Request) -> CheckedServices:
-    """The local services for this request's caller, every operation role-checked."""
-    who = caller(request)
-    return CheckedServices(Services.local(request.app.state.parts, who), who)
+def services(request: Request) -> Services:
+    """The local services for this request's caller; `Services.local` checks every operation's role."""
+    return Services.local(request.app.state.parts, caller(request))
 
 
 def here(request: Request) -> str:
