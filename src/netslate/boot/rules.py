@@ -26,71 +26,32 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from netslate.errors import UserError
+# MAC, UUID, SMBIOS text, group and label checks are inventory's (one notation for a machine everywhere);
+# re-exported here for the selectors below and for request.py / pxelinux.py (UUID_RE).
+from netslate.inventory.idents import (
+    UUID_RE,
+    check_label,
+    normalize_group,
+    normalize_mac,
+    normalize_text,
+    normalize_uuid,
+    shown,
+)
 
 SCALAR_SELECTORS = ("mac", "uuid", "serial", "manufacturer", "product", "arch", "platform")
 SELECTORS = SCALAR_SELECTORS + ("label", "group")
 
+# The canonical MAC form the boot path compares (what normalize_mac returns); request.py and pxelinux.py check it.
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-# SMBIOS strings: printable, no characters that mean something to iPXE, a shell or a URL parser.
-TEXT_RE = re.compile(r"^[A-Za-z0-9 ._,()+/:@-]{1,128}\Z")
 WORD_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:@/-]{0,63}\Z")
-GROUP_RE = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,62})*)?\Z")
 PLATFORMS = {"pcbios": "pcbios", "bios": "pcbios", "efi": "efi", "uefi": "efi"}
-
-
-def normalize_mac(value: str) -> str:
-    """aa:bb:.., AA-BB-.., aabb.ccdd.eeff or aabbccddeeff → aa:bb:cc:dd:ee:ff; anything else is refused."""
-    raw = str(value).strip().lower().replace("-", "").replace(":", "").replace(".", "")
-    if not re.fullmatch(r"[0-9a-f]{12}", raw):
-        raise UserError(f"invalid MAC address {_shown(value)}")
-    return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
-
-
-def normalize_uuid(value: str) -> str:
-    v = str(value).strip().lower()
-    if not UUID_RE.match(v):
-        raise UserError(f"invalid UUID {_shown(value)}")
-    return v
-
-
-def normalize_text(value: str, what: str) -> str:
-    v = str(value).strip(" ")  # spaces only: a trailing newline or CR is refused, not trimmed
-    if not TEXT_RE.match(v):
-        raise UserError(f"invalid {what} {_shown(value)}: 1-128 of letters, digits, space and ._,()+/:@-")
-    return v
 
 
 def normalize_platform(value: str) -> str:
     v = str(value).strip().lower()
     if v not in PLATFORMS:
-        raise UserError(f"invalid platform {_shown(value)}: use bios (pcbios) or efi")
+        raise UserError(f"invalid platform {shown(value)}: use bios (pcbios) or efi")
     return PLATFORMS[v]
-
-
-def normalize_group(value: str) -> str:
-    v = str(value).strip(" ")  # spaces only: a trailing newline is refused, not trimmed
-    if len(v) > 1 and v.endswith("/"):
-        v = v[:-1]
-    if not GROUP_RE.match(v) or ".." in v or len(v) > 512:
-        raise UserError(f"invalid group {_shown(value)}: a tree path like /site/cluster/pool")
-    return v
-
-
-def check_label(key: str, value: str) -> tuple[str, str]:
-    if not LABEL_KEY_RE.match(str(key)) or ".." in str(key):
-        raise UserError(f"invalid label key {_shown(key)}")
-    if not LABEL_VALUE_RE.match(str(value)) or ".." in str(value):
-        raise UserError(f"invalid label value {_shown(value)} for {key}")
-    return str(key), str(value)
-
-
-def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    text = text[:80] + ("..." if len(text) > 80 else "")
-    return repr(text.encode("unicode_escape").decode("ascii"))
 
 
 def normalize_selectors(selectors: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +69,7 @@ def normalize_selectors(selectors: dict[str, Any]) -> dict[str, Any]:
         elif key == "arch":
             v = str(value).strip().lower()
             if not WORD_RE.match(v):
-                raise UserError(f"invalid arch {_shown(value)}")
+                raise UserError(f"invalid arch {shown(value)}")
             out[key] = v
         elif key == "platform":
             out[key] = normalize_platform(value)
