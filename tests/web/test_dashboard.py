@@ -20,25 +20,19 @@ from netslate.context import Context
 from netslate.fleet import reports
 from netslate.inventory import discover_machine
 from netslate.services import Services
-from netslate.services.directories import DirectoryCreate
-from netslate.services.entitlements import EntitlementCreate
-from netslate.services.framework import Caller
 from netslate.services.machines import MachineCreate
 from nstest import start_server
+from webdirectory import ADMIN, use_test_directory
 from webworld import alert_text, login, on_loopback, wait_for, wait_until
 
 SCRIPT = "<script>alert('xss')</script>"
-ADMIN = Caller("local", "setup", "admin")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, ldap_world):
     ctx = Context(tmp_path_factory.mktemp("web") / "data").init()
     sv = Services.local(Parts(ctx), ADMIN)
-    sv.directories.add(DirectoryCreate(name="corp", uri=ldap_world.uri, base_dn=ldap_world.base_dn, bind_dn=ldap_world.bind_dn,
-                                       bind_password=ldap_world.bind_password, ca_pem=ldap_world.ca_pem))
-    for group, role in (("netslate-admins", "admin"), ("netslate-operators", "operator"), ("netslate-viewers", "viewer")):
-        sv.entitlements.add(EntitlementCreate(subject_kind="group", subject=group, grant="role", value=role))
+    use_test_directory(sv, ldap_world)
     for i in range(120):
         sv.machines.add(MachineCreate(macs=[f"52:54:00:00:01:{i:02x}"], name=f"pc{i:03d}", labels={"room": f"r{i % 4}"},
                                       group=f"/site-{i % 2}/cluster-1/pool-{i % 3}"))
