@@ -16,7 +16,7 @@ from netslate.desktops import reconcile as R
 from netslate.desktops import states as S
 from netslate.desktops.actuator import Actuator
 from netslate.desktops.models import Desktop, DesktopPool
-from netslate.desktops.records import desktop_dict, get_desktop
+from netslate.desktops.records import desktop_dict, get_desktop, get_pool
 
 
 _get = get_desktop  # older name
@@ -60,9 +60,7 @@ def request_desktop(ctx, pool_name: str, user: str, timeout: float = 300.0, prov
     """An assigned desktop for `user`: theirs already (dedicated or an open claim), a prestarted one, or a new one."""
     check_name(user, "user name")
     with ctx.db.session() as s:
-        pool = s.scalar(select(DesktopPool).where(DesktopPool.name == pool_name))
-        if pool is None:
-            raise NotFound(f"no pool named {pool_name!r}")
+        pool = get_pool(s, pool_name)
         mine = s.scalar(
             select(Desktop).where(Desktop.pool_id == pool.id, Desktop.user == user,
                                   Desktop.state.notin_([S.DESTROYING, S.QUARANTINE, S.ERROR]))
@@ -193,9 +191,7 @@ def user_pools(ctx, user: str, entitled: list[str]) -> list[dict]:
 def check_request(ctx, pool_name: str, user: str) -> None:
     """Before a user's own request: a plain sentence when the pool has nothing left for them."""
     with ctx.db.session() as s:
-        p = s.scalar(select(DesktopPool).where(DesktopPool.name == pool_name))
-        if p is None:
-            raise NotFound(f"no pool named {pool_name!r}")
+        p = get_pool(s, pool_name)
         theirs = s.scalar(select(Desktop.id).where(Desktop.pool_id == p.id, Desktop.user == user,
                                                    Desktop.state.notin_([S.DESTROYING, S.QUARANTINE, S.ERROR])))
         if theirs is None and availability(s, p)[0] == 0:

@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import select
 
 from netslate import audit, kvmcheck
-from netslate.errors import Conflict, NotFound, UserError
+from netslate.errors import Conflict, UserError
 from netslate.names import check_name
 from netslate.store.db import utcnow
 
 from netslate.desktops.models import Desktop, DesktopHost
+from netslate.desktops.records import get_host
 
 ACCELS = ("auto", "kvm", "tcg")
 _URI_SCHEMES = ("qemu:", "qemu+ssh:", "qemu+tcp:", "qemu+tls:", "qemu+unix:", "qemu+libssh:", "qemu+libssh2:", "test:")
@@ -235,8 +236,7 @@ def list_hosts(ctx) -> list[dict]:
 
 def show_host(ctx, name: str, refresh: bool = True) -> dict:
     with ctx.db.session() as s:
-        if s.scalar(select(DesktopHost).where(DesktopHost.name == name)) is None:
-            raise NotFound(f"no host named {name!r}")
+        get_host(s, name)
     if refresh:
         refresh_host(ctx, name)
     with ctx.db.session() as s:
@@ -271,9 +271,7 @@ def refresh_host(ctx, name: str) -> bool:
 
 def remove_host(ctx, name: str, actor: str) -> None:
     with ctx.db.session() as s:
-        h = s.scalar(select(DesktopHost).where(DesktopHost.name == name))
-        if h is None:
-            raise NotFound(f"no host named {name!r}")
+        h = get_host(s, name)
         n = len(list(s.scalars(select(Desktop).where(Desktop.host == name))))
         if n:
             raise Conflict(f"host {name} still has {n} desktop(s); shrink or remove their pools first")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from netslate import audit
-from netslate.errors import Conflict, NotFound, UserError
+from netslate.errors import Conflict, UserError
 from netslate.names import check_name
 
 from netslate.desktops import addresses, golden
@@ -13,7 +13,7 @@ from netslate.desktops import diskless as dl
 from netslate.desktops import states as S
 from netslate.desktops.hosts import select_hosts
 from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
-from netslate.desktops.records import desktop_dict
+from netslate.desktops.records import desktop_dict, get_pool
 
 MAX_POOL_NAME = 40
 
@@ -153,13 +153,6 @@ def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, m
         return pool_dict(p, [], 0)
 
 
-def _get(s, name: str) -> DesktopPool:
-    p = s.scalar(select(DesktopPool).where(DesktopPool.name == name))
-    if p is None:
-        raise NotFound(f"no pool named {name!r}")
-    return p
-
-
 def list_pools(ctx) -> list[dict]:
     with ctx.db.session() as s:
         out = []
@@ -172,7 +165,7 @@ def list_pools(ctx) -> list[dict]:
 
 def show_pool(ctx, name: str) -> dict:
     with ctx.db.session() as s:
-        p = _get(s, name)
+        p = get_pool(s, name)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id).order_by(Desktop.number)))
         used = len(list(s.scalars(select(DesktopAddress.id).where(DesktopAddress.pool_name == p.name))))
         out = pool_dict(p, ds, used)
@@ -189,7 +182,7 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
         gname, gver = golden.parse_ref(golden_ref)
         golden.resolve(ctx, gname, gver)
     with ctx.db.session() as s:
-        p = _get(s, name)
+        p = get_pool(s, name)
         new_size = p.size if size is None else size
         new_spare = p.spare if spare is None else spare
         new_max = p.max if max_ is None else max_
@@ -223,7 +216,7 @@ def resize_pool(ctx, name: str, actor: str, size: int | None = None, spare: int 
 def remove_pool(ctx, name: str, actor: str, force: bool = False) -> int:
     """Delete the pool; its desktops go to `destroying` in the same transaction (the reconciler finishes)."""
     with ctx.db.session() as s:
-        p = _get(s, name)
+        p = get_pool(s, name)
         ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
         claimed = [d.name for d in ds if d.state in S.CLAIMED]
         if claimed and not force:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from netslate.errors import NotFound
 
-from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost
+from netslate.desktops.models import Desktop, DesktopAddress, DesktopHost, DesktopPool
 
 
 def iso(t: dt.datetime | None) -> str | None:
@@ -35,3 +35,17 @@ def get_desktop(s, ref: str | int) -> Desktop:
     if d is None:
         raise NotFound(f"no desktop {ref!r}")
     return d
+
+
+def get_pool(s, name: str) -> DesktopPool:
+    p = s.scalar(select(DesktopPool).where(DesktopPool.name == name))
+    if p is None:
+        raise NotFound(f"no pool named {name!r}")
+    return p
+
+
+def get_host(s, name: str) -> DesktopHost:
+    h = s.scalar(select(DesktopHost).where(DesktopHost.name == name))
+    if h is None:
+        raise NotFound(f"no host named {name!r}")
+    return h
