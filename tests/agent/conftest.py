@@ -5,7 +5,7 @@ import pytest
 from netslate import inventory
 
 from agent_support import *  # noqa: F401,F403 - DOC, MAC, publish, ... used by the fixture
-from agent_support import DOC, MAC, bstore, cstore, publish  # noqa: F401
+from agent_support import DOC, MAC, bstore, publish  # noqa: F401
 
 
 @pytest.fixture
