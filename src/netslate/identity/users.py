@@ -42,11 +42,9 @@ def list_users(ctx) -> list[dict]:
 
 def remove_user(ctx, name: str, actor: str) -> None:
     with ctx.db.session(write=True) as s:
-        row = s.scalar(select(LocalUser).where(LocalUser.name == name))
-        if row is None:
-            raise NotFound(f"no local user named {name!r}")
+        row = _get_user(s, name)
         s.delete(row)
-        ended = s.execute(delete(WebSession).where(WebSession.user == name, WebSession.source == "local")).rowcount
+        ended = _end_local_sessions(s, name)
         audit.record(s, actor, "user.remove", f"user:{name}", sessions_ended=ended)
 
 
@@ -54,21 +52,17 @@ def set_password(ctx, name: str, password: str, actor: str) -> None:
     """A new password ends the user's open sessions."""
     digest = hash_password(password)
     with ctx.db.session(write=True) as s:
-        row = s.scalar(select(LocalUser).where(LocalUser.name == name))
-        if row is None:
-            raise NotFound(f"no local user named {name!r}")
+        row = _get_user(s, name)
         row.password_hash = digest
         row.password_changed_at = utcnow()
-        ended = s.execute(delete(WebSession).where(WebSession.user == name, WebSession.source == "local")).rowcount
+        ended = _end_local_sessions(s, name)
         audit.record(s, actor, "user.passwd", f"user:{name}", sessions_ended=ended)
 
 
 def set_role(ctx, name: str, role: str | None, actor: str) -> dict:
     role = _check_role(role)
     with ctx.db.session(write=True) as s:
-        row = s.scalar(select(LocalUser).where(LocalUser.name == name))
-        if row is None:
-            raise NotFound(f"no local user named {name!r}")
+        row = _get_user(s, name)
         row.role = role
         audit.record(s, actor, "user.role", f"user:{name}", role=role)
         return _plain(row)
@@ -81,6 +75,18 @@ def local_user(ctx, name: str, session=None) -> tuple[str, str | None] | None:
             return local_user(ctx, name, s)
     row = session.scalar(select(LocalUser).where(LocalUser.name == name))
     return (row.password_hash, row.role) if row else None
+
+
+def _get_user(s, name: str) -> LocalUser:
+    row = s.scalar(select(LocalUser).where(LocalUser.name == name))
+    if row is None:
+        raise NotFound(f"no local user named {name!r}")
+    return row
+
+
+def _end_local_sessions(s, name: str) -> int:
+    """End the web sessions a local user opened with their password; how many there were."""
+    return s.execute(delete(WebSession).where(WebSession.user == name, WebSession.source == "local")).rowcount
 
 
 def _plain(row: LocalUser) -> dict:
