@@ -136,19 +136,22 @@ def list_directories(ctx) -> list[dict]:
 
 def show_directory(ctx, name: str) -> dict:
     with ctx.db.session() as s:
-        row = s.scalar(select(Directory).where(Directory.name == name))
-        if row is None:
-            raise NotFound(f"no directory named {name!r}")
+        row = _get_directory(s, name)
         return _public(row)
 
 
 def remove_directory(ctx, name: str, actor: str) -> None:
     with ctx.db.session(write=True) as s:
-        row = s.scalar(select(Directory).where(Directory.name == name))
-        if row is None:
-            raise NotFound(f"no directory named {name!r}")
+        row = _get_directory(s, name)
         s.delete(row)
         audit.record(s, actor, "directory.remove", f"directory:{name}")
+
+
+def _get_directory(s, name: str) -> Directory:
+    row = s.scalar(select(Directory).where(Directory.name == name))
+    if row is None:
+        raise NotFound(f"no directory named {name!r}")
+    return row
 
 
 def _public(row: Directory) -> dict:
