@@ -124,7 +124,7 @@ class CsrfGuard:
             if body is None:
                 return await JSONResponse({"detail": "form too large"}, status_code=413)(scope, receive, send)
             given = await _form_field(scope, body, ctype)
-            downstream = _replay(body, receive)
+            downstream = replay_body(body, receive)
         if not info.check_csrf(given):
             return await JSONResponse({"detail": CSRF_REFUSED}, status_code=403)(scope, receive, send)
         await self.app(scope, downstream, send)
@@ -149,7 +149,7 @@ async def _form_field(scope, body: bytes, ctype: str) -> str | None:
     if ctype.startswith("application/x-www-form-urlencoded"):
         values = parse_qs(body.decode("latin-1"), keep_blank_values=True).get(CSRF_FIELD)
         return values[0] if values else None
-    form_request = Request(scope, _replay(body, None))
+    form_request = Request(scope, replay_body(body, None))
     try:
         form = await form_request.form()
         value = form.get(CSRF_FIELD)
@@ -159,7 +159,8 @@ async def _form_field(scope, body: bytes, ctype: str) -> str | None:
         return None
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
+    """An ASGI receive that hands on a body already read, then the real `receive` (None: a disconnect)."""
     sent = {"done": False}
 
     async def replay():

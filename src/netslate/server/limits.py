@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from netslate.server.auth import caller_of
+from netslate.server.auth import caller_of, replay_body
 from netslate.services.framework import Forbidden, Op, authorize
 
 KiB, MiB = 1024, 1024 * 1024
@@ -218,7 +218,7 @@ class RequestLimits:
             content_type = headers.get(b"content-type", b"").lower()
             if (not content_type or b"json" in content_type) and json_depth(body, self.max_depth) > self.max_depth:
                 return await _detail(400, f"JSON nested deeper than {self.max_depth} levels (or unbalanced)")(scope, receive, send)
-            downstream_receive = _replay(body, receive)
+            downstream_receive = replay_body(body, receive)
         try:
             await self.app(scope, downstream_receive, watching_send)
         except BodyTooLarge as exc:
@@ -236,18 +236,6 @@ async def _read_all(receive) -> bytes | None:
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-def _replay(body: bytes, receive):
-    sent = {"v": False}
-
-    async def replay():
-        if not sent["v"]:
-            sent["v"] = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 # ---------------------------------------------------------------- exception handlers
