@@ -9,12 +9,13 @@ import ctypes
 import hashlib
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
 
 import zstandard
+
+from netslate.fsutil import atomic_write
 
 CHUNK_ID = re.compile(r"^[0-9a-f]{64}\Z")
 _TEMP_PID = re.compile(r"^\.tmp-([0-9]{1,10})-")  # `.tmp-PID-XXXXXXXX`: a chunk being written by PID
@@ -77,19 +78,9 @@ class ChunkStore:
             payload, suffix = packed, ".zst"
         else:
             payload, suffix = bytes(data), ".raw"
-        d = self._dir(chunk_id)
-        d.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=d)  # the writer's pid: see temp_owner_dead
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, d / (chunk_id + suffix))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        # not durable: a chunk is verified before every use; the writer's pid in the temp name: see temp_owner_dead
+        atomic_write(self._dir(chunk_id) / (chunk_id + suffix), payload, mode=0o600, durable=False,
+                     tmp_prefix=f".tmp-{os.getpid()}-")
         return len(payload)
 
     def put_verified(self, chunk_id: str, data: bytes) -> int:

@@ -24,12 +24,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True, tmp_prefix: str = ".tmp-") -> None:
     """durable=False skips both fsyncs: for data that is verified before every use (chunk files:
-    a torn one after a crash is discarded and fetched again)."""
+    a torn one after a crash is discarded and fetched again). `tmp_prefix` names the temp file
+    (the chunk store puts the writer's pid in it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
