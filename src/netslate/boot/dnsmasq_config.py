@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from netslate.boot.rules import MAC_RE
 from netslate.errors import UserError
 
 MODES = ("proxy", "full", "off")
@@ -33,7 +34,6 @@ ARCH_BIOS = (0,)
 ARCH_EFI64 = (7, 9)
 
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _URL_RE = re.compile(r"^https?://[A-Za-z0-9.\[\]:-]{1,260}(/[A-Za-z0-9._/-]{0,200})?\Z")
 _LEASE_RE = re.compile(r"^([0-9]{1,7}[smhd]?|infinite)\Z")
@@ -61,7 +61,7 @@ def check_ipv4(value: str, what: str = "address") -> str:
 
 def check_mac(value: str) -> str:
     v = str(value).strip().lower().replace("-", ":")
-    if not _MAC_RE.match(v):
+    if not MAC_RE.match(v):
         raise DhcpConfigError(f"invalid MAC address {value!r:.40}")
     return v
 
