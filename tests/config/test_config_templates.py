@@ -41,3 +41,18 @@ def test_runaway_templates_are_stopped(src, reason):
     with pytest.raises(UserError, match=reason):
         templates.render(src, VARS)
     assert time.monotonic() - t0 < templates.TIME_LIMIT + 1.5
+
+
+def test_missing_facts_chain_to_a_default_but_never_print_silently():
+    """A machine that has not reported (or reported without its credential) has no facts: a template
+    that gives a default still renders; one that prints a missing fact without a default fails."""
+    from netslate.config import templates as t
+    from netslate.errors import UserError
+
+    known = {"facts": t.facts_view({"cpu": {"count": 4}}), "machine": {"name": "m1"}}
+    assert t.render("{{ facts.cpu.count }} {{ facts.mem.total | default('?') }}", known) == "4 ?"
+    assert t.render("{{ facts.cpu.count | default('?') }}", {"facts": t.facts_view({})}) == "?"
+    with pytest.raises(UserError, match="undefined"):
+        t.render("{{ facts.mem.total }}", known)
+    with pytest.raises(UserError, match="has no attribute 'nope'"):
+        t.render("{{ machine.nope }}", known)  # names other than facts stay strict ("has no attribute")

@@ -67,7 +67,7 @@ def render(doc: dict, machine: dict, facts: dict, generation: int) -> dict:
     files = doc.get("files")
     if not (isinstance(hostname, str) and "{" in hostname) and not (files and any("template" in f for f in files)):
         return doc
-    variables = {"machine": machine, "facts": facts, "generation": generation}
+    variables = {"machine": machine, "facts": templates.facts_view(facts), "generation": generation}
     out = dict(doc)
     if isinstance(hostname, str):
         try:

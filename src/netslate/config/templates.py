@@ -76,6 +76,34 @@ class LimitedEnvironment(SandboxedEnvironment):
         return tree
 
 
+class MissingFact(StrictUndefined):
+    """A fact the machine has not reported (or reported without its credential, so it does not
+    count): chainable, so `facts.cpu.count | default('?')` works; printed without a default it
+    still fails, like any other undefined name."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    __getitem__ = __getattr__
+
+
+class Facts(dict):
+    """The facts given to templates: a missing key is a `MissingFact`, at any depth."""
+
+    def __missing__(self, key):
+        return MissingFact(name=str(key))
+
+
+def facts_view(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Facts({k: facts_view(v) for k, v in value.items()})
+    return value
+
+
 def _bounded_range(*args: int):
     r = range(*args)
     if len(r) > 10_000:
