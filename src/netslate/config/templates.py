@@ -91,7 +91,7 @@ class MissingFact(StrictUndefined):
     __getitem__ = __getattr__
 
 
-class Facts(dict):
+class TemplateFacts(dict):
     """The facts given to templates: a missing key is a `MissingFact`, at any depth."""
 
     def __missing__(self, key):
@@ -100,7 +100,7 @@ class Facts(dict):
 
 def facts_view(value: Any) -> Any:
     if isinstance(value, dict):
-        return Facts({k: facts_view(v) for k, v in value.items()})
+        return TemplateFacts({k: facts_view(v) for k, v in value.items()})
     return value
 
 
