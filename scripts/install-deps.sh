@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-dev pkg-config gcc python3-dev
   busybox-static linux-image-amd64 kmod cpio zstd
   novnc
-  squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light
+  squashfs-tools erofs-utils mmdebstrap bind9-dnsutils casync nginx-light xdelta3
   dnsperf bind9-utils
   pxelinux syslinux-common extlinux fdisk dosfstools systemd-boot-efi iproute2 curl ca-certificates util-linux e2fsprogs
   isc-dhcp-server kea-dhcp4-server
