@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netslate.agent.util import read_json, under
+from netslate.onmachine import pinning
 from netslate.onmachine.cmdline import netslate_args
 
 BOOT_JSON = "/run/netslate/boot.json"
@@ -23,6 +24,7 @@ STATE_DIR = "/var/lib/netslate-agent"
 class BootInfo:
     servers: list[str] = field(default_factory=list)  # base URLs, in the order the boot gave them
     key: bytes | None = None  # the pinned Ed25519 public key
+    pin: str | None = None  # sha256:HEX of the server's TLS certificate (netslate.pin=), for https URLs
     machine: str | None = None  # id, name or UUID the server knows this machine by
     domain: str | None = None  # for DNS SRV
     image: str | None = None
@@ -90,6 +92,14 @@ def combine(cmdline: dict[str, str], boot: dict | None, agent: dict | None) -> B
         if k is not None:
             info.key = k
             break
+    for where, text in (("netslate.pin", cmdline.get("pin")), ("boot.json", boot.get("pin")), ("agent.json", agent.get("pin"))):
+        if not text:
+            continue
+        try:
+            info.pin = pinning.parse_pin(str(text))
+            break
+        except ValueError as exc:
+            info.problems.append(f"{where}: {exc}")
     info.machine = cmdline.get("machine") or _s(boot.get("machine")) or _s(agent.get("machine"))
     info.domain = cmdline.get("domain") or _s(boot.get("domain")) or _s(agent.get("domain"))
     image_at = cmdline.get("image")

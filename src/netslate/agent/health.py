@@ -28,7 +28,7 @@ def check(spec: dict) -> dict:
             with socket.create_connection((host, port), timeout=timeout):
                 pass
         elif spec.get("url"):
-            r = http.request("GET", spec["url"], timeout=timeout, max_body=1024 * 1024)
+            r = http.request("GET", spec["url"], timeout=timeout, max_body=1024 * 1024, pin=None)
             if not 200 <= r.status < 400:
                 raise http.HttpError(f"HTTP {r.status}")
         else:

@@ -10,12 +10,25 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+from netslate.onmachine import pinning
+
 MAX_BODY = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 3.0
 
 
 class HttpError(Exception):
     """The server could not be reached, timed out, or answered something unusable."""
+
+
+# The server certificate's pin (`sha256:HEX`, from netslate.pin= or the locate cache): https URLs
+# are then checked against it instead of CAs. One agent process talks to one fleet's servers.
+PIN: str | None = None
+FLEET = "fleet"  # request(pin=FLEET): use PIN; a health check of some other service passes pin=None
+
+
+def set_pin(pin: str | None) -> None:
+    global PIN
+    PIN = pin
 
 
 @dataclass
@@ -32,13 +45,13 @@ class Response:
 
 
 def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 10.0, max_body: int = MAX_BODY) -> Response:
+            timeout: float = 10.0, max_body: int = MAX_BODY, pin: str | None = FLEET) -> Response:
+    """`pin` (default: the fleet's PIN) is checked for https URLs; a mismatch is an HttpError."""
     u = urllib.parse.urlsplit(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise HttpError(f"not an http(s) URL: {url!r}")
     deadline = time.monotonic() + timeout
-    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = cls(u.hostname, u.port, timeout=min(timeout, CONNECT_TIMEOUT))
+    conn = pinning.connection(u.scheme, u.hostname, u.port, min(timeout, CONNECT_TIMEOUT), PIN if pin == FLEET else pin)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     hdrs = {"User-Agent": "netslate-agent", "Connection": "close"}
     hdrs.update(headers or {})

@@ -13,6 +13,7 @@ from pathlib import Path
 from netslate.agent import dnssrv, http
 from netslate.agent.bootinfo import normalize_server
 from netslate.agent.util import read_json, under, write_json
+from netslate.onmachine import pinning
 
 
 @dataclass
@@ -73,8 +74,20 @@ def load_cache(path: Path) -> list[str]:
     return urls_from_locate((read_json(path) or {}).get("answer"))
 
 
-def save_cache(path: Path, answer: dict, via: str) -> None:
-    write_json(path, {"fetched_at": time.time(), "via": via, "answer": answer})
+def save_cache(path: Path, answer: dict, via: str, pin: str | None = None) -> None:
+    """`pin`: the server certificate's pin the answer came under, kept for boots that carry none."""
+    data = {"fetched_at": time.time(), "via": via, "answer": answer}
+    if pin:
+        data["pin"] = pin
+    write_json(path, data)
+
+
+def cached_pin(path: Path) -> str | None:
+    """The certificate pin kept with the cached locate answer (None if none or not a valid pin)."""
+    try:
+        return pinning.parse_pin((read_json(path) or {}).get("pin"))
+    except (ValueError, AttributeError):
+        return None
 
 
 def probe(url: str, timeout: float) -> dict:

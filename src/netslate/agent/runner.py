@@ -60,6 +60,10 @@ class Agent:
         self.queue_dir = self.store_dir / "queue"
         self.locate_cache = self.store_dir / "locate.json"
         self.identity_file = self.store_dir / "identity.json"
+        # The server certificate's pin for https URLs: the boot's netslate.pin=, else the one kept
+        # with the locate cache (a cache-mode boot from the local disk carries no pin of its own).
+        self.pin = self.boot.pin or locate.cached_pin(self.locate_cache)
+        http.set_pin(self.pin)
         self.url: str | None = None
         self.machine_id: int | None = None
         self.etag: str | None = None
@@ -107,7 +111,7 @@ class Agent:
             self.problems.append(f"no server answered ({tried})")
             return None
         try:
-            locate.save_cache(self.locate_cache, found.answer, found.url)
+            locate.save_cache(self.locate_cache, found.answer, found.url, self.pin)
         except OSError as exc:
             self.problems.append(f"could not cache the locate answer: {exc}")
         return found.url

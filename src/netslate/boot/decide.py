@@ -102,9 +102,25 @@ class ScriptSettings:
     advertise: tuple[str, ...]
     retry: ipxe.Retry
     public_key: str  # netslate.key=: the server key pinned at boot
+    tls_port: int | None = None  # the server also answers HTTPS here (serve --tls-listen)
+    tls_pin: str | None = None  # netslate.pin=: sha256 of its certificate, pinned at boot
 
     def servers(self, base: str) -> list[str]:
-        return list(self.advertise) or [base]
+        """netslate.server=: with TLS, the same hosts over https on the TLS port (iPXE itself keeps
+        fetching the kernel and initramfs over plain HTTP from `base`)."""
+        urls = list(self.advertise) or [base]
+        if self.tls_port and self.tls_pin:
+            urls = list(dict.fromkeys(_https(u, self.tls_port) for u in urls))
+        return urls
+
+
+def _https(url: str, port: int) -> str:
+    """http://HOST[:PORT] → https://HOST:TLS_PORT (an https URL stays as it is)."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "https":
+        return url
+    host = rest.rsplit(":", 1)[0] if not rest.endswith("]") and ":" in rest else rest
+    return f"https://{host}:{port}"
 
 
 def request_facts(q: dict, m: MachineRow | None) -> Facts:
@@ -185,6 +201,9 @@ def kernel_args(cfg: ScriptSettings, t: Target, profile: dict, base: str) -> tup
         # The server key pinned at boot: the initramfs and the agent verify signed data against it.
         f"netslate.key={cfg.public_key}",
     ]
+    if cfg.tls_port and cfg.tls_pin:
+        # The TLS certificate pinned at boot: the initramfs and the agent refuse any other.
+        args.append(f"netslate.pin={cfg.tls_pin}")
     if profile.get("console"):
         args.append(f"console={profile['console']}")
     return tuple(args + list(profile.get("args") or []))

@@ -59,7 +59,9 @@ class BootEngine:
         self.retry = ipxe.Retry(
             attempts=int(options.get("boot_retry_attempts", 6)), delay=int(options.get("boot_retry_delay", 2))
         ).check()
-        self.settings = ScriptSettings(tuple(self.advertise), self.retry, ctx.signing_key.public_b64)
+        tls = options.get("tls") or {}
+        self.settings = ScriptSettings(tuple(self.advertise), self.retry, ctx.signing_key.public_b64,
+                                       tls_port=(tls.get("listen") or [None, None])[1], tls_pin=tls.get("pin"))
         self.reader = BootReader(ctx)
         self.events = EventWriter(ctx)
         self.discovery = DiscoveryLimiter(lambda: inventory.count_pending(ctx), discovery_limits(options))
@@ -139,7 +141,7 @@ class BootEngine:
                 return None
             if m is None:
                 if self.discovery.allow(remote):  # per-source rate and pending cap (issue 11 #11)
-                    inventory.discover_machine(self.ctx, {k: v for k, v in q.items()}, remote)
+                    outbox.submit(self.ctx, "inventory.discover", {"facts": dict(q), "remote": remote})
             else:
                 self._fill_facts(m.id, q)
             fp, m = self.reader.fingerprint_and_machine(q["mac"], q.get("uuid"))
@@ -166,7 +168,7 @@ class BootEngine:
     def _fill_facts(self, machine_id: int, q: dict) -> None:
         """A known machine reports SMBIOS facts we lack (added by MAC only): keep them."""
         try:
-            inventory.fill_facts(self.ctx, machine_id, q)
+            outbox.submit(self.ctx, "inventory.facts", {"machine_id": machine_id, "facts": dict(q)})
         except Exception as exc:  # e.g. the UUID belongs to another machine: keep booting, say so
             log.warning("could not record facts for machine %s: %s", machine_id, exc)
 

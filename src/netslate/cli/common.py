@@ -23,6 +23,7 @@ class CliState:
     database_url: str | None = None
     server: str | None = None
     token: str | None = None
+    ca: str | None = None  # https --server: sha256:HEX pin or a PEM file
     _ctx: Any = field(default=None, repr=False)
     _services: Any = field(default=None, repr=False)
 
@@ -47,7 +48,7 @@ class CliState:
     def api(self):
         from netslate.cli.remote import ApiClient
 
-        return ApiClient(self.server, self.token)
+        return ApiClient(self.server, self.token, ca=self.ca)
 
     @property
     def services(self):

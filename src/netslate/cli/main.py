@@ -25,8 +25,9 @@ def _global(
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="NETSLATE_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data directory)."),
     server: Optional[str] = typer.Option(None, "--server", envvar="NETSLATE_SERVER", help="Work against a remote server's API instead of the local data directory."),
     token: Optional[str] = typer.Option(None, "--token", envvar="NETSLATE_TOKEN", help="Bearer token for --server."),
+    ca: Optional[str] = typer.Option(None, "--ca", envvar="NETSLATE_CA", help="For an https --server: the certificate's pin (sha256:HEX, as `netslate serve` prints) or a PEM file (the server's certificate or its CA)."),
 ):
-    ctx.obj = CliState(data_dir=data_dir, database_url=database_url, server=server, token=token)
+    ctx.obj = CliState(data_dir=data_dir, database_url=database_url, server=server, token=token, ca=ca)
 
 
 # command name -> (module, attribute, is a sub-app). Only the invoked command's module is imported,
@@ -52,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "fleet": ("netslate.cli.fleet", "app", True),
     "initramfs": ("netslate.cli.initramfs", "app", True),
 }
-_GLOBAL_OPTIONS_WITH_VALUE = {"--data-dir", "--database-url", "--server", "--token"}
+_GLOBAL_OPTIONS_WITH_VALUE = {"--data-dir", "--database-url", "--server", "--token", "--ca"}
 
 
 def _invoked(argv: list[str]) -> str | None:

@@ -5,11 +5,33 @@ import httpx
 from netslate.errors import NotFound, UserError, Conflict
 
 
+def tls_verify(ca: str | None):
+    """httpx's `verify` for --ca: a pin (sha256:HEX) → a context that checks the certificate's
+    SHA-256 right after the handshake (before the token is sent); a PEM file → trust it as the CA;
+    nothing → the system CAs."""
+    import ssl
+
+    from netslate.onmachine import pinning
+
+    if not ca:
+        return True
+    if ca.lower().startswith("sha256:"):
+        try:
+            return pinning.client_context(pinning.parse_pin(ca))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"--ca {ca}: not a readable PEM file ({exc})") from None
+    return ctx
+
+
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 60.0):
+    def __init__(self, base_url: str, token: str | None, timeout: float = 60.0, ca: str | None = None):
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, verify=tls_verify(ca))
 
     def request(self, method: str, path: str, **kwargs):
         try:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from netslate.onmachine.cmdline import split_cmdline
+from netslate.onmachine.pinning import parse_pin
 from netslate.onmachine.manifest import DIGEST, valid_image_name, valid_ref
 
 MODES = {
@@ -40,6 +41,7 @@ class BootArgs:
     manifest: str | None = None
     mode: str = "ram"
     key: str | None = None  # base64 Ed25519 server key pinned at boot
+    pin: str | None = None  # sha256:HEX of the server's TLS certificate, for https servers
     disk_allow: bool = False
     persist: list[str] = field(default_factory=list)
     timeout: float = 10.0  # per HTTP operation
@@ -80,6 +82,10 @@ def parse_cmdline(text: str) -> BootArgs:
                 raise ValueError
         except ValueError:
             raise BootArgsError("netslate.key= is not a base64 Ed25519 public key") from None
+    try:
+        pin = parse_pin(raw.get("pin"))
+    except ValueError:
+        raise BootArgsError("netslate.pin= is not sha256:<64 hex> (the server certificate's SHA-256)") from None
     if manifest is None and key is None:
         # No trust-on-first-use at boot: something on the command line must vouch for the image.
         raise BootArgsError("neither netslate.manifest= nor netslate.key= is given; nothing to verify the image with")
@@ -101,7 +107,7 @@ def parse_cmdline(text: str) -> BootArgs:
     if onfail not in _ONFAIL:
         raise BootArgsError(f"netslate.onfail={onfail!r} is not one of {', '.join(_ONFAIL)}")
     return BootArgs(
-        servers=[s.rstrip("/") for s in servers], image=name, ref=ref, manifest=manifest, mode=mode, key=key,
+        servers=[s.rstrip("/") for s in servers], image=name, ref=ref, manifest=manifest, mode=mode, key=key, pin=pin,
         disk_allow=raw.get("disk") == "allow", persist=persist, timeout=timeout, retries=retries,
         onfail=onfail, init=init, boot="local" if raw.get("boot") == "local" else "network",
     )

@@ -99,7 +99,7 @@ def fetch_rootfs(env: Env, cache_dir: Path, output: Path) -> tuple[pullmod.PullS
             try:
                 stats = pullmod.pull(server, a.image, a.ref, cache_dir, output, artifact="rootfs",
                                      trust=a.key, pinned_digest=a.manifest, workers=4,
-                                     timeout=a.timeout, retries=1)
+                                     timeout=a.timeout, retries=1, pin=a.pin)
                 return stats, server
             except pullmod.PullError as exc:
                 last = str(exc)
@@ -123,7 +123,7 @@ def check_manifest(env: Env, cache_dir: Path) -> tuple[dict, str, str]:
     for rnd in range(a.retries):
         for server in a.servers:
             try:
-                http = pullmod._Http(server, a.timeout)
+                http = pullmod._Http(server, a.timeout, a.pin)
                 key = env.key_bytes
                 payload, digest = pullmod.fetch_manifest(http, cache_dir, key, a.image, a.ref, a.manifest)
                 return payload, digest, server

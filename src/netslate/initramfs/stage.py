@@ -61,6 +61,7 @@ def main(cmdline_path: str = "/proc/cmdline") -> int:
     record["servers"] = args.servers
     record["key_pinned"] = bool(args.key)
     record["key"] = args.key
+    record["pin"] = args.pin  # the agent checks https servers against it (and keeps it in its locate cache)
     record["network"] = env.net
     record["persist"] = args.persist
     record["booted_via"] = "local disk" if args.boot == "local" else "network"

@@ -11,6 +11,7 @@ server side imports the same code (through `netslate.crypto.envelope`, `netslate
     formats             filesystem image format from the superblock magic
     manifest            manifest payloads: kinds, names, chunk lists, artifacts
     cmdline             the kernel command line's netslate.* arguments
+    pinning             HTTPS with the server certificate's SHA-256 pinned (netslate.pin=)
 
 Rule: a module here imports only the standard library and other modules of this package
 (tests/onmachine proves it in a Python without site-packages). The agent's zipapp and the

@@ -1,0 +1,177 @@
+"""Transport (issue 13 §6): `netslate serve --tls-listen` with a self-signed certificate made at first
+start, its SHA-256 pinned by the machines (agent, pull client) and the CLI (`--ca sha256:...` or the
+PEM file). A real server process on loopback over TLS; a wrong pin is refused before anything is
+sent; plain HTTP keeps working on --listen (iPXE)."""
+
+import os
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from nstest import free_port, run_cli
+from netslate.agent import bootinfo, http as agent_http, locate
+from netslate.boot.decide import ScriptSettings, Target, kernel_args
+from netslate.boot import ipxe
+from netslate.images import pull
+from netslate.initramfs.bootargs import BootArgsError, parse_cmdline
+from netslate.onmachine import pinning
+from netslate.identity.tokens import ADMIN_TOKEN_FILE
+from netslate.server.tls import pin_of_pem
+
+WRONG = "sha256:" + "00" * 32
+
+
+def _serve(data_dir, *extra):
+    port, tport = free_port(), free_port()
+    env = dict(os.environ, NETSLATE_DATA_DIR=str(data_dir), NETSLATE_DESKTOPS_RECONCILE="0")
+    env.pop("NETSLATE_SERVER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", "--listen", f"127.0.0.1:{port}",
+                             "--tls-listen", f"127.0.0.1:{tport}", "--log-level", "warning", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                if httpx.get(f"https://127.0.0.1:{tport}/healthz", timeout=5, verify=False).status_code == 200:
+                    return proc, f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tport}"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("serve did not become healthy on both listeners")
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("tlsdata")
+    proc, plain, secure = _serve(data)
+    yield data, plain, secure
+    _stop(proc)
+
+
+def test_self_signed_certificate_made_at_first_start_and_kept(tls_server, tmp_path):
+    data, plain, secure = tls_server
+    keys = data / "keys"
+    for f in ("tls.crt", "tls.key"):
+        assert stat.S_IMODE((keys / f).stat().st_mode) == 0o600
+    pin = pin_of_pem((keys / "tls.crt").read_bytes())
+    # the certificate the server presents is the one on disk
+    der = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", int(secure.rsplit(":", 1)[1]))))
+    assert pinning.fingerprint(der) == pin
+    # a second start on the same data directory keeps it (the pin in the boot arguments stays valid)
+    proc, _p, _s = _serve(data)
+    out = _stop(proc)
+    assert f"pin {pin}" in out
+    assert "made a self-signed" not in out
+
+
+def test_agent_http_pinned_and_refused_on_a_wrong_pin(tls_server):
+    data, plain, secure = tls_server
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    r = agent_http.request("GET", f"{secure}/api/v1/locate", pin=pin)
+    assert r.status == 200 and isinstance(r.json()["servers"], list)
+    with pytest.raises(agent_http.HttpError, match="not the pinned"):
+        agent_http.request("GET", f"{secure}/api/v1/locate", pin=WRONG)
+    # without a pin an https URL is checked against the system CAs: a self-signed one fails
+    with pytest.raises(agent_http.HttpError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        agent_http.request("GET", f"{secure}/api/v1/locate", pin=None)
+    # plain HTTP keeps working where it is configured (iPXE, old agents)
+    assert agent_http.request("GET", f"{plain}/api/v1/locate", pin=WRONG).status == 200
+    # the module-wide pin (set by the agent from netslate.pin= or its locate cache)
+    try:
+        agent_http.set_pin(pin)
+        assert locate.probe(secure, 5)["servers"] is not None
+        agent_http.set_pin(WRONG)
+        with pytest.raises(agent_http.HttpError, match="not the pinned"):
+            locate.probe(secure, 5)
+    finally:
+        agent_http.set_pin(None)
+
+
+def test_pull_client_pins(tls_server):
+    data, plain, secure = tls_server
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    status, _h, body = pull._Http(secure, 5, pin).get("/healthz", limit=1024)
+    assert status == 200
+    with pytest.raises(pull.PullError, match="not the pinned"):
+        pull._Http(secure, 5, WRONG).get("/healthz", limit=1024)
+
+
+def test_cli_over_https_with_pin_or_pem(tls_server):
+    data, plain, secure = tls_server
+    token = (data / ADMIN_TOKEN_FILE).read_text().strip()
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    env = {"NETSLATE_SERVER": secure, "NETSLATE_TOKEN": token}
+    ok = run_cli("machine", "list", "--json", env={**env, "NETSLATE_CA": pin})
+    assert ok.code == 0, ok.stderr
+    assert ok.json() == []
+    ok = run_cli("--ca", str(data / "keys" / "tls.crt"), "machine", "list", "--json", env=env)
+    assert ok.code == 0, ok.stderr
+    bad = run_cli("--ca", WRONG, "machine", "list", env=env)
+    assert bad.code == 2
+    assert "not the pinned" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    nopin = run_cli("machine", "list", env=env)
+    assert nopin.code == 2 and "Traceback" not in nopin.stderr
+
+
+def test_pin_in_boot_arguments_and_parsed_on_the_machine():
+    pin = "sha256:" + "ab" * 32
+    cfg = ScriptSettings((), ipxe.Retry(), "A" * 43 + "=", tls_port=8443, tls_pin=pin)
+    args = kernel_args(cfg, Target("img", 3, "sha256:" + "cd" * 32), {"mode": "ram"}, "http://10.0.0.1:8080")
+    assert "netslate.server=https://10.0.0.1:8443" in args
+    assert f"netslate.pin={pin}" in args
+    assert ipxe.arg(f"netslate.pin={pin}")  # safe in an iPXE script
+    assert ScriptSettings(("http://[fd00::1]:8080", "https://x:9"), ipxe.Retry(), "k", 8443, pin).servers("b") == \
+        ["https://[fd00::1]:8443", "https://x:9"]
+    # without TLS nothing changes
+    plain = ScriptSettings((), ipxe.Retry(), "k")
+    assert plain.servers("http://h:8080") == ["http://h:8080"]
+    assert not any(a.startswith("netslate.pin=") for a in kernel_args(plain, Target("i", 1, "sha256:" + "cd" * 32), {}, "http://h"))
+    # the initramfs' parser
+    line = f"netslate.server=https://10.0.0.1:8443 netslate.image=img@3 netslate.key={'A' * 43}= netslate.pin={pin.upper().replace('SHA256', 'sha256')}"
+    assert parse_cmdline(line).pin == pin
+    with pytest.raises(BootArgsError, match="netslate.pin"):
+        parse_cmdline(line.replace(pin.upper().replace("SHA256", "sha256"), "md5:abc"))
+    # the agent's
+    info = bootinfo.combine({"pin": pin}, {}, {})
+    assert info.pin == pin and not info.problems
+    info = bootinfo.combine({"pin": "sha256:zz"}, {"pin": pin}, {})
+    assert info.pin == pin and info.problems
+
+
+def test_locate_cache_keeps_the_pin(tmp_path):
+    pin = "sha256:" + "ef" * 32
+    path = tmp_path / "locate.json"
+    locate.save_cache(path, {"servers": [{"urls": ["https://a:8443"]}]}, "https://a:8443", pin)
+    assert locate.cached_pin(path) == pin
+    assert locate.load_cache(path) == ["https://a:8443"]
+    locate.save_cache(path, {"servers": []}, "x")
+    assert locate.cached_pin(path) is None
+
+
+def test_serve_refuses_half_tls_options(tmp_path):
+    r = run_cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--tls-cert", "/nonexistent", data_dir=tmp_path)
+    assert r.code == 2 and "--tls-listen" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--tls-listen", f"127.0.0.1:{free_port()}",
+                "--tls-cert", str(tmp_path / "nope.crt"), "--tls-key", str(tmp_path / "nope.key"), data_dir=tmp_path)
+    assert r.code == 2 and "no such file" in r.stderr
