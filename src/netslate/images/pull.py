@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netslate.onmachine import pinning
 from netslate.onmachine.envelope import SignatureError, fingerprint, open_envelope, parse_public_key, payload_digest
 from netslate.onmachine.fsutil import atomic_write, fsync_dir, read_json
 from netslate.onmachine.manifest import MAX_CHUNK_BYTES, ManifestError, valid_image_name, valid_ref
@@ -73,21 +74,21 @@ class PullStats:
 class _Http:
     """Keep-alive HTTP/1.1 connections, one per thread, with bounded timeouts."""
 
-    def __init__(self, base_url: str, timeout: float):
+    def __init__(self, base_url: str, timeout: float, pin: str | None = None):
         u = urllib.parse.urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise PullError(f"server URL must be http(s)://HOST[:PORT], got {base_url!r}")
         self.scheme, self.host, self.port = u.scheme, u.hostname, u.port
         self.prefix = u.path.rstrip("/")
         self.timeout = timeout
+        self.pin = pin  # sha256:HEX of the server's TLS certificate (https only; netslate.pin=)
         self.base_url = base_url.rstrip("/")
         self._local = threading.local()
 
     def _conn(self):
         c = getattr(self._local, "conn", None)
         if c is None:
-            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            c = cls(self.host, self.port, timeout=self.timeout)
+            c = pinning.connection(self.scheme, self.host, self.port, self.timeout, self.pin)
             self._local.conn = c
         return c
 
@@ -240,6 +241,7 @@ def pull(
     progress=None,
     pinned_digest: str | None = None,
     range_min_chunks: int = 32,
+    pin: str | None = None,
 ) -> PullStats:
     """Pull NAME@REF's artifact into `output`. `progress(done_bytes, total_bytes)` is called as work completes.
 
@@ -253,7 +255,7 @@ def pull(
     cache = Path(cache_dir)
     output = Path(output).resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    http = _Http(server, timeout)
+    http = _Http(server, timeout, pin)
     key = resolve_trust(http, cache, trust) if (trust or not pinned_digest) else None
     payload, digest = fetch_manifest(http, cache, key, name, ref, pinned_digest)
     arts = payload.get("artifacts")
