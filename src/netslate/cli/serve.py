@@ -35,6 +35,9 @@ def serve(
     config: Optional[str] = typer.Option(None, "--config", help="Server config file (YAML) with the boot settings above."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (same as the global option)."),
     database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://... (same as the global option)."),
+    tls_listen: Optional[str] = typer.Option(None, "--tls-listen", help="Also serve HTTPS on HOST:PORT (the API and the agents; iPXE keeps plain HTTP on --listen)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="PEM certificate for --tls-listen (default: a self-signed one made at first start in DATA/keys)."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert."),
 ):
     """Run the netslate server."""
     import uvicorn
@@ -46,6 +49,17 @@ def serve(
     st.data_dir = data_dir or st.data_dir
     st.database_url = database_url or st.database_url
     host, port = parse_listen(listen)
+    tls = None
+    if tls_listen or tls_cert or tls_key:
+        if not tls_listen:
+            raise UserError("--tls-cert/--tls-key need --tls-listen HOST:PORT")
+        from netslate.server.tls import server_files
+
+        tls_host, tls_port = parse_listen(tls_listen)
+        if (tls_host, tls_port) == (host, port):
+            raise UserError("--tls-listen must differ from --listen")
+        if workers > 1:
+            raise UserError("--tls-listen runs with --workers 1")
     context = st.own_context()  # the server is this machine, even when NETSLATE_SERVER is set
     path, created = ensure_admin_token(context)
     if created:
@@ -56,6 +70,13 @@ def serve(
     from netslate.discovery.runtime import serve_options
 
     options = {"listen": (host, port)}
+    if tls_listen:
+        from netslate.server.tls import server_files
+
+        tls, made = server_files(context.data_dir / "keys", tls_cert, tls_key)
+        what = "made a self-signed TLS certificate" if made else "TLS certificate"
+        err_console.print(f"{what} {tls.cert}, pin {tls.pin}", soft_wrap=True)
+        options["tls"] = {"listen": [tls_host, tls_port], "pin": tls.pin}
     options.update(serve_options(context, site, advertise, server_name, dns_listen, dns_domain, srv_priority, srv_weight))
     from netslate.boot.serve_options import serve_options as boot_serve_options
 
@@ -71,4 +92,9 @@ def serve(
                     workers=workers, log_level=log_level, access_log=False)
         return
     app = create_app(context, options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if tls is None:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    from netslate.server.tls import run_both
+
+    run_both(app, (host, port), (tls_host, tls_port), tls, log_level)
