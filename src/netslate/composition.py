@@ -6,6 +6,7 @@ per command and never starts background services. Services receive it and never 
 Start order (stop is the reverse), and why:
 1. boot events writer — boot requests may arrive as soon as the socket listens;
 2. config notifier — wakes long-polling agents when a generation is published;
+2b. the nginx static front (`serve --static nginx`): the public port, proxying to uvicorn;
 3. dnsmasq supervisor (+ TFTP root) — needs the boot engine for pxelinux files;
 4. discovery — registers this server (heartbeats) and answers DNS SRV;
 5. desktops reconcile loop — may add DHCP reservations, which dnsmasq picks up;
@@ -54,6 +55,15 @@ class Parts:
         return BootEngine(self.ctx, self.options)
 
     @cached_property
+    def outbox_replayer(self):
+        """A branch server (a standby as read URL): probes the central primary, replays the outbox."""
+        if not self.ctx.db.has_replica:
+            return None
+        from netslate.store.outbox import Replayer
+
+        return Replayer(self.ctx)
+
+    @cached_property
     def config_notifier(self):
         from netslate.config.notify import Notifier
 
@@ -86,7 +96,17 @@ class Parts:
         if fp != self._pxelinux_fingerprint:
             base_url = settings.boot_url.rsplit("/", 1)[0]
             tftp.write_pxelinux(Path(settings.tftp_root), pxelinux_files(self.boot_engine, base_url))
+            self._refresh_grub(Path(settings.tftp_root), base_url)
             self._pxelinux_fingerprint = fp
+
+    def _refresh_grub(self, root: Path, base_url: str) -> None:
+        # The Secure Boot path (shim -> GRUB): per-machine GRUB files + the kernels/initrds they load.
+        from netslate.boot import secureboot
+
+        try:
+            secureboot.stage(root, self.boot_engine, base_url)
+        except Exception as exc:  # iPXE and pxelinux must keep working even so
+            log.error("GRUB files for the Secure Boot path not written: %s", exc)
 
     def _start_dnsmasq(self) -> None:
         from netslate.boot import tftp
@@ -101,6 +121,19 @@ class Parts:
     def dhcp_changed(self) -> str | None:
         """After a DHCP-relevant change (reservations): "restarted", "reloaded", "unchanged", or None."""
         return self.dnsmasq.reload() if self.dnsmasq is not None else None
+
+    @cached_property
+    def static_front(self):
+        """The nginx front (`serve --static nginx`): chunks and stored files with sendfile; else None."""
+        opts = self.options.get("static_front")
+        if not opts:
+            return None
+        from netslate.images.frontend import FrontSettings, NginxFront
+
+        return NginxFront(FrontSettings(
+            listen_host=opts["listen"][0], listen_port=int(opts["listen"][1]), upstream_port=int(opts["upstream_port"]),
+            chunks_dir=str(self.ctx.chunks.root), files_dir=str(self.ctx.data_dir / "serve"),
+            state_dir=str(self.ctx.data_dir / "nginx"), workers=int(opts.get("workers") or 2)), binary=opts.get("binary"))
 
     @cached_property
     def discovery(self):
@@ -188,6 +221,11 @@ class Parts:
         """What `netslate serve` runs besides HTTP, in start order."""
         out = [Background("boot-events", lambda: None, lambda: self.boot_engine.events.flush(5)),
                Background("config-notifier", lambda: None, lambda: None)]
+        if self.outbox_replayer is not None:
+            r = self.outbox_replayer
+            out.insert(0, Background("central", r.start, r.stop, r.health))
+        if self.static_front is not None:
+            out.append(Background("static-front", self.static_front.start, self.static_front.stop, self.static_front.health))
         if self.dnsmasq is not None:
             out.append(Background("dnsmasq", self._start_dnsmasq, self.dnsmasq.stop, self.dnsmasq.health))
         if self.discovery is not None:

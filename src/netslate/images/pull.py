@@ -388,56 +388,74 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
     runs, singles = plan_fetches(chunks, set(missing), range_min_chunks, RANGE_MAX_BYTES)
     artifact_path = f"/images/{name}/{payload['version']}/{artifact}"
 
-    def fetch_pack(batch: list[str]) -> list[tuple[str, int, int]]:
-        """Many chunks as stored (zstd) in one POST /chunks/pack; decompressed and verified here,
-        so the server only reads files. Anything wrong falls back to per-chunk fetches."""
-        limit = sum(unique[c] for c in batch) + 5 * len(batch) + 4096
-        try:
-            status, _h, body = http.post_json("/chunks/pack", {"ids": batch}, limit=limit)
-        except PullError:
-            status, body = 0, b""
-        out, redo = [], []
+    def get_patiently(path: str, headers: dict | None, limit: int) -> tuple[int, dict, bytes]:
+        """A GET retried (backoff, honouring a short Retry-After) while the server is saturated
+        (429/502/503/504) or the connection fails: a storm makes a pull slow, not failed."""
+        for attempt in range(retries + 2):
+            try:
+                status, h, body = http.get(path, headers, limit=limit)
+            except PullError:
+                status, h, body = 0, {}, b""
+            if status not in (0, 429, 502, 503, 504) or attempt == retries + 1:
+                return status, h, body
+            wait = min(0.25 * 2**attempt, 4.0)
+            ra = h.get("retry-after", "")
+            if ra.isdigit():
+                wait = min(max(wait, float(ra)), 10.0)
+            time.sleep(wait)
+        return 0, {}, b""
+
+    def fetch_pack(index: int, pack: list[str]) -> list[tuple[str, int, int]]:
+        """One chunk pack of this manifest (`GET /packs/...`, immutable, cacheable), each chunk as
+        stored (zstd or raw); the chunks still missing are decompressed, verified and placed here.
+        Anything wrong (an old server without packs, a bad frame, a hash) falls back to per-chunk fetches."""
+        wanted = {c for c in pack if c in missing_set}
+        limit = sum(unique[c] for c in pack) + 5 * len(pack) + 4096
+        status, _h, body = get_patiently(pack_path(name, payload["version"], artifact, stats.manifest_digest, index), None, limit)
+        out, done = [], set()
         view = memoryview(body)
         pos = 0
-        for cid in batch:
-            data = None
-            if status == 200 and pos + 5 <= len(body):
-                kind, length = body[pos], int.from_bytes(body[pos + 1:pos + 5], "big")
-                raw = view[pos + 5:pos + 5 + length]
-                pos += 5 + length
-                try:
-                    data = _zstd.ZstdDecompressor().decompress(raw, max_output_size=unique[cid]) if kind == 1 else raw if kind == 0 else None
-                except _zstd.ZstdError:
-                    data = None
+        dctx = _zstd.ZstdDecompressor()
+        for cid in pack:
+            if status != 200 or pos + 5 > len(body):
+                break
+            kind, length = body[pos], int.from_bytes(body[pos + 1:pos + 5], "big")
+            raw = view[pos + 5:pos + 5 + length]
+            pos += 5 + length
+            if cid not in wanted or cid in done:
+                continue
+            try:
+                data = dctx.decompress(raw, max_output_size=unique[cid]) if kind == 1 else raw if kind == 0 else None
+            except _zstd.ZstdError:
+                data = None
             if data is not None and len(data) == unique[cid] and hashlib.sha256(data).hexdigest() == cid:
                 place(cid, data)
+                done.add(cid)
                 out.append((cid, len(data), length))
-            else:
-                redo.append(cid)
-        return out + [fetch(cid) for cid in redo]
+        if out and status == 200:  # the frames of chunks we already had count as wire bytes too
+            cid0, size0, wire0 = out[0]
+            out[0] = (cid0, size0, wire0 + len(body) - sum(w for _c, _s, w in out))
+        return out + [fetch(cid) for cid in pack if cid in wanted and cid not in done]
 
+    missing_set = set(missing)
+    packs: list[tuple[int, list[str]]] = []
     if _zstd is not None and missing:
-        # Batches of up to RANGE_MAX_BYTES of chunk data, in artifact order (sequential reads on the server).
-        batches: list[list[str]] = [[]]
-        size = 0
-        for cid in missing:
-            if batches[-1] and size + unique[cid] > RANGE_MAX_BYTES:
-                batches.append([])
-                size = 0
-            batches[-1].append(cid)
-            size += unique[cid]
+        # Cold or mostly-missing packs go as one GET each; a pack we mostly have, chunk by chunk.
         runs, singles = [], []
-    else:
-        batches = []
+        for index, pack in enumerate(pack_plan(chunks)):
+            need = [c for c in pack if c in missing_set]
+            if not need:
+                continue
+            if sum(unique[c] for c in need) * 2 >= sum(unique[c] for c in pack):
+                packs.append((index, pack))
+            else:
+                singles.extend(need)
 
     def fetch_run(run: list) -> list[tuple[str, int, int]]:
         """One Range request for consecutive chunks, split and verified chunk by chunk, written in
         place. Anything wrong (status, length, a hash) falls back to per-chunk fetches."""
         start, end = run[0][0], run[-1][0] + run[-1][1]
-        try:
-            status, _h, body = http.get(artifact_path, {"Range": f"bytes={start}-{end - 1}"}, limit=end - start)
-        except PullError:
-            status, body = 0, b""
+        status, _h, body = get_patiently(artifact_path, {"Range": f"bytes={start}-{end - 1}"}, end - start)
         out, redo = [], []
         view = memoryview(body)
         for off, size, cid in run:
@@ -453,7 +471,7 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
         with ThreadPoolExecutor(max_workers=max(1, min(workers, RANGE_WORKERS))) as run_pool, \
                 ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [run_pool.submit(fetch_run, run) for run in runs]
-            futures += [run_pool.submit(fetch_pack, b) for b in batches if b]
+            futures += [run_pool.submit(fetch_pack, i, p) for i, p in packs]
             futures += [pool.submit(lambda c: [fetch(c)], cid) for cid in singles]
             try:
                 for fut in as_completed(futures):
@@ -471,6 +489,34 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
                 raise
     # Every chunk was verified against its id and the signed chunk list tiles the artifact exactly
     # (checked before fetching), so the assembled file is the artifact; no second full read needed.
+
+
+PACK_BYTES = 8 * 1024 * 1024  # raw bytes per chunk pack (about 128 chunks of 64 KiB)
+
+
+def pack_plan(chunks: list, max_bytes: int = PACK_BYTES) -> list[list[str]]:
+    """The chunk packs of an artifact: its distinct chunk ids in first-occurrence order, cut into
+    packs of at most `max_bytes` of chunk data (at least one chunk each). Client and server both
+    compute it from the signed chunk list, so `/packs/NAME/VERSION/ARTIFACT/DIGEST/INDEX` names
+    immutable content: a cache may keep it forever. Pure function."""
+    packs: list[list[str]] = []
+    seen: set[str] = set()
+    size = 0
+    for _off, length, cid in chunks:
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if not packs or (packs[-1] and size + length > max_bytes):
+            packs.append([])
+            size = 0
+        packs[-1].append(cid)
+        size += length
+    return packs
+
+
+def pack_path(name: str, version: int, artifact: str, digest: str, index: int) -> str:
+    """The URL path of one chunk pack (digest: the manifest digest, "sha256:HEX" or HEX)."""
+    return f"/packs/{name}/{int(version)}/{artifact}/{digest.removeprefix('sha256:')}/{int(index)}"
 
 
 def plan_fetches(chunks: list, missing: set, min_run: int, max_bytes: int) -> tuple[list[list], list[str]]:

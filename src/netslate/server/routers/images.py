@@ -10,7 +10,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from netslate.images import manifest as mf
+from netslate.images.ranges import read_range as ranges_read
 from netslate.images.chunkstore import CHUNK_ID
+from netslate.images.frontend import FILES_PREFIX, FRONT_HEADER
+from netslate.images.frontend_files import ServedFiles
+from netslate.images.pull import pack_plan
 from netslate.names import check_name
 from netslate.server import auth
 from netslate.services.images import ChunkStored, LocalImages
@@ -24,6 +28,27 @@ MAX_UPLOAD_CHUNK = 16 * 1024 * 1024
 
 def _lib(request: Request):
     return request.app.state.parts.library
+
+
+def _fronted(request: Request) -> bool:
+    """Whether the nginx front proxied this request: then a stored file goes out by X-Accel-Redirect."""
+    return request.headers.get(FRONT_HEADER) == "nginx"
+
+
+def _served_files(request: Request) -> ServedFiles:
+    files = getattr(request.app.state, "served_files", None)
+    if files is None:
+        files = request.app.state.served_files = ServedFiles(request.app.state.ctx.data_dir / "serve")
+    return files
+
+
+def _accel(rel: str, headers: dict) -> Response:
+    """Hand the file DATA/serve/REL to the front (which sends it, ranges included)."""
+    out = {"X-Accel-Redirect": FILES_PREFIX + rel, "X-Netslate-Etag": headers["ETag"],
+           "X-Netslate-Cache-Control": headers["Cache-Control"]}
+    if "X-Netslate-Version" in headers:
+        out["X-Netslate-Version"] = headers["X-Netslate-Version"]
+    return Response(status_code=200, headers=out, media_type="application/octet-stream")
 
 
 # ---------- the chunk upload of a remote import ----------
@@ -86,6 +111,12 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
         "Cache-Control": IMMUTABLE if ref.isdigit() else "no-cache",
         "X-Netslate-Version": str(resolved.version),
     }
+    if _fronted(request) and size > 0:
+        # The front serves the artifact from a file written once (chunks verified), with sendfile.
+        store = request.app.state.ctx.chunks
+        sha = record["sha256"]
+        _served_files(request).get(f"artifacts/{sha}", lambda: ranges_read(store, record, 0, size), sha256=sha)
+        return _accel(f"artifacts/{sha}", headers)
     start, end, status = 0, size, 200
     rng = request.headers.get("range")
     if rng:
@@ -118,36 +149,83 @@ PACK_RAW, PACK_ZSTD, PACK_MISSING = 0, 1, 2
 OCTETS = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
 
+def _frames(store, ids: list[str]):
+    block: list[bytes] = []
+    size = 0
+    for cid in ids:
+        found = store.locate(cid)
+        try:
+            data = found[0].read_bytes() if found else b""
+        except FileNotFoundError:
+            found, data = None, b""
+        kind = PACK_MISSING if found is None else PACK_ZSTD if found[1] == "zstd" else PACK_RAW
+        block.append(bytes([kind]) + len(data).to_bytes(4, "big"))
+        block.append(data)
+        size += len(data) + 5
+        if size >= 1 << 20:
+            yield b"".join(block)
+            block, size = [], 0
+    if block:
+        yield b"".join(block)
+
+
 @serving.post("/chunks/pack", response_class=StreamingResponse,
               responses={200: {"description": "the framed chunks", **OCTETS}})
 def get_pack(body: PackRequest, request: Request):
     """Many chunks in one response, each as stored (zstd or raw), framed as
     `<1 byte: 0 raw | 1 zstd | 2 missing><4 bytes big-endian length><bytes>`. The client
-    decompresses and verifies; the server only reads files. Not cacheable: /chunks/ID is."""
+    decompresses and verifies; the server only reads files. Not cacheable: kept for older clients;
+    current clients GET /packs/... (cacheable) and /chunks/ID."""
     if any(not CHUNK_ID.match(c) for c in body.ids):
         raise HTTPException(400, "not a chunk id")
     store = request.app.state.ctx.chunks
+    return StreamingResponse(_frames(store, body.ids), media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
-    def frames():
-        block: list[bytes] = []
-        size = 0
-        for cid in body.ids:
-            found = store.locate(cid)
-            try:
-                data = found[0].read_bytes() if found else b""
-            except FileNotFoundError:
-                found, data = None, b""
-            kind = PACK_MISSING if found is None else PACK_ZSTD if found[1] == "zstd" else PACK_RAW
-            block.append(bytes([kind]) + len(data).to_bytes(4, "big"))
-            block.append(data)
-            size += len(data) + 5
-            if size >= 1 << 20:
-                yield b"".join(block)
-                block, size = [], 0
-        if block:
-            yield b"".join(block)
 
-    return StreamingResponse(frames(), media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_plans: dict[tuple[str, str], list[list[str]]] = {}
+
+
+@serving.head("/packs/{name}/{version}/{artifact}/{digest}/{index}", include_in_schema=False)
+def head_pack_by_manifest(name: str, version: str, artifact: str, digest: str, index: str, request: Request):
+    return get_pack_by_manifest(name, version, artifact, digest, index, request)
+
+
+@serving.get("/packs/{name}/{version}/{artifact}/{digest}/{index}", response_class=StreamingResponse,
+             responses={200: {"description": "the framed chunks", **OCTETS}})
+def get_pack_by_manifest(name: str, version: str, artifact: str, digest: str, index: str, request: Request):
+    """Chunk pack INDEX of ARTIFACT in version VERSION whose manifest digest is sha256:DIGEST: the
+    chunks of `netslate.images.pull.pack_plan` (computed from the signed chunk list by server and
+    client alike), framed as POST /chunks/pack frames them. The URL names immutable content, so it
+    is cacheable forever (Cache-Control immutable, strong ETag): what site caches keep."""
+    check_name(name, "image name")
+    if not version.isdigit() or not index.isdigit() or not _HEX64.match(digest) or artifact not in mf.ARTIFACTS:
+        raise HTTPException(404, "no such pack")
+    resolved, record = _lib(request).artifact_record(name, version, artifact)
+    if resolved.manifest_digest != f"sha256:{digest}":
+        raise HTTPException(404, "no such pack: the version has another manifest")
+    key = (digest, artifact)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = pack_plan(record["chunks"])
+        if len(_plans) > 256:
+            _plans.clear()
+        _plans[key] = plan
+    i = int(index)
+    if i >= len(plan):
+        raise HTTPException(404, "no such pack")
+    etag = f'"{digest}-{artifact}-{i}"'
+    headers = {"Cache-Control": IMMUTABLE, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    store = request.app.state.ctx.chunks
+    if _fronted(request):
+        rel = f"packs/{digest}-{artifact}-{i}"
+        _served_files(request).get(rel, lambda: _frames(store, plan[i]))
+        return _accel(rel, headers)
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(_frames(store, plan[i]), media_type="application/octet-stream", headers=headers)
 
 
 @serving.head("/chunks/{chunk_id}", include_in_schema=False)

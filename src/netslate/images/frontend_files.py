@@ -1,0 +1,96 @@
+"""Files the static front serves with sendfile: materialized artifacts and chunk packs (DATA/serve).
+
+The store keeps chunks (mostly zstd); an artifact exists only as its chunk list. Behind the nginx
+front, the first request for an artifact writes it whole once (every chunk verified on the way,
+atomic rename), and for a chunk pack writes its frames once; nginx then sends the file. Names are
+content addresses, so a file never changes: `artifacts/<sha256>`, `packs/<manifest digest>-<artifact>-<index>`.
+Bounded: past `max_bytes` the least recently built files are removed (nginx keeps an open file
+until it has sent it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Iterable
+
+from netslate.fsutil import atomic_write
+
+DEFAULT_MAX_BYTES = 64 * 2**30
+
+
+class ServedFiles:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, rel: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(rel, threading.Lock())
+
+    def get(self, rel: str, produce: Callable[[], Iterable[bytes]], sha256: str | None = None) -> Path:
+        """The file at ROOT/rel, built from `produce()` (blocks of bytes) when absent; one builder per
+        file (concurrent callers wait for it). With `sha256` the built bytes must hash to it."""
+        path = self.root / rel
+        if path.exists():
+            return path
+        with self._lock(rel):
+            if path.exists():
+                return path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+            h = hashlib.sha256()
+            try:
+                with open(tmp, "wb") as f:
+                    for block in produce():
+                        h.update(block)
+                        f.write(block)
+                if sha256 is not None and h.hexdigest() != sha256:
+                    raise ValueError(f"{rel}: assembled bytes do not match {sha256}")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            finally:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+        self.trim()
+        return path
+
+    def put_bytes(self, rel: str, data: bytes) -> Path:
+        path = self.root / rel
+        if not path.exists():
+            atomic_write(path, data, mode=0o644, durable=False)
+        return path
+
+    def trim(self) -> None:
+        """Remove the oldest files until the total is under max_bytes."""
+        files = []
+        total = 0
+        for sub in ("artifacts", "packs"):
+            d = self.root / sub
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                if p.name.startswith(".tmp-"):
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                files.append((st.st_mtime, st.st_size, p))
+                total += st.st_size
+        if total <= self.max_bytes:
+            return
+        for _m, size, p in sorted(files):
+            if total <= self.max_bytes:
+                break
+            try:
+                p.unlink()
+                total -= size
+            except FileNotFoundError:
+                pass
