@@ -4,12 +4,14 @@ import importlib
 
 MODEL_MODULES = [
     "netslate.store.models",
+    "netslate.store.outbox",
     "netslate.images.models",
     "netslate.boot.models",
     "netslate.discovery.models",
     "netslate.config.models",
     "netslate.desktops.models",
     "netslate.identity.models",
+    "netslate.enrollment.models",
 ]
 
 
