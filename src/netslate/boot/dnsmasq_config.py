@@ -8,9 +8,11 @@ Three modes (`netslate serve --dhcp ...`):
   with reservations (`MAC,IP,hostname`) for machines that have a fixed address.
 - ``off``: TFTP only; the site's DHCP server sends options 66/67 (see docs/boot-dhcp.md).
 
-In every mode the client architecture (option 93) picks the iPXE binary fetched over TFTP
-(BIOS: undionly.kpxe; x86-64 UEFI, arch 7 and 9: snponly.efi or ipxe.efi), and a client that
-already runs iPXE (user-class "iPXE") is sent straight to http://SERVER/boot.ipxe.
+In every mode the client architecture (option 93) picks the boot file fetched over TFTP
+(BIOS: undionly.kpxe; x86-64 UEFI, arch 7 and 9: snponly.efi or ipxe.efi, or shimx64.efi for the
+UEFI Secure Boot path: Debian's signed shim → signed netboot GRUB → signed kernel, see
+secureboot.py), and a client that already runs iPXE (user-class "iPXE") is sent straight to
+http://SERVER/boot.ipxe.
 
 Reservations live in a separate `dhcp-hostsfile`, which dnsmasq re-reads on SIGHUP, so a
 reservation change never restarts DHCP; a change of the main file restarts dnsmasq.
@@ -27,7 +29,10 @@ from netslate.boot.rules import MAC_RE
 from netslate.errors import UserError
 
 MODES = ("proxy", "full", "off")
-EFI_BINARIES = ("snponly.efi", "ipxe.efi")
+# x86-64 UEFI boot files: iPXE (snponly.efi: the firmware's network driver; ipxe.efi: its own), or
+# shimx64.efi, the Secure Boot chain (works with Secure Boot on and off; GRUB then loads over TFTP).
+EFI_BINARIES = ("snponly.efi", "ipxe.efi", "shimx64.efi")
+SECURE_BOOT_BINARY = "shimx64.efi"
 BIOS_BINARY = "undionly.kpxe"
 # RFC 4578 option 93 values netslate serves; anything else gets no boot file (dnsmasq ignores it).
 ARCH_BIOS = (0,)
@@ -212,13 +217,14 @@ def render_config(s: DhcpSettings, paths: Paths, prefixlen: int = 24) -> str:
         ]
     else:  # proxy
         net = check_ipv4(s.dhcp_range.split(",")[0], "proxy network") if s.dhcp_range else proxy_network(s.server_ip, prefixlen)
+        efi_title = "netslate (UEFI Secure Boot)" if s.efi_binary == SECURE_BOOT_BINARY else "netslate (UEFI)"
         lines += [
             f"dhcp-range={net},proxy",
             "# iPXE clients get the HTTP chain script; firmware PXE clients a pxe-service per CSA",
             f"dhcp-boot=tag:ipxe,{s.boot_url}",
             f'pxe-service=tag:!ipxe,x86PC,"netslate (BIOS)",{BIOS_BINARY},{s.server_ip}',
-            f'pxe-service=tag:!ipxe,X86-64_EFI,"netslate (UEFI)",{s.efi_binary},{s.server_ip}',
-            f'pxe-service=tag:!ipxe,BC_EFI,"netslate (UEFI)",{s.efi_binary},{s.server_ip}',
+            f'pxe-service=tag:!ipxe,X86-64_EFI,"{efi_title}",{s.efi_binary},{s.server_ip}',
+            f'pxe-service=tag:!ipxe,BC_EFI,"{efi_title}",{s.efi_binary},{s.server_ip}',
             f'pxe-service=tag:ipxe,x86PC,"netslate",{s.boot_url}',
             f'pxe-service=tag:ipxe,X86-64_EFI,"netslate",{s.boot_url}',
             f'pxe-service=tag:ipxe,BC_EFI,"netslate",{s.boot_url}',

@@ -22,9 +22,12 @@ from netslate.vmlab.net import LabNetwork
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot enforced: Debian's OVMF with Microsoft's keys enrolled (needs SMM: q35,smm=on).
+OVMF_CODE_SB = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
+OVMF_VARS_SB = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 IPXE_ROM_DIR = Path("/usr/lib/ipxe/qemu")  # Debian ipxe-qemu: legacy + EFI iPXE option ROMs
 NICS = {"virtio": ("virtio-net-pci", "efi-virtio.rom"), "e1000": ("e1000", "efi-e1000.rom")}
-FIRMWARES = ("bios", "uefi")
+FIRMWARES = ("bios", "uefi", "uefi-sb")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 _kvm_result: bool | None = None
@@ -70,7 +73,7 @@ def qemu_command(
     device, _rom = NICS[nic]
     argv = [
         QEMU, "-name", name, "-accel", accel,
-        "-machine", ("q35" if firmware == "uefi" else "pc") + ",graphics=off",
+        "-machine", {"uefi": "q35", "uefi-sb": "q35,smm=on"}.get(firmware, "pc") + ",graphics=off",
         "-m", str(memory_mb), "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         # The serial port is a unix socket (send_keys) that also logs everything to serial_path.
@@ -83,11 +86,13 @@ def qemu_command(
         # fetches the iPXE binary over TFTP, like most physical machines.
         "-device", f"{device},netdev=n0,mac={mac},bootindex=1" + ("" if option_rom else ",romfile="),
     ]
-    if firmware == "uefi":
+    if firmware in ("uefi", "uefi-sb"):
         if vars_path is None:
             raise ValueError("UEFI needs a per-VM copy of OVMF_VARS")
+        if firmware == "uefi-sb":  # the variable store is writable only from SMM: Secure Boot holds
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         argv += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SB if firmware == 'uefi-sb' else OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_path}",
         ]
     else:
@@ -129,7 +134,7 @@ class VM:
         self.started_at: float | None = None
 
     def command(self) -> list[str]:
-        vars_path = self.workdir / f"{self.name}.OVMF_VARS.fd" if self.firmware == "uefi" else None
+        vars_path = self.workdir / f"{self.name}.OVMF_VARS.fd" if self.firmware != "bios" else None
         return qemu_command(
             name=self.name, mac=self.mac, tap=self.tap or "tap?", serial_path=self.serial_path,
             firmware=self.firmware, nic=self.nic, memory_mb=self.memory_mb, accel=self.accel,
@@ -140,8 +145,8 @@ class VM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.tap is None:
             self.tap = self.lab.add_tap()
-        if self.firmware == "uefi":
-            shutil.copyfile(OVMF_VARS, self.workdir / f"{self.name}.OVMF_VARS.fd")
+        if self.firmware != "bios":
+            shutil.copyfile(OVMF_VARS_SB if self.firmware == "uefi-sb" else OVMF_VARS, self.workdir / f"{self.name}.OVMF_VARS.fd")
         self.serial_path.unlink(missing_ok=True)
         log = open(self.qemu_log, "ab")
         try:
