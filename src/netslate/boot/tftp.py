@@ -1,6 +1,10 @@
 """The TFTP root dnsmasq serves: iPXE binaries, pxelinux for legacy clients, pxelinux.cfg files.
 
-Layout (default DATA/tftp):
+Layout (default DATA/tftp; every file and its purpose: bootfiles.ROWS, `netslate boot files`):
+
+    ipxe-bios/lpxelinux.0 ldlinux.c32 ipxe.lkrn pxelinux.cfg/default netslate.ipxe
+                                                the loop-free BIOS loader for DHCP servers that
+                                                give one option 67 to every client (bootfiles.py)
 
     undionly.kpxe  ipxe.efi  snponly.efi        Debian `ipxe` (/usr/lib/ipxe)
     lpxelinux.0  pxelinux.0                     Debian `pxelinux` (/usr/lib/PXELINUX); lpxelinux
@@ -18,25 +22,13 @@ import hashlib
 import logging
 from pathlib import Path
 
+from netslate.boot import bootfiles
 from netslate.errors import UserError
 from netslate.fsutil import atomic_write
 
 log = logging.getLogger("netslate.tftp")
 
-IPXE_DIR = Path("/usr/lib/ipxe")
-PXELINUX_DIR = Path("/usr/lib/PXELINUX")
-SYSLINUX_BIOS_DIR = Path("/usr/lib/syslinux/modules/bios")
-SOURCES = {
-    "undionly.kpxe": IPXE_DIR / "undionly.kpxe",
-    "ipxe.efi": IPXE_DIR / "ipxe.efi",
-    "snponly.efi": IPXE_DIR / "snponly.efi",
-    "lpxelinux.0": PXELINUX_DIR / "lpxelinux.0",
-    "pxelinux.0": PXELINUX_DIR / "pxelinux.0",
-    "ldlinux.c32": SYSLINUX_BIOS_DIR / "ldlinux.c32",
-    "menu.c32": SYSLINUX_BIOS_DIR / "menu.c32",
-    "libutil.c32": SYSLINUX_BIOS_DIR / "libutil.c32",
-    "libcom32.c32": SYSLINUX_BIOS_DIR / "libcom32.c32",
-}
+SOURCES = bootfiles.sources()  # {path under the root: Debian file}; the rows live in bootfiles.ROWS
 GENERATED_MARK = "# netslate: generated"
 
 
@@ -47,16 +39,23 @@ def _same(path: Path, data: bytes) -> bool:
         return False
 
 
-def install_binaries(root: Path) -> list[str]:
-    """Copy the boot loaders into the TFTP root. Returns the names written (changed)."""
-    missing = [str(src) for src in SOURCES.values() if not src.exists()]
+def install_binaries(root: Path, boot_url: str | None = None) -> list[str]:
+    """Copy the boot loaders into the TFTP root and write the loop-free BIOS loader's config and
+    script (`boot_url`: the server's boot URL, e.g. http://10.0.0.1:8080/boot.ipxe, built into the
+    script as the last-resort server address). Returns the names written (changed)."""
+    sources = bootfiles.sources()  # at call time: rows added after import count too
+    missing = [str(src) for src in sources.values() if not src.exists()]
     if missing:
         raise UserError(f"boot loaders missing: {', '.join(missing)} (install Debian ipxe, pxelinux, syslinux-common)")
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, src in SOURCES.items():
-        data = src.read_bytes()
+    base = boot_url.rsplit("/", 1)[0] if boot_url and boot_url.endswith("/boot.ipxe") else boot_url
+    items = [(name, src.read_bytes()) for name, src in sources.items()]
+    items += [(name, text.encode()) for name, text in bootfiles.generated(base).items()]
+    for name, data in items:
         if not _same(root / name, data):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(root / name, data)
             written.append(name)
     return written
@@ -92,9 +91,9 @@ def write_pxelinux(root: Path, files: dict[str, str]) -> list[str]:
 
 
 def populate(root: Path, engine=None, base_url: str | None = None) -> dict:
-    """Binaries, plus pxelinux.cfg files when a boot engine and a base URL are given."""
+    """Binaries and the BIOS loader, plus pxelinux.cfg files when a boot engine and a base URL are given."""
     root = Path(root)
-    written = install_binaries(root)
+    written = install_binaries(root, base_url)
     pxe: list[str] = []
     if engine is not None and base_url:
         try:
