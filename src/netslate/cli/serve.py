@@ -35,11 +35,30 @@ def serve(
     config: Optional[str] = typer.Option(None, "--config", help="Server config file (YAML) with the boot settings above."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (same as the global option)."),
     database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://... (same as the global option)."),
+    db_read: Optional[str] = typer.Option(None, "--db-read", help="Branch server: read through this URL, the site's PostgreSQL standby (NETSLATE_DATABASE_READ_URL; docs/sites.md)."),
+    db_write: Optional[str] = typer.Option(None, "--db-write", help="Branch server: write through this URL, the central primary (same as --database-url)."),
     tls_listen: Optional[str] = typer.Option(None, "--tls-listen", help="Also serve HTTPS on HOST:PORT (the API and the agents; iPXE keeps plain HTTP on --listen)."),
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="PEM certificate for --tls-listen (default: a self-signed one made at first start in DATA/keys)."),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="PEM private key for --tls-cert."),
+    static: str = typer.Option("auto", "--static", envvar="NETSLATE_STATIC",
+                               help="nginx: nginx on --listen serves chunks and artifacts with sendfile, the app behind it on loopback | off: the app alone | auto (default): nginx when installed."),
+    static_workers: int = typer.Option(0, "--static-workers", help="nginx worker processes (default: one per core)."),
+    print_site_cache_config: bool = typer.Option(False, "--print-site-cache-config", help="Print an nginx proxy_cache config for a site cache in front of this server, and exit."),
+    origin: Optional[str] = typer.Option(None, "--origin", help="With --print-site-cache-config: the server URL (default http://LISTEN)."),
+    cache_dir: str = typer.Option("/var/cache/netslate-site", "--cache-dir", help="With --print-site-cache-config: the cache directory."),
+    cache_listen: str = typer.Option("0.0.0.0:8080", "--cache-listen", help="With --print-site-cache-config: HOST:PORT the cache listens on."),
 ):
     """Run the netslate server."""
+    if print_site_cache_config:
+        from netslate.images.frontend import render_site_cache_conf
+
+        h, p = parse_listen(listen)
+        try:
+            text = render_site_cache_conf(origin or f"http://{'127.0.0.1' if h in ('0.0.0.0', '::') else h}:{p}", cache_listen, cache_dir)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        print(text, end="")
+        return
     import uvicorn
 
     from netslate.server.app import create_app
@@ -47,7 +66,13 @@ def serve(
 
     st = state(ctx)
     st.data_dir = data_dir or st.data_dir
-    st.database_url = database_url or st.database_url
+    st.database_url = db_write or database_url or st.database_url
+    if db_read:
+        import os
+
+        if not st.database_url:
+            raise UserError("--db-read needs --db-write URL (the central primary)")
+        os.environ["NETSLATE_DATABASE_READ_URL"] = db_read  # this process and its workers
     host, port = parse_listen(listen)
     tls = None
     if tls_listen or tls_cert or tls_key:
@@ -81,6 +106,24 @@ def serve(
     from netslate.boot.serve_options import serve_options as boot_serve_options
 
     options.update(boot_serve_options(config, boot_interface, dhcp, dhcp_range, tftp_root))
+    if static not in ("auto", "nginx", "off"):
+        raise UserError(f"--static wants nginx, off or auto, got {static!r}")
+    from netslate.images.frontend import nginx_binary
+
+    binary = nginx_binary()
+    if static == "nginx" and binary is None:
+        raise UserError("--static nginx: nginx is not installed (apt-get install nginx), or use --static off")
+    if static != "off" and binary is not None:
+        import os
+        import socket
+
+        with socket.socket() as s:  # a free private port for the app; nginx takes the public one
+            s.bind(("127.0.0.1", 0))
+            upstream_port = s.getsockname()[1]
+        options["static_front"] = {"listen": (host, port), "upstream_port": upstream_port, "binary": binary,
+                                   "workers": static_workers or os.cpu_count() or 2}
+        err_console.print(f"static front: nginx on {host}:{port}, the app on 127.0.0.1:{upstream_port}", soft_wrap=True)
+        host, port = "127.0.0.1", upstream_port
     if workers > 1:
         # Several processes: each worker builds the app from the same settings (stateless over the store).
         import json

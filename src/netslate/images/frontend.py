@@ -19,12 +19,14 @@ foreground nginx, restarted with backoff when it dies, stopped with the server).
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import grp
 import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -276,6 +278,14 @@ def read_access_log(path: Path) -> list[dict]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervising thread's process dies (no orphan nginx)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class NginxFront:
     """Runs one nginx in the foreground for the static front; restarts it with backoff when it dies.
 
@@ -329,11 +339,21 @@ class NginxFront:
         self.write_files()
         self.check()
         self._stop.clear()
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(started,), name="nginx-front", daemon=True)
+        # nginx takes the public port once the app listens on its private one (uvicorn binds after
+        # the start-up hooks): a client never sees the front answer 502 while the app is starting.
+        self._thread = threading.Thread(target=self._run, name="nginx-front", daemon=True)
         self._thread.start()
-        started.wait(10)
         return self
+
+    def _upstream_ready(self, timeout: float = 300.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.settings.upstream_port), timeout=1):
+                    return True
+            except OSError:
+                self._stop.wait(0.05)
+        return False
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         host = self.settings.listen_host
@@ -347,22 +367,27 @@ class NginxFront:
                 time.sleep(0.05)
         return False
 
-    def _run(self, started: threading.Event) -> None:
+    def _run(self) -> None:
         backoff = 0.5
+        if not self._upstream_ready():
+            self.last_error = "the app never listened on its private port"
+            log.error("nginx front not started: %s", self.last_error)
+            return
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:
                 with open(self.dir / "nginx.out", "ab") as out, self._mutex:
+                    if self._stop.is_set():  # stop() came first: start nothing it would not see
+                        break
                     self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                                 preexec_fn=_die_with_parent)
                 log.info("nginx front started (pid %s) on %s", self.proc.pid,
                          host_port(self.settings.listen_host, self.settings.listen_port))
-                started.set()
                 code = self.proc.wait()
             except OSError as exc:
                 code = -1
                 self.last_error = f"cannot start nginx: {exc}"
-                started.set()
             self.last_exit = code
             if self._stop.is_set():
                 break
