@@ -111,7 +111,7 @@ class Parts:
     def _start_dnsmasq(self) -> None:
         from netslate.boot import tftp
 
-        tftp.install_binaries(Path(self.dnsmasq.settings.tftp_root))
+        tftp.install_binaries(Path(self.dnsmasq.settings.tftp_root), self.dnsmasq.settings.boot_url)
         try:
             self._refresh_pxelinux()
         except Exception as exc:  # TFTP of the iPXE binaries must work even so
