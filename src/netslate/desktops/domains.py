@@ -21,6 +21,7 @@ from netslate.store.db import utcnow
 from netslate.desktops import domainxml, hosts as hostmod
 from netslate.desktops.disks import installation_id, logs_root, make_traversable
 from netslate.desktops.models import Desktop, DesktopPool, GoldenImage
+from netslate.enrollment import tokens as enroll_tokens
 
 
 @contextlib.contextmanager
@@ -81,10 +82,18 @@ def start_domain(ctx, did: int, host_rows: dict) -> None:
     if not running:
         if spec.disk_path:
             make_traversable(Path(spec.disk_path).parent)  # DATA is 0700 again after any Context opened it
+        # A fresh one-time enrollment token per definition, bound to the domain's UUID, in its SMBIOS
+        # OEM strings: the guest's agent trades it for a credential at trust `host` (issue 13 §3).
+        spec.oem_strings.append(host_token_entry(ctx, spec.uuid))
         conn.createXML(domainxml.build(spec), 0)
     with ctx.db.session() as s:
         row = s.get(Desktop, did)
         row.started_at = utcnow()
+
+
+def host_token_entry(ctx, domain_uuid: str) -> str:
+    """`netslate-enroll:nse_...`: a one-time host token bound to `domain_uuid`, for the SMBIOS OEM strings."""
+    return enroll_tokens.oem_string(enroll_tokens.create(ctx, "desktops", domain_uuid=domain_uuid, kind="host")["token"])
 
 
 def kill_domain(uri: str, name: str) -> None:

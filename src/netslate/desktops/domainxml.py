@@ -35,6 +35,9 @@ class DomainSpec:
     boot_network: bool = False  # PXE via the NIC's iPXE option ROM (diskless desktops)
     nic_model: str = "virtio"  # virtio | e1000 (both carry QEMU's iPXE ROM)
     metadata: dict[str, str] = field(default_factory=dict)
+    # SMBIOS type 11 OEM strings, e.g. the one-time enrollment token netslate-enroll:nse_... (issue 13 §3):
+    # only the guest reads them (/sys/firmware/dmi/entries/11-*)
+    oem_strings: list[str] = field(default_factory=list)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -80,8 +83,14 @@ def build(spec: DomainSpec) -> str:
         ET.SubElement(md, f"{{{NS}}}desktop", {k: str(v) for k, v in sorted(spec.metadata.items())})
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
+    if spec.oem_strings:
+        oem = _sub(_sub(dom, "sysinfo", type_="smbios"), "oemStrings")
+        for entry in spec.oem_strings:
+            _sub(oem, "entry", entry)
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="q35")
+    if spec.oem_strings:
+        _sub(os_, "smbios", mode="sysinfo")
     if spec.uefi_loader:
         _sub(os_, "loader", spec.uefi_loader, readonly="yes", type_="pflash")
     if spec.kernel:

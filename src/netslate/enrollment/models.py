@@ -62,3 +62,21 @@ class EnrollmentPolicy(Base):
     value: Mapped[str] = mapped_column(String(128))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment token (`enrollment/tokens.py`): only its SHA-256 is kept. `kind` token
+    (an admin's, `netslate machine enroll`) or host (netslate put it in a VM's SMBIOS OEM strings)."""
+
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # token | host
+    machine_id: Mapped[int | None] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), nullable=True, index=True)
+    domain_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    used_from: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    used_by: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the machine that got the credential
