@@ -34,6 +34,7 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "users": ("netslate.services.users", "UsersService", "LocalUsers"),
     "directories": ("netslate.services.directories", "DirectoriesService", "LocalDirectories"),
     "entitlements": ("netslate.services.entitlements", "EntitlementsService", "LocalEntitlements"),
+    "enrollment": ("netslate.services.enrollment", "EnrollmentService", "LocalEnrollment"),
 }
 
 
