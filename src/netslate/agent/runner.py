@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netslate.agent import AGENT_VERSION, apply, bootinfo, bundle, facts as facts_mod, health, http, lkg, locate, reports
+from netslate.agent import enroll
 from netslate.agent.util import read_json, under, write_json
 
 log = logging.getLogger("netslate.agent")
@@ -76,6 +77,7 @@ class Agent:
         self.reboot_required: list[str] = []
         self.problems: list[str] = list(self.boot.problems)
         self.last_report = 0.0
+        self.enroller = enroll.Enroller(self.root, self.lkg_dir, self.o.timeout)  # TPM (or token) → credential
 
     # ------------------------------------------------------------ pieces
 
@@ -220,6 +222,7 @@ class Agent:
                 timings["locate_ms"] = _ms(t, "located")
             if self.url is None:
                 break
+            self._enroll()
             mid = self.identify(self.url)
             if mid is None:
                 bad[self.url] = None
@@ -268,6 +271,13 @@ class Agent:
         self.report(rep_phase, timings, changes)
         return Outcome(self._last_body(timings, changes), payload, self.url)
 
+    def _enroll(self) -> None:
+        """Obtain or renew the machine credential when due (agent/enroll.py); a problem goes into the report."""
+        if self.url and self.enroller.due():
+            problem = self.enroller.step(self.url, self.facts)
+            if problem:
+                self.problems.append(problem)
+
     def _last_body(self, timings, changes) -> dict:
         return {"config_source": self.config_source, "generation": self.generation, "modules": self.modules,
                 "health": self.health, "problems": self.problems, "changes": changes, "timings": timings,
@@ -286,6 +296,7 @@ class Agent:
                 self.machine_id = self.identify(self.url)
                 if self.machine_id is None:
                     return "offline"
+        self._enroll()
         try:
             status, envelope, etag = self.fetch(self.url, wait)
         except http.HttpError as exc:
