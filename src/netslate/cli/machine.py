@@ -120,3 +120,15 @@ def unpin(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP))
     """Remove a machine's pin; the rules decide again."""
     data = state(ctx).services.machines.unpin(ident)
     console.print(f"machine {data.id} unpinned")
+
+
+@app.command("enroll")
+def enroll(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP),
+           ttl: Optional[int] = typer.Option(None, "--ttl", help="Seconds the token stays valid (default 3600)."),
+           json_: bool = typer.Option(False, "--json")):
+    """Print a one-time enrollment token for a machine without a TPM (shown once): enter it on the
+    machine's console, or put it in netslate-enroll.token on its NETSLATE disk or ESP."""
+    from netslate.services.enrollment import EnrollTokenCreate  # lazy: CLI start-up time
+
+    data = state(ctx).services.enrollment.create_token(EnrollTokenCreate(machine=ident, ttl_seconds=ttl))
+    emit(data, json_, lambda d: console.print(d["token"], highlight=False, soft_wrap=True))

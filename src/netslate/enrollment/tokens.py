@@ -46,6 +46,8 @@ KINDS = {"token": "token", "host": "host"}  # token kind → the trust level its
 class TokenRefused(UserError):
     """The token is unknown, expired or bound elsewhere (HTTP 403)."""
 
+    http_status = 403
+
 
 class TokenUsed(Conflict):
     """The token was exchanged already (HTTP 409)."""
