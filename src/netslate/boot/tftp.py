@@ -101,3 +101,27 @@ def populate(root: Path, engine=None, base_url: str | None = None) -> dict:
         except Exception as exc:  # a bad row must not stop TFTP; the binaries are in place
             log.error("pxelinux.cfg not updated: %s", exc)
     return {"root": str(root), "binaries": written, "pxelinux": pxe}
+
+
+def listing(root: Path) -> dict:
+    """What the TFTP root serves: every bootfiles row (present or not, size, sha256), then the
+    per-machine pxelinux.cfg files that are there now. For `netslate boot files`."""
+    root = Path(root)
+    files = []
+    for r in list(bootfiles.ROWS) + list(bootfiles.PATTERNS):
+        entry = {"path": r.path, "package": r.package, "firmware": r.firmware, "purpose": r.purpose,
+                 "option67": r.option67, "loops_with_plain_dhcp": r.loops_with_plain_dhcp,
+                 "source": str(r.source) if r.source else None, "present": False, "size": None, "sha256": None}
+        if "<" not in r.path:
+            p = root / r.path
+            if p.is_file():
+                data = p.read_bytes()
+                entry.update(present=True, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        files.append(entry)
+    machines = []
+    cfg = root / "pxelinux.cfg"
+    if cfg.is_dir():
+        for p in sorted(cfg.iterdir()):
+            if p.is_file() and p.name != "default" and not p.name.startswith(".tmp-"):
+                machines.append(f"pxelinux.cfg/{p.name}")
+    return {"root": str(root), "files": files, "per_machine": machines}

@@ -226,3 +226,22 @@ def pxelinux(
     data = state(ctx).services.boot.pxelinux(base_url)
     emit(data, json_, lambda files: [console.print(f"==> {k}\n{v}", highlight=False, markup=False, soft_wrap=True)
                                      for k, v in sorted(files.items())])
+
+
+@app.command("files")
+def files(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """What the TFTP root serves and what each file is for (which to give as DHCP option 67)."""
+    data = state(ctx).services.boot.files()
+
+    def render(d):
+        console.print(f"TFTP root {d['root']}", highlight=False)
+        for f in d["files"]:
+            state_ = "pattern" if "<" in f["path"] else ("ok" if f["present"] else "MISSING")
+            opt = ""
+            if f["option67"]:
+                opt = "  option 67 (only with iPXE-aware DHCP: loops otherwise)" if f["loops_with_plain_dhcp"] else "  option 67"
+            console.print(f"{f['path']}  [{f['firmware']}, {f['package']}, {state_}]{opt}", highlight=False, markup=False)
+            console.print(f"    {f['purpose']}", highlight=False, markup=False)
+        console.print(f"per-machine pxelinux files: {len(d['per_machine'])}", highlight=False)
+
+    emit(data, json_, render)

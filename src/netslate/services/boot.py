@@ -4,11 +4,12 @@ iPXE in text/plain and stay in server/routers/boot.py, over the same boot engine
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from netslate.boot import ipxe, store
+from netslate.boot import ipxe, store, tftp
 from netslate.errors import UserError
 from netslate.services.framework import Service, http_client, op
 
@@ -263,6 +264,30 @@ class BootService(Service):
         """The pxelinux.cfg files for the TFTP root: {path: contents}."""
         raise NotImplementedError
 
+    @op("GET", "/api/v1/boot/files")
+    def files(self) -> BootFiles:
+        """What the TFTP root serves (the server's, or DATA/tftp) and what each file is for."""
+        raise NotImplementedError
+
+
+class BootFileRecord(BaseModel):
+    path: str  # under the TFTP root; <mac>/<uuid> rows are patterns
+    package: str  # the Debian package it is copied from, or "netslate" (written by netslate)
+    firmware: str  # bios | uefi | uefi-secureboot | any
+    purpose: str
+    option67: bool  # a name to give as DHCP option 67
+    loops_with_plain_dhcp: bool  # re-chains itself behind a DHCP server that names one file for all
+    source: str | None
+    present: bool
+    size: int | None
+    sha256: str | None
+
+
+class BootFiles(BaseModel):
+    root: str
+    files: list[BootFileRecord]
+    per_machine: list[str]  # the pxelinux.cfg/01-<mac> and <uuid> files there now
+
 
 class LocalBoot(BootService):
     @property
@@ -318,6 +343,10 @@ class LocalBoot(BootService):
     def pxelinux(self, base_url: str | None = None) -> dict[str, str]:
         engine = self.parts.boot_engine
         return engine.pxelinux_files(_base_url(base_url) or engine.default_base())
+
+    def files(self) -> BootFiles:
+        root = self.parts.options.get("tftp_root") or (self.ctx.data_dir / "tftp")
+        return BootFiles(**tftp.listing(Path(root)))
 
 
 def _base_url(value: str | None) -> str | None:
