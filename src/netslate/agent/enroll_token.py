@@ -1,0 +1,166 @@
+"""One-time enrollment tokens on the machine (issue 13 §3, §4), standard library only.
+
+Where a machine without a TPM finds its token, first hit wins:
+1. SMBIOS type 11 OEM strings `netslate-enroll:nse_...`: put there by netslate when it defined the
+   VM (libvirt `<sysinfo type='smbios'><oemStrings>`, QEMU `-smbios type=11,value=...`). Read from
+   `/sys/firmware/dmi/entries/11-*/raw` (root only: only the guest's own root can read it) and
+   parsed here, without dmidecode.
+2. A file `netslate-enroll.token` an admin put on the machine: on the NETSLATE disk (cache mode:
+   `/netslate/`, beside `lkg/`), on the ESP (mounted at `/boot/efi` or `/efi`), in `/boot` or
+   `/etc/netslate/` (typed at the console: `echo nse_... > /etc/netslate/netslate-enroll.token`).
+
+`enroll_with_token` trades the token once (`POST /api/v1/enroll/token`, no API token) for a
+long-lived credential, and removes the token files it read (the server has spent the token
+anyway). Storing the credential is the caller's (`agent/enroll.py:save`, into the lkg directory,
+which in cache mode is on the NETSLATE disk and so survives reboots).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+from netslate.agent import facts as facts_mod
+from netslate.agent import http
+from netslate.agent.util import under
+
+OEM_PREFIX = "netslate-enroll:"
+TOKEN_FILE = "netslate-enroll.token"
+TOKEN_RE = re.compile(r"^nse_[A-Za-z0-9_-]{43}\Z")
+DMI_ENTRIES = "/sys/firmware/dmi/entries"
+FILE_DIRS = ("/netslate", "/boot/efi", "/efi", "/boot", "/etc/netslate")
+MAX_RAW = 65536
+
+
+class TokenRefused(Exception):
+    """The server refused the token (used already: 409; unknown, expired, bound elsewhere: 403)."""
+
+
+def parse_smbios_strings(raw: bytes) -> tuple[int, list[str]]:
+    """One SMBIOS structure (header: type, length, handle; the formatted area; then the string set,
+    each string NUL-terminated, the set ending in an extra NUL) → (type, strings)."""
+    if len(raw) < 4:
+        raise ValueError("SMBIOS structure shorter than its header")
+    stype, length = raw[0], raw[1]
+    if length < 4 or length > len(raw):
+        raise ValueError(f"SMBIOS structure length {length} does not fit {len(raw)} bytes")
+    tail = raw[length:]
+    end = tail.find(b"\0\0")
+    if end < 0:
+        raise ValueError("SMBIOS string set is not terminated")
+    strings = [s.decode("latin-1") for s in tail[:end].split(b"\0")] if end > 0 else []
+    return stype, strings
+
+
+def oem_strings_of(raw: bytes) -> list[str]:
+    """The strings of one type 11 (OEM strings) structure, in order (its count byte is checked)."""
+    stype, strings = parse_smbios_strings(raw)
+    if stype != 11:
+        raise ValueError(f"SMBIOS structure type {stype}, not 11 (OEM strings)")
+    if raw[1] < 5:
+        raise ValueError("type 11 structure without its count")
+    (count,) = struct.unpack_from("B", raw, 4)
+    return strings[:count]
+
+
+def smbios_oem_strings(root: Path = Path("/")) -> list[str]:
+    """Every type 11 string of this machine (empty where the firmware gives none or we are not root)."""
+    out: list[str] = []
+    base = under(root, DMI_ENTRIES)
+    try:
+        entries = sorted(base.glob("11-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else 0)
+    except OSError:
+        return out
+    for entry in entries[:64]:
+        try:
+            with open(entry / "raw", "rb") as f:
+                raw = f.read(MAX_RAW)
+            out += oem_strings_of(raw)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def token_in(strings: list[str]) -> str | None:
+    for s in strings:
+        if s.startswith(OEM_PREFIX):
+            t = s[len(OEM_PREFIX):].strip()
+            if TOKEN_RE.match(t):
+                return t
+    return None
+
+
+def token_files(root: Path, lkg_dir: Path | None = None) -> list[Path]:
+    """Where an admin may have put `netslate-enroll.token` (existing files only)."""
+    dirs = [Path(lkg_dir).parent] if lkg_dir is not None else []
+    dirs += [under(root, d) for d in FILE_DIRS]
+    out = []
+    for d in dirs:
+        p = d / TOKEN_FILE
+        if p not in out and p.is_file():
+            out.append(p)
+    return out
+
+
+def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str | None, str | None, list[Path]]:
+    """(token, where it came from, the files holding it): SMBIOS first, then the token files."""
+    t = token_in(smbios_oem_strings(root))
+    if t:
+        return t, "smbios", []
+    for p in token_files(root, lkg_dir):
+        try:
+            text = p.read_text(errors="replace").strip()
+        except OSError:
+            continue
+        text = text[len(OEM_PREFIX):] if text.startswith(OEM_PREFIX) else text
+        if TOKEN_RE.match(text):
+            return text, str(p), [p]
+    return None, None, []
+
+
+def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
+    """POST /api/v1/enroll/token → {"machine_id", "credential", "trust", "expires_at"}.
+    Raises TokenRefused (403/409) or http.HttpError."""
+    dmi = facts.get("dmi") or {}
+    body = {"token": token, "uuid": dmi.get("product_uuid"), "macs": facts_mod.macs(facts)[:32]}
+    r = http.post_json(f"{url}/api/v1/enroll/token", body, timeout=timeout)
+    if r.status in (403, 409):
+        try:
+            detail = str(r.json().get("detail"))[:300]
+        except (http.HttpError, AttributeError):
+            detail = f"HTTP {r.status}"
+        raise TokenRefused(detail)
+    if r.status != 200:
+        raise http.HttpError(f"/api/v1/enroll/token: HTTP {r.status}")
+    answer = r.json()
+    if not isinstance(answer, dict) or not str(answer.get("credential", "")).startswith("nsm_"):
+        raise http.HttpError("/api/v1/enroll/token: the answer holds no credential")
+    return answer
+
+
+def enroll_with_token(url: str, facts: dict, root: Path = Path("/"), lkg_dir: Path | None = None,
+                      timeout: float = 10.0) -> tuple[dict | None, str | None]:
+    """Find a token and trade it once. (answer with the credential, None) on success; (None, problem)
+    when a token was found but not accepted; (None, None) when there is no token at all."""
+    token, source, files = find_token(root, lkg_dir)
+    if token is None:
+        return None, None
+    try:
+        answer = exchange(url, token, facts, timeout)
+    except TokenRefused as exc:
+        _discard(files)  # a spent or foreign token never gets better
+        return None, f"enrollment token from {source} refused: {exc}"
+    except (http.HttpError, OSError, ValueError) as exc:
+        return None, f"enrollment token from {source} not exchanged: {exc}"
+    _discard(files)
+    answer["source"] = source
+    return answer, None
+
+
+def _discard(files: list[Path]) -> None:
+    for p in files:
+        try:
+            p.unlink()
+        except OSError:
+            pass
