@@ -4,8 +4,10 @@ exchange against a real server over HTTP (once; a spent token file is discarded)
 
 import os
 
+import pytest
+
 from netslate import inventory
-from netslate.agent import enroll_token as et
+from netslate.agent import enroll, enroll_token as et
 from netslate.config import credentials
 from netslate.enrollment import tokens
 
@@ -64,16 +66,17 @@ def test_enroll_with_token_against_a_real_server(ctx, live_server, tmp_path):
     tf = root / "etc/netslate" / et.TOKEN_FILE  # typed at the console
     tf.write_text(t + "\n")
     facts = {"dmi": {"product_uuid": None}, "net": {"interfaces": []}}
-    answer, problem = et.enroll_with_token(live_server.url, facts, root, root / "run/netslate/lkg", timeout=10)
-    assert problem is None and answer["machine_id"] == mid and answer["trust"] == "token"
+    answer = et.enroll_with_token(live_server.url, facts, root, root / "run/netslate/lkg", timeout=10)
+    assert answer["machine_id"] == mid and answer["trust"] == "token"
     assert answer["source"] == str(tf) and not tf.exists()  # spent: the file is gone
     assert credentials.authenticate(ctx, answer["credential"]).machine_id == mid
     # nothing left: nothing to do
-    assert et.enroll_with_token(live_server.url, facts, root, None) == (None, None)
+    assert et.enroll_with_token(live_server.url, facts, root, None) is None
     # the same token again (say, still in the SMBIOS strings of a VM that rebooted): refused, clearly
     tf.write_text(t)
-    answer, problem = et.enroll_with_token(live_server.url, facts, root, None, timeout=10)
-    assert answer is None and "used already" in problem and not tf.exists()
+    with pytest.raises(et.TokenRefused, match="used already"):
+        et.enroll_with_token(live_server.url, facts, root, None, timeout=10)
+    assert not tf.exists()
     # a host token bound to a domain UUID, from the SMBIOS strings, refused from another UUID
     uuid = "0d6f3c1a-9b8e-4c7d-a6f5-e4d3c2b1a090"
     h = tokens.create(ctx, "local:test", domain_uuid=uuid, kind="host")["token"]
@@ -81,8 +84,21 @@ def test_enroll_with_token_against_a_real_server(ctx, live_server, tmp_path):
     entry.mkdir(parents=True)
     (entry / "raw").write_bytes(bytes.fromhex("0b05000b01") + f"netslate-enroll:{h}".encode() + b"\0\0")
     os.chmod(entry / "raw", 0o400)  # root only, as in the kernel
-    answer, problem = et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": "0d6f3c1a-9b8e-4c7d-a6f5-000000000000"}},
-                                           root, None, timeout=10)
-    assert answer is None and "another machine" in problem
-    answer, problem = et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": uuid}}, root, None, timeout=10)
-    assert problem is None and answer["trust"] == "host" and answer["source"] == "smbios"
+    with pytest.raises(et.TokenRefused, match="another machine"):
+        et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": "0d6f3c1a-9b8e-4c7d-a6f5-000000000000"}}, root, None, timeout=10)
+    answer = et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": uuid}}, root, None, timeout=10)
+    assert answer["trust"] == "host" and answer["source"] == "smbios"
+    # the agent's Enroller: no TPM here, so the token path (a fresh admin token in a file) → the credential is saved
+    lkg = root / "run/netslate/lkg"
+    (root / "etc/netslate" / et.TOKEN_FILE).write_text(tokens.create(ctx, "local:test", machine=mid)["token"])
+    e = enroll.Enroller(root, lkg, 10)
+    assert e.method == "token" and e.due()
+    assert e.step(live_server.url, facts) is None and e.state == "enrolled"
+    cred = (lkg / "credential").read_text().strip()
+    assert oct((lkg / "credential").stat().st_mode & 0o777) == "0o600"
+    assert credentials.authenticate(ctx, cred).trust == "token" and not e.due()
+    # a later start with the credential in place spends nothing
+    (root / "etc/netslate" / et.TOKEN_FILE).write_text(tokens.create(ctx, "local:test", machine=mid)["token"])
+    e = enroll.Enroller(root, lkg, 10)
+    assert e.step(live_server.url, facts) is None and e.state == "enrolled"
+    assert (root / "etc/netslate" / et.TOKEN_FILE).exists() and (lkg / "credential").read_text().strip() == cred

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from netslate.agent import facts as facts_mod
-from netslate.agent import http
+from netslate.agent import enroll_token, http
 from netslate.agent import tpm as tpm_mod
 from netslate.agent.util import atomic_write, read_json, write_json
 
@@ -127,7 +127,7 @@ class Enroller:
         self.lkg_dir = Path(lkg_dir)
         self.timeout = timeout
         self.tcti = tpm_mod.tcti(self.root)
-        self.method = "tpm" if self.tcti else None
+        self.method = "tpm" if self.tcti else "token"  # no TPM: a one-time token, if there is one
         self.state = "start"  # start | pending | enrolled | refused | failed | none
         self.last_try = 0.0
 
@@ -156,6 +156,8 @@ class Enroller:
         if self.method is None:
             self.state = "none"
             return None
+        if self.method == "token":
+            return self._token_step(url, facts)
         try:
             answer = tpm_enroll(url, facts, self.tcti, self.timeout)
         except EnrollRefused as exc:
@@ -176,3 +178,28 @@ class Enroller:
         self.state = "pending"
         flags = answer.get("flags") or []
         return f"TPM enrollment {answer.get('enrollment_id')} waits for approval" + (f" ({', '.join(flags)})" if flags else "")
+
+    def _token_step(self, url: str, facts: dict) -> str | None:
+        """No TPM: trade a one-time token (SMBIOS OEM strings or a token file) once, unless a
+        credential is already in place (cache mode keeps it on the NETSLATE disk)."""
+        if (self.lkg_dir / "credential").exists():
+            self.state = "enrolled"
+            return None
+        try:
+            answer = enroll_token.enroll_with_token(url, facts, self.root, self.lkg_dir, self.timeout)
+        except enroll_token.TokenRefused as exc:
+            self.state = "refused"
+            return str(exc)
+        except (http.HttpError, OSError, ValueError) as exc:
+            self.state = "failed"
+            return f"enrollment token not exchanged: {exc}"
+        if answer is None:
+            self.state = "none"  # no TPM, no token: trust none, no secrets
+            return None
+        try:
+            save(self.lkg_dir, answer)
+        except OSError as exc:
+            self.state = "failed"
+            return f"could not store the credential in {self.lkg_dir}: {exc}"
+        self.state = "enrolled"
+        return None

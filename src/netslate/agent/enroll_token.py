@@ -103,11 +103,13 @@ def token_files(root: Path, lkg_dir: Path | None = None) -> list[Path]:
     return out
 
 
-def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str | None, str | None, list[Path]]:
-    """(token, where it came from, the files holding it): SMBIOS first, then the token files."""
+def find_tokens(root: Path = Path("/"), lkg_dir: Path | None = None) -> list[tuple[str, str, list[Path]]]:
+    """Every token found, in trial order: [(token, where it came from, the files holding it)],
+    SMBIOS first, then the token files."""
+    out: list[tuple[str, str, list[Path]]] = []
     t = token_in(smbios_oem_strings(root))
     if t:
-        return t, "smbios", []
+        out.append((t, "smbios", []))
     for p in token_files(root, lkg_dir):
         try:
             text = p.read_text(errors="replace").strip()
@@ -115,8 +117,14 @@ def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str
             continue
         text = text[len(OEM_PREFIX):] if text.startswith(OEM_PREFIX) else text
         if TOKEN_RE.match(text):
-            return text, str(p), [p]
-    return None, None, []
+            out.append((text, str(p), [p]))
+    return out
+
+
+def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str | None, str | None, list[Path]]:
+    """The first token of `find_tokens`, or (None, None, [])."""
+    found = find_tokens(root, lkg_dir)
+    return found[0] if found else (None, None, [])
 
 
 def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
@@ -140,22 +148,26 @@ def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
 
 
 def enroll_with_token(url: str, facts: dict, root: Path = Path("/"), lkg_dir: Path | None = None,
-                      timeout: float = 10.0) -> tuple[dict | None, str | None]:
-    """Find a token and trade it once. (answer with the credential, None) on success; (None, problem)
-    when a token was found but not accepted; (None, None) when there is no token at all."""
-    token, source, files = find_token(root, lkg_dir)
-    if token is None:
-        return None, None
-    try:
-        answer = exchange(url, token, facts, timeout)
-    except TokenRefused as exc:
-        _discard(files)  # a spent or foreign token never gets better
-        return None, f"enrollment token from {source} refused: {exc}"
-    except (http.HttpError, OSError, ValueError) as exc:
-        return None, f"enrollment token from {source} not exchanged: {exc}"
-    _discard(files)
-    answer["source"] = source
-    return answer, None
+                      timeout: float = 10.0) -> dict | None:
+    """Trade the first token the server accepts (each once): the answer with the credential (and
+    `source`), or None when there is no token. A refused token file is discarded (a spent or
+    foreign token never gets better); the SMBIOS one stays (a VM that rebooted keeps its spent
+    token until netslate defines it again) and the next source is tried. Raises TokenRefused when
+    every token was refused, http.HttpError when the server could not be asked (try again later)."""
+    refused: list[str] = []
+    for token, source, files in find_tokens(root, lkg_dir):
+        try:
+            answer = exchange(url, token, facts, timeout)
+        except TokenRefused as exc:
+            _discard(files)
+            refused.append(f"enrollment token from {source} refused: {exc}")
+            continue
+        _discard(files)
+        answer["source"] = source
+        return answer
+    if refused:
+        raise TokenRefused("; ".join(refused))
+    return None
 
 
 def _discard(files: list[Path]) -> None:
