@@ -36,6 +36,11 @@ try:  # optional: re-chunk a seed file we have no record of (needs pyfastcdc)
 except ImportError:  # pragma: no cover
     _cut_file = None
 
+try:  # optional: delta groups against an earlier pull's output (needs zstandard; not in the initramfs)
+    from netslate.images import delta as _delta
+except ImportError:  # pragma: no cover
+    _delta = None
+
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 RANGE_MAX_BYTES = 32 * 1024 * 1024  # one Range request covers at most this much of the artifact
 RANGE_WORKERS = 4  # measured on loopback: a few large ranges beat many small ones (docs/images.md)
@@ -60,6 +65,8 @@ class PullStats:
     chunks_reused: int = 0
     chunks_from_seed: int = 0
     chunks_refetched: int = 0
+    chunks_from_delta: int = 0
+    delta_base_version: int = 0
     seconds: float = 0.0
     output: str = ""
     key: str = ""
@@ -287,7 +294,8 @@ def pull(
     os.replace(partial, output)
     fsync_dir(output.parent)
     atomic_write(_seed_record_path(cache, output),
-                  json.dumps({"output": str(output), "name": name, "version": payload["version"], "chunks": chunks}).encode())
+                  json.dumps({"output": str(output), "name": name, "version": payload["version"], "chunks": chunks,
+                              "artifact": artifact, "manifest_digest": digest}).encode())
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -348,7 +356,9 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
     stats.chunks_reused = len(have)
     stats.bytes_reused = sum(unique[c] for c in have)
     missing = [c for c in unique if c not in have]
-    done_bytes = stats.bytes_reused
+    if missing and _delta is not None:  # delta groups first (images/delta.py); what they miss goes below
+        missing = _fetch_deltas(cache, output, stats, http, name, artifact, chunks, missing, place, workers)
+    done_bytes = stats.bytes_reused + stats.bytes_downloaded
     if progress:
         progress(done_bytes, stats.bytes_total)
     accept = {"Accept-Encoding": "zstd"} if _zstd is not None else {}
@@ -489,6 +499,25 @@ def _fill(fd, partial, cache, output, art, chunks, unique, positions, stats, htt
                 raise
     # Every chunk was verified against its id and the signed chunk list tiles the artifact exactly
     # (checked before fetching), so the assembled file is the artifact; no second full read needed.
+
+
+def _fetch_deltas(cache, output, stats, http, name, artifact, chunks, missing, place, workers) -> list[str]:
+    """Fetch the missing chunks as delta groups against the earlier pull output that shares most
+    with this version (`netslate.images.delta`); returns the chunks still missing."""
+    records = [read_json(p, None) or {} for p in sorted((cache / "seeds").glob("*.json"))] if (cache / "seeds").is_dir() else []
+    base = _delta.pick_base(records, name, artifact, stats.manifest_digest, {c[2] for c in chunks})
+    if base is None or not Path(str(base.get("output", ""))).is_file():
+        return missing
+    got = _delta.fetch_groups(http, base, chunks, set(missing), stats.manifest_digest, artifact, place, workers=min(workers, 4))
+    for _cid, size, wire in got:
+        stats.chunks_downloaded += 1
+        stats.chunks_from_delta += 1
+        stats.bytes_downloaded += size
+        stats.bytes_on_wire += wire
+    if got:
+        stats.delta_base_version = int(base.get("version") or 0)
+    done = {c for c, _s, _w in got}
+    return [c for c in missing if c not in done]
 
 
 PACK_BYTES = 8 * 1024 * 1024  # raw bytes per chunk pack (about 128 chunks of 64 KiB)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from netslate.images import manifest as mf
+from netslate.images import delta, manifest as mf
 from netslate.images.ranges import read_range as ranges_read
 from netslate.images.chunkstore import CHUNK_ID
 from netslate.images.frontend import FILES_PREFIX, FRONT_HEADER
@@ -226,6 +226,28 @@ def get_pack_by_manifest(name: str, version: str, artifact: str, digest: str, in
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
     return StreamingResponse(_frames(store, plan[i]), media_type="application/octet-stream", headers=headers)
+
+
+@serving.get("/deltas/{from_digest}/{to_digest}/{artifact}/{index}",
+             responses={200: {"description": "one zstd frame: the group's new chunks", **OCTETS}})
+def get_delta_group(from_digest: str, to_digest: str, artifact: str, index: str, request: Request):
+    """Delta group INDEX of the update from the version whose manifest digest is sha256:FROM to
+    sha256:TO (`netslate.images.delta`, planned by `deltaplan.plan` on both sides): the group's new
+    chunks as one zstd frame against the old chunks they replace. Immutable, cacheable forever."""
+    if not index.isdigit() or artifact not in mf.ARTIFACTS:
+        raise HTTPException(404, "no such delta group")
+    etag = f'"{to_digest}-{from_digest}-{artifact}-{index}"'
+    headers = {"Cache-Control": IMMUTABLE, "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        frame = delta.group_frame(_lib(request), from_digest, to_digest, artifact, int(index))
+    except delta.DeltaUnavailable as exc:
+        raise HTTPException(404, f"no such delta group: {exc}") from None
+    if _fronted(request):
+        _served_files(request).put_bytes(f"deltas/{to_digest}.{from_digest}.{artifact}.{index}", frame)
+        return _accel(f"deltas/{to_digest}.{from_digest}.{artifact}.{index}", headers)
+    return Response(frame, headers=headers, media_type="application/octet-stream")
 
 
 @serving.head("/chunks/{chunk_id}", include_in_schema=False)
