@@ -76,3 +76,19 @@ class IpLease(Base):
     machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), unique=True)
     address: Mapped[str] = mapped_column(String(45))
     leased_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class MachineCredential(Base):
+    """A machine's bearer credential (`nsm_...`), shown once: stored as its SHA-256 and the bundle key
+    derived from it, sealed under the KEK (config/credentials.py is the only reader and writer)."""
+
+    __tablename__ = "machine_credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id", ondelete="CASCADE"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sealed_key: Mapped[str | None] = mapped_column(Text, nullable=True)  # bundle_key(token), atrest envelope
+    trust: Mapped[str] = mapped_column(String(8))  # token | host | tpm
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # None: long-lived
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

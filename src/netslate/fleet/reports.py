@@ -24,8 +24,10 @@ from netslate import audit, inventory
 from netslate.boot import store as boot
 from netslate.config import credentials, resolution
 from netslate.config import state as config_state
+from netslate.enrollment import store as enrollment_store
 from netslate.errors import NotFound, UserError
 from netslate.fleet import core
+from netslate.store import outbox
 from netslate.store.models import Machine
 
 
@@ -52,19 +54,53 @@ def _credential_ok(m: Machine, token: str | None) -> bool:
     return credentials.credential_ok(m, token)
 
 
-def ingest(ctx, ident: str, body, credential: str | None, remote: str | None) -> dict:
+def report(ctx, ident: str, body, credential: str | None, remote: str | None) -> dict:
+    """Store one report through the outbox (issue 15): on a branch server cut off from the central
+    primary it is checked on the local standby (machine, credential, shape), queued durably and
+    answered as accepted; the outbox applies it later with its original time, exactly once. The
+    credential itself is never queued: only whether it was right."""
+    if ctx.outbox is None:
+        return ingest(ctx, ident, body, credential, remote)
+    try:
+        rep = core.clean_report(body)
+    except core.BadReport as exc:
+        raise UserError(f"bad report: {exc}") from None
+    with ctx.db.read_session() as s:
+        m = _find(s, ident)
+        authenticated = _credential_ok(m, credential)
+        if not authenticated and (m.credential_sha256 or credentials.enrolled(s, m.id)):
+            raise ReportRefused("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
+        mid = m.id
+    res = outbox.submit(ctx, "fleet.report", {"machine_id": mid, "body": body, "authenticated": authenticated,
+                                              "remote": remote, "at": _now().isoformat()})
+    if isinstance(res, outbox.Queued):
+        return {"id": mid, "accepted": True, "current": True, "authenticated": authenticated,
+                "state": core.reported_state(rep)}
+    return res
+
+
+@outbox.handler("fleet.report")
+def _report_event(ctx, p: dict) -> dict:
+    return ingest(ctx, str(p["machine_id"]), p["body"], None, p.get("remote"), authenticated=p["authenticated"],
+                  at=dt.datetime.fromisoformat(p["at"]))
+
+
+def ingest(ctx, ident: str, body, credential: str | None, remote: str | None,
+           authenticated: bool | None = None, at: dt.datetime | None = None) -> dict:
     """Store one report. A machine with a credential must present it (ReportRefused otherwise); a
-    machine without one is accepted and marked unauthenticated."""
+    machine without one is accepted and marked unauthenticated. `authenticated`/`at`: a report the
+    outbox replays, checked when it arrived (its credential is not kept) and stored with its time."""
     try:
         rep = core.clean_report(body)
     except core.BadReport as exc:
         raise UserError(f"bad report: {exc}") from None
     facts = body.get("facts") if isinstance(body.get("facts"), dict) else None
-    now = _now()
+    now = at or _now()
     with ctx.db.session() as s:
         m = _find(s, ident)
-        authenticated = _credential_ok(m, credential)
-        if m.credential_sha256 and not authenticated:
+        if authenticated is None:
+            authenticated = _credential_ok(m, credential)
+        if not authenticated and (m.credential_sha256 or credentials.enrolled(s, m.id)):
             raise ReportRefused("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
         status = dict(m.status or {})
         unverified = (status.get("fleet") or {}).get("unverified")
@@ -122,8 +158,14 @@ def machine_view(m: Machine) -> dict:
     """The fleet fields of one machine (used by `machine list/show` and `fleet status`)."""
     s = object_session(m)
     cache = _session_cache(s) if s is not None else {"boots": {}, "config": None, "now": _now()}
-    return core.view((m.status or {}).get("fleet"), bool(m.approved), cache["boots"].get(m.id),
-                     _current_generation(cache["config"], m.tree_path), cache["now"], offline_after())
+    v = core.view((m.status or {}).get("fleet"), bool(m.approved), cache["boots"].get(m.id),
+                  _current_generation(cache["config"], m.tree_path), cache["now"], offline_after())
+    if s is not None and "identity" not in cache:  # e.g. identity_conflict: another TPM claims this machine
+        cache["identity"] = enrollment_store.identity_flags(s)
+    extra = [f for f in cache.get("identity", {}).get(m.id, []) if f not in v["flags"]]
+    if extra:
+        v["flags"] = v["flags"] + extra
+    return v
 
 
 def machine_views(ctx, ids: list[int] | None = None) -> dict[int, dict]:

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 
 from netslate import audit
 from netslate.errors import Conflict, NotFound, UserError
-from netslate.identity import atrest
+from netslate.crypto import atrest
 from netslate.identity.models import Directory
 from netslate.names import check_name
 
@@ -182,6 +182,19 @@ def settings(ctx, name: str | None = None) -> list[DirectorySettings]:
     return [DirectorySettings(r.name, r.kind, r.uri, r.tls, r.ca_pem, r.base_dn, r.bind_dn,
                               atrest.unseal(ctx.data_dir, r.bind_secret, SECRET_PURPOSE + r.name),
                               r.user_filter, r.group_attribute) for r in rows]
+
+
+def rewrap_secrets(ctx, rewrap_one) -> dict:
+    """Seal every bind password again with `rewrap_one(value, purpose)` (a KEK rotation), in one transaction."""
+    n, in_use = 0, set()
+    with ctx.db.session(write=True) as s:
+        for r in s.scalars(select(Directory)):
+            new = rewrap_one(r.bind_secret, SECRET_PURPOSE + r.name)
+            if new != r.bind_secret:
+                r.bind_secret = new
+                n += 1
+            in_use.add(atrest.kid_of(new))
+    return {"rewrapped": n, "in_use": in_use}
 
 
 # ---------------------------------------------------------------- the LDAP client (ldap3)

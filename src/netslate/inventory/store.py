@@ -31,6 +31,7 @@ from netslate.inventory.idents import (
     shown,
 )
 from netslate.names import check_name
+from netslate.store import outbox
 from netslate.store.models import Machine, MachineMac, Setting
 
 GENERATION_KEY = "inventory.generation"
@@ -172,6 +173,7 @@ def machine_dict(m: Machine) -> dict[str, Any]:
         "labels": dict(m.labels or {}),
         "group": m.tree_path,
         "ip_address": m.ip_address,
+        "trust": m.trust or "none",
         "first_seen": _iso(m.first_seen),
         "last_seen": _iso(m.last_seen),
         "reported": (m.status or {}).get("boot_reported", {}),
@@ -328,6 +330,17 @@ def discover_machine(ctx, facts: dict, remote: str | None, actor: str = "boot") 
             return row.machine_id
 
 
+@outbox.handler("inventory.discover")
+def _discover_event(ctx, payload: dict) -> int:
+    """A discovery made at boot, applied at once or replayed from a branch server's outbox."""
+    return discover_machine(ctx, payload["facts"], payload.get("remote"))
+
+
+@outbox.handler("inventory.facts")
+def _facts_event(ctx, payload: dict) -> None:
+    fill_facts(ctx, payload["machine_id"], payload["facts"])
+
+
 def count_pending(ctx) -> int:
     """Machines discovered at boot and not approved yet (the discovery cap counts these)."""
     with ctx.db.session() as s:
@@ -372,6 +385,21 @@ def set_credential(s: Session, ident: str | int | Machine, sha256: str | None) -
     replaced = m.credential_sha256 is not None
     m.credential_sha256 = sha256
     return replaced
+
+
+TRUST_LEVELS = ("none", "token", "host", "tpm")  # weakest → strongest (issue 13)
+
+
+def set_trust(s: Session, ident: str | int | Machine, trust: str) -> str:
+    """Set a machine's trust level (in the caller's transaction; config.credentials calls it). Returns the old one."""
+    if trust not in TRUST_LEVELS:
+        raise ValueError(f"unknown trust level {trust!r}")
+    m = ident if isinstance(ident, Machine) else resolve(s, ident)
+    old = m.trust or "none"
+    if old != trust:
+        m.trust = trust
+        bump(s)
+    return old
 
 
 def record_report(s: Session, m: Machine, status: dict, state: str | None = None, seen: dt.datetime | None = None,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from netslate import inventory
 from netslate.boot import store as boot
+from netslate.enrollment import attest
 from netslate.fleet import reports as fleet
 from netslate.inventory.search import search_machines
 from netslate.services.boot import BootEventRecord
@@ -47,6 +48,7 @@ class MachineRecord(BaseModel):
     labels: dict[str, str]
     group: str  # the placement: a config tree path
     ip_address: str | None
+    trust: str = "none"  # none < token < host < tpm: how the machine proved who it is (issue 13)
     first_seen: str | None
     last_seen: str | None
     reported: dict[str, Any]  # what iPXE reported when the machine was discovered
@@ -173,7 +175,9 @@ class LocalMachines(MachinesService):
                                                request.hostname, request.labels, request.group, actor=self.actor))
 
     def approve(self, ident: str) -> MachineRecord:
-        return self._one(inventory.approve_machine(self.parts.ctx, ident, actor=self.actor))
+        ctx = self.parts.ctx
+        attest.approve(ctx, inventory.machine_id(ctx, ident), None, self.actor)  # its TPM enrollment waiting, if any
+        return self._one(inventory.approve_machine(ctx, ident, actor=self.actor))
 
     def label(self, ident: str, change: LabelChange) -> MachineRecord:
         return self._one(inventory.label_machine(self.parts.ctx, ident, change.set, change.remove, actor=self.actor,

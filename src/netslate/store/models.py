@@ -48,6 +48,8 @@ class Machine(Base):
     tree_path: Mapped[str] = mapped_column(String(512), default="/")
     ip_address: Mapped[str | None] = mapped_column(String(45), nullable=True)
     credential_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # none < token < host < tpm: how the machine proved who it is (issue 13); written by inventory.set_trust
+    trust: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
     first_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
