@@ -19,6 +19,12 @@ from netslate.vmlab.qemu import find_kernel
 
 MAC_RAM = "52:54:00:de:00:01"
 MAC_CACHE = "52:54:00:de:00:02"
+# SMBIOS system UUIDs (QEMU -uuid): vm-cache's one-time host token is bound to its UUID
+UUID_RAM = "6e657473-6c61-4465-8000-0000000de001"
+UUID_CACHE = "6e657473-6c61-4465-8000-0000000de002"
+TLS_PORT = 8443
+SECRET_NAME = "demo_psk"
+SECRET_VALUE = "only-for-vm-ram-7d1e"
 
 RECIPE = """\
 # The demo fleet image: minbase + systemd + python3 (the agent's standard library).
@@ -26,7 +32,7 @@ RECIPE = """\
 # the netslate initramfs loads the modules the boot needs before switch_root.
 suite: bookworm
 variant: minbase
-packages: [systemd-sysv, python3, iproute2{extra}]
+packages: [systemd-sysv, python3, iproute2, tpm2-tools{extra}]
 files:
   - path: /boot/{kernel}
     source: {kernel_path}
@@ -78,8 +84,8 @@ def setup_boot(ctx) -> None:
     common = dict(image="fleet", ref="stable", console="ttyS0")
     bstore.add_profile(ctx, "fleet-ram", mode="ram", args=["panic=-1", "quiet"], **common)
     bstore.add_profile(ctx, "fleet-cache", mode="cache", args=["panic=-1", "quiet", "netslate.disk=allow"], **common)
-    inventory.add_machine(ctx, [MAC_RAM], name="vm-ram")
-    inventory.add_machine(ctx, [MAC_CACHE], name="vm-cache")
+    inventory.add_machine(ctx, [MAC_RAM], uuid=UUID_RAM, name="vm-ram")
+    inventory.add_machine(ctx, [MAC_CACHE], uuid=UUID_CACHE, name="vm-cache")
     bstore.add_rule(ctx, "r-ram", {"mac": MAC_RAM}, "fleet-ram")
     bstore.add_rule(ctx, "r-cache", {"mac": MAC_CACHE}, "fleet-cache")
     bstore.activate_rules(ctx)
@@ -97,11 +103,18 @@ def setup_config(data: Path) -> dict:
 
 
 class Fleet:
-    """The namespace, the server (with dnsmasq) and the VMs; `close()` stops all of it."""
+    """The namespace, the server (with dnsmasq) and the VMs; `close()` stops all of it.
 
-    def __init__(self, workdir: Path, data: Path):
+    Identity (issue 13): vm-ram has a TPM 2.0 (swtpm) and enrolls with it; vm-cache is a VM the demo
+    defines as its host would: a one-time token bound to its SMBIOS UUID in its SMBIOS type 11 OEM
+    strings. The server also answers HTTPS (`--tls-listen`, self-signed); the boot arguments pin its
+    certificate, so the initramfs and the agent talk to it over pinned TLS (iPXE stays on HTTP)."""
+
+    def __init__(self, workdir: Path, data: Path, tls: bool = True):
         self.workdir = workdir
         self.data = data
+        self.tls = tls
+        self.host_token: str | None = None
         self.lab = LabNetwork().create()
         self.server: NetslateServer | None = None
         self.vms: dict[str, VM] = {}
@@ -116,8 +129,10 @@ class Fleet:
 
     def start_server(self) -> NetslateServer:
         lab = self.lab
+        tls = ["--tls-listen", f"{lab.address}:{TLS_PORT}"] if self.tls else []
         self.server = NetslateServer(lab, self.data, ["--boot-interface", lab.bridge, "--dhcp", "full",
-                                                      "--dhcp-range", f"{lab.host_ip(100)},{lab.host_ip(150)},255.255.255.0"],
+                                                      "--dhcp-range", f"{lab.host_ip(100)},{lab.host_ip(150)},255.255.255.0",
+                                                      *tls],
                                      log_path=self.workdir / "serve.log")
         self.server.start()
         return self.server
@@ -126,17 +141,37 @@ class Fleet:
         if self.server is not None:
             self.server.stop()
 
+    def tls_pin(self) -> str | None:
+        from netslate.server.tls import pin_of_pem
+
+        cert = self.data / "keys" / "tls.crt"
+        return pin_of_pem(cert.read_bytes()) if self.tls and cert.exists() else None
+
+    def make_host_token(self) -> str:
+        """What a host that defines vm-cache does: a one-time token bound to the VM's SMBIOS UUID
+        (and its machine record), at trust `host`, for the VM's SMBIOS type 11 OEM strings."""
+        from netslate.context import Context
+        from netslate.enrollment import tokens
+
+        self.host_token = tokens.create(Context(self.data), "local:demo-host", machine="vm-cache",
+                                        domain_uuid=UUID_CACHE, kind="host")["token"]
+        return self.host_token
+
     def vm(self, name: str, accel: str | None = None) -> VM:
         if name not in self.vms:
             mac = MAC_RAM if name == "vm-ram" else MAC_CACHE
-            extra: list[str] = []
+            extra: list[str] = ["-uuid", UUID_RAM if name == "vm-ram" else UUID_CACHE]
             if name == "vm-cache":
+                from netslate.enrollment.tokens import oem_string
+
+                extra += ["-smbios", f"type=11,value={oem_string(self.make_host_token())}"]
                 if not self.disk.exists():
                     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), "2G"], check=True)
                 # the NETSLATE disk boots after the NIC: the firmware's fallback when PXE fails
-                extra = ["-drive", f"file={self.disk},if=none,id=d0,format=qcow2",
-                         "-device", "virtio-blk-pci,drive=d0,bootindex=2"]
-            self.vms[name] = VM(self.lab, self.vmdir, name, mac, memory_mb=1536, accel=accel, extra=extra)
+                extra += ["-drive", f"file={self.disk},if=none,id=d0,format=qcow2",
+                          "-device", "virtio-blk-pci,drive=d0,bootindex=2"]
+            self.vms[name] = VM(self.lab, self.vmdir, name, mac, memory_mb=1536, accel=accel, extra=extra,
+                                tpm=name == "vm-ram")
         return self.vms[name]
 
     def fleet(self) -> dict:
@@ -195,11 +230,26 @@ def configured(names, generation: int | None = None, source: str | None = None, 
 
 
 def fleet_table(f: dict) -> list[str]:
-    rows = [f"{'machine':10} {'state':11} {'image':9} {'from':7} {'gen':4} {'config':7} healthy"]
+    rows = [f"{'machine':10} {'state':11} {'image':9} {'from':7} {'gen':4} {'config':7} {'healthy':7} {'trust':5} flags"]
     for n, m in sorted(f.items()):
         rows.append(f"{n:10} {m['state']:11} {'fleet@' + str(m.get('version')):9} {str(m.get('image_source')):7} "
-                    f"{str(m.get('generation')):4} {str(m.get('config_source')):7} {m.get('healthy')}")
+                    f"{str(m.get('generation')):4} {str(m.get('config_source')):7} {str(m.get('healthy')):7} "
+                    f"{str(m.get('trust')):5} {','.join(m.get('flags') or []) or '-'}")
     return rows
+
+
+def authenticated(names, trust: dict | None = None):
+    """A fleet predicate: every named machine's last report carried its credential (no
+    `unauthenticated` flag) and, if given, its trust level is trust[name]."""
+    def pred(f: dict) -> bool:
+        for n in names:
+            m = f.get(n)
+            if not m or m.get("authenticated") is not True or "unauthenticated" in (m.get("flags") or []):
+                return False
+            if trust and m.get("trust") != trust[n]:
+                return False
+        return True
+    return pred
 
 
 # ------------------------------------------------------------------------------ the scenario
@@ -297,6 +347,64 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
             say(line)
         say(f"power-on → configured: vm-ram {seen['vm-ram']}s, vm-cache {seen['vm-cache']}s; "
             f"downloaded {r['first_boot_bytes_vm-ram'] / 2**20:.0f} MiB each")
+
+    def enroll():
+        from netslate import inventory
+        from netslate.enrollment import store as enrollment_store
+
+        ctx = fl_ctx()
+        rid = inventory.machine_id(ctx, "vm-ram")
+        t0 = time.monotonic()
+        deadline = t0 + boot_timeout
+        pending: list[dict] = []
+        while not pending:  # vm-ram's agent sent its EK and AK: the TPM waits for an admin
+            pending = enrollment_store.list_enrollments(ctx, rid, "pending")
+            if pending or enrollment_store.list_enrollments(ctx, rid, "approved"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vm-ram's TPM enrollment did not arrive in {boot_timeout:.0f}s")
+            time.sleep(2)
+        if pending:
+            ek = pending[0]["ek_sha256"][:16]
+            cli(data, "machine", "approve", "vm-ram", "--enrollment", str(pending[0]["id"]), json_out=False)
+            say(f"vm-ram's TPM (swtpm) asked to enroll with EK sha256:{ek}…; approved by the admin "
+                f"(`netslate machine approve vm-ram --enrollment {pending[0]['id']}`)")
+        f = fl.wait(authenticated(["vm-ram", "vm-cache"], {"vm-ram": "tpm", "vm-cache": "host"}), boot_timeout,
+                    "both VMs authenticated (vm-ram trust tpm, vm-cache trust host)")
+        r["authenticated_seconds"] = round(time.monotonic() - t0, 1)
+        for line in fleet_table(f):
+            say(line)
+        say(f"vm-ram: MakeCredential challenge answered by its TPM, then an AK-signed quote → a short-lived "
+            f"credential (trust tpm); vm-cache: the host token from its SMBIOS OEM strings traded once for a "
+            f"credential kept on its NETSLATE disk (trust host); no `unauthenticated` flag left "
+            f"({r['authenticated_seconds']}s)")
+        if fl.tls:
+            say(f"agents and initramfs talk HTTPS to {fl.lab.address}:{TLS_PORT}, certificate pinned "
+                f"{fl.tls_pin()[:23]}… through netslate.pin= (iPXE fetched kernel + initramfs over HTTP)")
+
+    def secret_for_one():
+        cli(data, "config", "set", "@vm-ram", f"secrets[{SECRET_NAME}]", SECRET_VALUE, json_out=False)
+        pub = cli(data, "config", "publish", "-m", "demo: a secret for vm-ram only")
+        r["gen_secret"] = pub["generation"]
+        fl.wait(lambda f: configured(["vm-ram", "vm-cache"], r["gen_secret"])(f)
+                and authenticated(["vm-ram", "vm-cache"])(f), 180, f"generation {r['gen_secret']} applied")
+        ram = cli(data, "config", "explain", "vm-ram")
+        cache = cli(data, "config", "explain", "vm-cache")
+        if f"/secrets/{SECRET_NAME}" not in json.dumps(ram) or f"/secrets/{SECRET_NAME}" in json.dumps(cache):
+            raise RuntimeError("the secret is not vm-ram's alone in the merged documents")
+        # anyone asking by id/MAC without the machine's credential gets no secret, in any form
+        code, body = fl.lab.http_get(f"{fl.server.url}/api/v1/machines/{inventory_id('vm-ram')}/bundle", timeout=10)
+        if code != 200 or SECRET_VALUE.encode() in body or SECRET_NAME.encode() in body:
+            raise RuntimeError(f"an anonymous bundle request for vm-ram answered {code}, or with its secret")
+        r["secret_delivered"] = True
+        say(f"secret {SECRET_NAME} set on @vm-ram (generation {r['gen_secret']}): in vm-ram's bundle only, encrypted "
+            f"to its credential; vm-cache's document has no such secret; a bundle asked for by id without the "
+            f"credential carries none")
+
+    def inventory_id(name: str) -> int:
+        from netslate import inventory
+
+        return inventory.machine_id(fl_ctx(), name)
 
     def reboot_unchanged():
         since = _utcnow()
@@ -407,6 +515,9 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
     steps = [
         ("build the fleet image (systemd + agent) with mmdebstrap, its initramfs, boot profiles and a config tree", build_v1),
         ("PXE-boot two VMs (ram and cache mode) until both report configured and healthy", boot_fleet),
+        ("machine identity: vm-ram enrolls with its TPM (swtpm), vm-cache with a host token in its SMBIOS OEM "
+         "strings; both report authenticated", enroll),
+        ("a secret set for vm-ram reaches vm-ram only", secret_for_one),
     ]
     if second_boot:
         steps.append(("reboot both VMs with the image unchanged", reboot_unchanged))

@@ -115,8 +115,14 @@ class VM:
         accel: str | None = None,
         extra: list[str] | tuple[str, ...] = (),
         option_rom: bool = True,
+        tpm: bool = False,
     ) -> None:
         self.option_rom = option_rom
+        # A TPM 2.0 (swtpm, QEMU `-tpmdev emulator`): its state directory outlives restarts, so the
+        # VM keeps its EK (and the AK derived from it) across boots, like a real machine's TPM.
+        self.tpm = tpm
+        self.tpm_dir = Path(workdir) / f"{name}.tpm"
+        self.swtpm: subprocess.Popen | None = None
         self.lab = lab
         self.workdir = Path(workdir)
         self.name = name
@@ -135,11 +141,32 @@ class VM:
 
     def command(self) -> list[str]:
         vars_path = self.workdir / f"{self.name}.OVMF_VARS.fd" if self.firmware != "bios" else None
+        tpm = ["-chardev", f"socket,id=chrtpm,path={self.tpm_dir / 'swtpm.sock'}",
+               "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"] if self.tpm else []
         return qemu_command(
             name=self.name, mac=self.mac, tap=self.tap or "tap?", serial_path=self.serial_path,
             firmware=self.firmware, nic=self.nic, memory_mb=self.memory_mb, accel=self.accel,
-            vars_path=vars_path, extra=self.extra, option_rom=self.option_rom,
+            vars_path=vars_path, extra=tpm + self.extra, option_rom=self.option_rom,
         )
+
+    def _start_swtpm(self) -> None:
+        """swtpm for this VM (manufactured once with an EK and its certificate), on a unix socket
+        QEMU connects to; it ends when QEMU closes the connection (--terminate)."""
+        d = self.tpm_dir
+        if not (d / "tpm2-00.permall").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(d), "--createek", "--create-ek-cert", "--overwrite"],
+                           check=True, capture_output=True, timeout=120)
+        sock = d / "swtpm.sock"
+        sock.unlink(missing_ok=True)
+        self.swtpm = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={d}", "--ctrl",
+                                       f"type=unixio,path={sock}", "--terminate"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if time.monotonic() > deadline or self.swtpm.poll() is not None:
+                raise RuntimeError(f"swtpm for {self.name} did not start")
+            time.sleep(0.05)
 
     def start(self) -> "VM":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +175,8 @@ class VM:
         if self.firmware != "bios":
             shutil.copyfile(OVMF_VARS_SB if self.firmware == "uefi-sb" else OVMF_VARS, self.workdir / f"{self.name}.OVMF_VARS.fd")
         self.serial_path.unlink(missing_ok=True)
+        if self.tpm:
+            self._start_swtpm()
         log = open(self.qemu_log, "ab")
         try:
             self.proc = self.lab.popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -181,6 +210,15 @@ class VM:
     def stop(self) -> None:
         if self.proc is not None:
             self.lab.stop(self.proc, timeout=5)
+        if self.swtpm is not None:
+            if self.swtpm.poll() is None:
+                self.swtpm.terminate()
+                try:
+                    self.swtpm.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.swtpm.kill()
+                    self.swtpm.wait()
+            self.swtpm = None
 
     def restart(self) -> "VM":
         """Power-cycle on the same tap and MAC (a "next boot")."""
