@@ -75,8 +75,16 @@ def add(
 
 
 @app.command("approve")
-def approve(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP), json_: bool = typer.Option(False, "--json")):
-    """Approve a discovered (held) machine; its next boot attempt gets its script."""
+def approve(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP),
+            enrollment: Optional[int] = typer.Option(None, "--enrollment", help="The TPM enrollment to approve when several wait (machine enrollments)."),
+            json_: bool = typer.Option(False, "--json")):
+    """Approve a discovered (held) machine and its TPM enrollment waiting, if any; its next boot attempt gets its script."""
+    if enrollment is not None:
+        from netslate.services.enrollment import EnrollmentApproval  # lazy: CLI start-up time
+
+        data = state(ctx).services.enrollment.approve(ident, EnrollmentApproval(enrollment=enrollment))
+        emit(data, json_, lambda d: console.print(f"approved TPM enrollment {d['id']} of machine {d['machine_id']}"))
+        return
     data = state(ctx).services.machines.approve(ident)
     emit(data, json_, lambda d: console.print(f"approved machine {d['id']}"))
 
@@ -132,3 +140,54 @@ def enroll(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP)
 
     data = state(ctx).services.enrollment.create_token(EnrollTokenCreate(machine=ident, ttl_seconds=ttl))
     emit(data, json_, lambda d: console.print(d["token"], highlight=False, soft_wrap=True))
+
+
+@app.command("enrollments")
+def enrollments(ctx: typer.Context, ident: Optional[str] = typer.Argument(None, help="Only this machine's. " + IDENT_HELP),
+                status: Optional[str] = typer.Option(None, "--status", help="pending, approved or revoked."),
+                json_: bool = typer.Option(False, "--json")):
+    """TPM enrollments: which EK/AK claims which machine, their status and flags."""
+    rows = state(ctx).services.enrollment.list(ident, status)
+    emit(rows, json_, lambda rs: table(
+        ["id", "machine", "status", "flags", "EK sha256", "EK cert", "activated", "approved by", "last attested"],
+        [[r["id"], r["machine_id"], r["status"], ",".join(r["flags"]), r["ek_sha256"][:16], "yes" if r["ek_cert"] else "no",
+          "yes" if r["activated"] else "no", r["approved_by"] or "", r["last_attested_at"] or ""] for r in rs]))
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, ident: str = typer.Argument(..., help=IDENT_HELP), json_: bool = typer.Option(False, "--json")):
+    """Revoke a machine's TPM enrollments and every credential it holds; its TPM is refused from now on."""
+    data = state(ctx).services.enrollment.revoke(ident)
+    emit(data, json_, lambda d: console.print(
+        f"machine {d['machine_id']}: {d['enrollments_revoked']} TPM enrollment(s) and {d['credentials_revoked']} credential(s) revoked"))
+
+
+policy_app = typer.Typer(help="Site policies that approve a TPM without an admin: EK fingerprint, serial, subnet.",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="enrollment-policy")
+
+
+@policy_app.command("list")
+def policy_list(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
+    """The site policies."""
+    rows = state(ctx).services.enrollment.policies()
+    emit(rows, json_, lambda rs: table(["id", "kind", "value", "by", "at"],
+                                       [[p["id"], p["kind"], p["value"], p["created_by"], p["created_at"]] for p in rs]))
+
+
+@policy_app.command("add")
+def policy_add(ctx: typer.Context, kind: str = typer.Argument(..., help="ek (EK SHA-256), serial or subnet."),
+               value: str = typer.Argument(..., help="The EK fingerprint, serial or CIDR subnet."),
+               json_: bool = typer.Option(False, "--json")):
+    """Approve TPMs whose EK, serial or request subnet matches (EK is the strong one: serials and addresses can be claimed)."""
+    from netslate.services.enrollment import EnrollmentPolicyCreate  # lazy: CLI start-up time
+
+    data = state(ctx).services.enrollment.add_policy(EnrollmentPolicyCreate(kind=kind, value=value))
+    emit(data, json_, lambda d: console.print(f"policy {d['id']}: approve TPMs with {d['kind']} {d['value']}", highlight=False))
+
+
+@policy_app.command("rm")
+def policy_rm(ctx: typer.Context, policy_id: int = typer.Argument(...)):
+    """Remove a site policy."""
+    data = state(ctx).services.enrollment.remove_policy(policy_id)
+    console.print(f"removed policy {data.id}")
