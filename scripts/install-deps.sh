@@ -16,6 +16,7 @@ APT_PACKAGES=(
   postgresql
   wrk
   slapd ldap-utils
+  swtpm swtpm-tools tpm2-tools
   chromium chromium-driver fonts-dejavu-core
 )
 UV_VERSION=0.13.9
