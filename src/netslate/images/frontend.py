@@ -73,8 +73,8 @@ def _q(path: str) -> str:
 
 def _listen(host: str, port: int) -> str:
     if host in ("::", "[::]"):
-        return f"listen [::]:{port} ipv6only=off reuseport;"
-    return f"listen {host_port(host, port)} reuseport;"
+        return f"listen [::]:{port} ipv6only=off;"
+    return f"listen {host_port(host, port)};"
 
 
 _CHUNK_HEADERS = f"""            etag off;
@@ -278,6 +278,14 @@ def read_access_log(path: Path) -> list[dict]:
     return out
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of an nginx (its own session: master + workers share the group)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the supervising thread's process dies (no orphan nginx)."""
     try:
@@ -385,6 +393,7 @@ class NginxFront:
                 log.info("nginx front started (pid %s) on %s", self.proc.pid,
                          host_port(self.settings.listen_host, self.settings.listen_port))
                 code = self.proc.wait()
+                _kill_group(self.proc.pid)  # workers of a master that died would keep the port
             except OSError as exc:
                 code = -1
                 self.last_error = f"cannot start nginx: {exc}"
@@ -411,8 +420,10 @@ class NginxFront:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+                _kill_group(proc.pid)
                 proc.wait(timeout=5)
+        if proc is not None:
+            _kill_group(proc.pid)
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         if self._lock_fd is not None:
