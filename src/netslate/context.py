@@ -15,9 +15,12 @@ from netslate.store.db import Database
 
 
 class Context:
-    def __init__(self, data_dir: str | os.PathLike | None = None, database_url: str | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, database_url: str | None = None,
+                 database_read_url: str | None = None):
         self.data_dir: Path = resolve_data_dir(data_dir)
         self.database_url = database_url or os.environ.get("NETSLATE_DATABASE_URL")
+        # A branch server's local standby (issue 15, docs/sites.md); writes go to database_url.
+        self.database_read_url = database_read_url or os.environ.get("NETSLATE_DATABASE_READ_URL") or None
         self._initialised = False
 
     def init(self) -> "Context":
@@ -39,7 +42,14 @@ class Context:
 
     @cached_property
     def db(self) -> Database:
-        return Database.for_data_dir(self.data_dir, self.database_url)
+        return Database.for_data_dir(self.data_dir, self.database_url, self.database_read_url)
+
+    @cached_property
+    def outbox(self):
+        """The durable telemetry outbox of a branch server (None without a standby)."""
+        from netslate.store.outbox import Outbox
+
+        return Outbox(self.data_dir / "outbox.db") if self.db.has_replica else None
 
     @cached_property
     def signing_key(self) -> SigningKey:

@@ -23,5 +23,12 @@ class Throttled(UserError):
         self.retry_after = max(1, int(retry_after))
 
 
+class Unavailable(UserError):
+    """A part of the installation is out of reach (a branch server cut off from the central site's
+    database): the API answers 503, the CLI prints the one line and exits 2."""
+
+    http_status = 503
+
+
 class IntegrityError(Exception):
     """Data failed verification (hash, signature, generation). Never used silently."""

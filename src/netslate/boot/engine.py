@@ -24,6 +24,7 @@ from netslate.boot.queries import BootReader, machine_row
 from netslate.boot.request import check_field, parse_ident
 from netslate.discovery.core import parse_address
 from netslate.errors import NotFound, UserError
+from netslate.store import outbox
 
 log = logging.getLogger("netslate.boot")
 

@@ -17,6 +17,7 @@ from sqlalchemy import insert
 
 from netslate import inventory
 from netslate.boot.models import BootEvent
+from netslate.store import outbox
 
 log = logging.getLogger("netslate.boot")
 
@@ -80,10 +81,19 @@ class EventWriter:
                 self._idle.notify_all()
 
     def _write(self, batch: list[dict]) -> None:
-        last_seen: dict[int, dt.datetime] = {}
-        for e in batch:
-            if e["machine_id"] is not None:
-                last_seen[e["machine_id"]] = e["at"]
-        with self.ctx.db.session() as s:
-            s.execute(insert(BootEvent.__table__), batch)
-            inventory.mark_seen(s, last_seen)
+        # through the outbox: a branch server cut off from the central primary queues the batch (issue 15)
+        outbox.submit(self.ctx, "boot.events", {"events": batch})
+
+
+@outbox.handler("boot.events")
+def write_events(ctx, payload: dict) -> None:
+    """One batch of boot events and the machines' last-seen times, in one transaction."""
+    batch = [dict(e, at=dt.datetime.fromisoformat(e["at"]) if isinstance(e["at"], str) else e["at"])
+             for e in payload["events"]]
+    last_seen: dict[int, dt.datetime] = {}
+    for e in batch:
+        if e["machine_id"] is not None:
+            last_seen[e["machine_id"]] = e["at"]
+    with ctx.db.session() as s:
+        s.execute(insert(BootEvent.__table__), batch)
+        inventory.mark_seen(s, last_seen)

@@ -70,7 +70,7 @@ class BootReader:
         self.ctx = ctx
         self.has_subnets = False
         try:
-            self.has_subnets = inspect(ctx.db.engine).has_table("discovery_subnets")
+            self.has_subnets = inspect(ctx.db.reader).has_table("discovery_subnets")
         except Exception as exc:  # no discovery: sites come from labels only
             log.warning("boot: no site subnets (%s)", exc)
         self.fp_sql = SQL_FINGERPRINT + (SQL_FINGERPRINT_SUBNETS if self.has_subnets else "")
@@ -100,7 +100,7 @@ class BootReader:
             if row is None and uuid:
                 row = c.execute(SQL_BY_UUID, (uuid,)).fetchone()
             return fp, machine_row(row, tuple(row)) if row is not None else None
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             return tuple(conn.execute(self.fp_query).one()), self._machine(conn, mac, uuid)
 
     def assignment_row(self, machine_id: int) -> tuple[tuple, tuple | None]:
@@ -111,7 +111,7 @@ class BootReader:
             fp = tuple(c.execute(self.fp_sql).fetchone())
             row = c.execute(SQL_ASSIGN, (int(machine_id),)).fetchone()
             return fp, (tuple(row) if row is not None else None)
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             fp = tuple(conn.execute(self.fp_query).one())
             row = conn.execute(Q_ASSIGN, {"id": int(machine_id)}).first()
         return fp, None if row is None else tuple(json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in row)
@@ -119,11 +119,11 @@ class BootReader:
     # ------------------------------------------------------------ snapshot and operator reads
 
     def fingerprint(self) -> tuple:
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             return tuple(conn.execute(self.fp_query).one())
 
     def machine(self, mac: str | None, uuid: str | None) -> MachineRow | None:
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             return self._machine(conn, mac, uuid)
 
     def _machine(self, conn, mac: str | None, uuid: str | None) -> MachineRow | None:
@@ -133,12 +133,12 @@ class BootReader:
         return machine_row(row) if row is not None else None
 
     def first_mac(self, machine_id: int) -> str | None:
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             return conn.execute(select(func.min(MM.c.mac)).where(MM.c.machine_id == machine_id)).scalar()
 
     def boot_tables(self) -> tuple[CompiledRules, dict[str, dict], dict[int, tuple[str, int]], dict[str, dict]]:
         """The active rules (compiled), profiles, pins and policies."""
-        with self.ctx.db.session() as s:
+        with self.ctx.db.read_session() as s:
             st = bstore.boot_state(s)
             rules = CompiledRules(bstore.load_rules(s, "active"), st.active_version)
             profiles = {p.name: bstore.profile_dict(p) for p in s.scalars(select(BootProfile))}
@@ -151,7 +151,7 @@ class BootReader:
         if not self.has_subnets:
             return None
         try:
-            with self.ctx.db.engine.connect() as conn:
+            with self.ctx.db.read_connection() as conn:
                 rows = conn.execute(Q_SUBNETS).all()
             return SubnetMap([(c, n) for c, n in rows]) if rows else None
         except Exception as exc:
@@ -160,7 +160,7 @@ class BootReader:
 
     def machines_with_macs(self) -> list[tuple[MachineRow, list[str]]]:
         """Every machine and its MACs (sorted), for the pxelinux.cfg files."""
-        with self.ctx.db.engine.connect() as conn:
+        with self.ctx.db.read_connection() as conn:
             rows = conn.execute(select(*_MACHINE_COLS).order_by(M.c.id)).all()
             macs: dict[int, list[str]] = {}
             for mid, mac in conn.execute(select(MM.c.machine_id, MM.c.mac).order_by(MM.c.mac)):

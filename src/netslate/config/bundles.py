@@ -68,7 +68,7 @@ def build_payload(m: MachineView, st, cache: Tree, generation: int, authenticate
 def bundle(ctx, machine: str | int, credential: str | None = None, assign: Assign | None = None) -> tuple[dict, str, dict]:
     """(signed envelope, etag, info) for one machine, resolved from its effective generation.
     `assign(machine_id)` gives the bundle's `image_pin`; without it the pin is None."""
-    with ctx.db.engine.connect() as conn:
+    with ctx.db.read_connection() as conn:
         m = machines.view(conn, machine)
         st = state.read_core(conn)
     m.image_pin = assign(m.id) if assign is not None else None

@@ -28,7 +28,7 @@ class GenerationCache:
             if t is not None:
                 self._trees.move_to_end(number)
                 return t
-        with ctx.db.session() as s:
+        with ctx.db.read_session() as s:
             t = Tree(generation_snapshot(s, number))
         with self._lock:
             self._trees[number] = t

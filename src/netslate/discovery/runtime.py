@@ -17,7 +17,7 @@ import threading
 import time
 
 from netslate.discovery import core, store
-from netslate.errors import UserError
+from netslate.errors import Unavailable, UserError
 
 log = logging.getLogger("netslate.discovery")
 
@@ -91,7 +91,12 @@ class DiscoveryRuntime:
     def start(self) -> None:
         o = self.options
         if o.get("discovery_register"):
-            self.register()
+            try:
+                self.register()
+            except Unavailable as exc:  # a branch server started while the central site is away (issue 15)
+                self.name = o.get("server_name") or default_server_name()
+                self.heartbeat_error = str(exc)
+                log.warning("not registered in discovery yet: %s", exc)
             self._thread = threading.Thread(target=self._heartbeats, name="netslate-heartbeat", daemon=True)
             self._thread.start()
         if o.get("dns_listen"):

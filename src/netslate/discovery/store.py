@@ -196,7 +196,7 @@ def remove_server(ctx, name: str, actor: str | None = None) -> None:
 
 def load_view(ctx, stale_after: float = STALE_AFTER) -> core.View:
     """A snapshot for answering: all sites and subnets, and servers that heartbeat recently."""
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:
         cutoff = utcnow() - dt.timedelta(seconds=stale_after)
         sites = list(s.scalars(select(Site.name).order_by(Site.name)).all())
         subnets = [(cidr, site) for cidr, site in s.execute(select(SiteSubnet.cidr, Site.name).join(Site)).all()]

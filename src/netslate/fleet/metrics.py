@@ -49,7 +49,32 @@ class FleetCollector:
         yield from (gen, cur, ver, icache, ccache, healthy, seen, state, flagged, counts)
 
 
+class BranchCollector:
+    """A branch server (issue 15): read-only state, replication lag and the outbox."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def collect(self):
+        st = self.ctx.db.replica_status()
+        if st is None:
+            return
+        ro = GaugeMetricFamily("netslate_read_only", "1 while the central primary is out of reach (writes refused)")
+        ro.add_metric([], 1 if st["read_only"] else 0)
+        yield ro
+        if st.get("lag_seconds") is not None:
+            lag = GaugeMetricFamily("netslate_replication_lag_seconds", "Age of the newest data replayed by the standby (0 when streaming and caught up)")
+            lag.add_metric([], st["lag_seconds"])
+            yield lag
+        box = self.ctx.outbox
+        if box is not None:
+            q = GaugeMetricFamily("netslate_outbox_pending_events", "Telemetry events queued for the central primary")
+            q.add_metric([], box.pending())
+            yield q
+
+
 def render(ctx) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(ctx))
+    registry.register(BranchCollector(ctx))
     return generate_latest(registry)

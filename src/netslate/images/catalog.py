@@ -80,7 +80,7 @@ class Catalog:
         return env
 
     def resolve(self, name: str, ref: str | int = "latest") -> Resolved:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.read_session() as s:
             v, tag = self._version_row(s, name, ref)
             return Resolved(name, v.version, v.manifest_digest, self._envelope(v), tag)
 
@@ -92,7 +92,7 @@ class Catalog:
 
     def manifest_document(self, name: str, ref: str) -> dict:
         """What GET /images/NAME/REF/manifest serves: the signed manifest, and a signed tag statement."""
-        with self.ctx.db.session() as s:
+        with self.ctx.db.read_session() as s:
             v, tag = self._version_row(s, name, ref)
             doc = {"manifest": self._envelope(v), "digest": v.manifest_digest, "tag": None}
             if tag:

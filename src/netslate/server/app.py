@@ -57,7 +57,7 @@ def create_app(ctx: Context, options: dict | None = None) -> FastAPI:
             return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, Throttled):
             return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else getattr(exc, "http_status", 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     for router in HAND_WRITTEN:  # their error answers documented like the generated routes'

@@ -108,7 +108,7 @@ class LocalFleet(FleetService):
     def report(self, machine: str, body: Any, credential: str | None, remote: str | None) -> ReportAccepted:
         """Store an agent's report. An enrolled machine must present its credential
         (`reports.ReportRefused` otherwise); others are accepted and flagged `unauthenticated`."""
-        return ReportAccepted(**reports.ingest(self.parts.ctx, machine, body, credential, remote))
+        return ReportAccepted(**reports.report(self.parts.ctx, machine, body, credential, remote))
 
     def metrics(self) -> bytes:
         """The fleet in Prometheus' text exposition format."""

@@ -26,8 +26,10 @@ def healthz(request: Request):
         except Exception as exc:
             checks[name] = {"ok": False, "error": str(exc)}
     ok = all(c.get("ok") for c in checks.values())
+    replica = checks.get("central")  # a branch server: read-only state and replication lag (issue 15)
     body = {
         "ok": ok,
+        "read_only": bool(replica and replica.get("read_only")),
         "version": __version__,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(),
         "checks": checks,

@@ -1,0 +1,31 @@
+"""sites: the events a branch server's outbox applied on the primary (issue 15)
+
+Revision ID: 0015_sites
+Revises: 0001_core
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0015_sites'
+down_revision = '0001_core'
+branch_labels = ('sites',)
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('sites_outbox_applied',
+    sa.Column('event_id', sa.String(length=36), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('origin', sa.String(length=63), nullable=False),
+    sa.Column('queued_at', sa.DateTime(), nullable=True),
+    sa.Column('applied_at', sa.DateTime(), nullable=False),
+    sa.Column('outcome', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('event_id')
+    )
+    op.create_index(op.f('ix_sites_outbox_applied_applied_at'), 'sites_outbox_applied', ['applied_at'], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index(op.f('ix_sites_outbox_applied_applied_at'), table_name='sites_outbox_applied')
+    op.drop_table('sites_outbox_applied')

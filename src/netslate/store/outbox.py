@@ -1,0 +1,293 @@
+"""A branch server's durable telemetry outbox (issue 15 §1, docs/sites.md).
+
+Telemetry (boot events, discoveries, facts, agent reports and heartbeats, desktop session events)
+goes through `submit(ctx, kind, payload)`:
+- without a standby (SQLite, one PostgreSQL) it is the part's own function, called at once, as before;
+- on a branch server every event gets a unique id, and is applied on the central primary in one
+  transaction with a row in `sites_outbox_applied` (that id as primary key): the primary applies
+  an event id at most once;
+- when the primary is out of reach (or older events still wait), the event is appended to
+  DATA/outbox.db (SQLite, synchronous=FULL: on disk before the request is answered), and the
+  `Replayer` thread applies the queue in order when the primary is back, in batches, each event
+  in its own savepoint. An event applied before the link died but not yet removed here is
+  skipped by its id: nothing lost, nothing counted twice. An event the primary refuses on replay
+  (its machine was removed meanwhile, ...) is kept in `sites_outbox_applied` with the reason.
+
+A part registers how to apply its kind with `@handler("kind")`; the handler calls the part's own
+functions, whose `ctx.db.session()` joins the replay's transaction (`Database.joined`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import DateTime, String, Text, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from netslate.store.db import _TELEMETRY, Base, CentralUnreachable, _is_disconnect, utcnow
+from netslate.settings import make_private_dir, make_private_file
+
+log = logging.getLogger("netslate.outbox")
+
+HANDLERS: dict[str, Callable[[Any, dict], Any]] = {}
+# The modules that register handlers (imported by name before a replay, like store.registry's models).
+HANDLER_MODULES = ("netslate.boot.events", "netslate.inventory.store", "netslate.fleet.reports")
+
+
+def load_handlers() -> None:
+    for name in HANDLER_MODULES:
+        importlib.import_module(name)
+
+
+class Queued(dict):
+    """What `submit` answers for an event it put in the outbox (a dict, so callers can answer it)."""
+
+
+class OutboxApplied(Base):
+    """Events (by their unique id) the primary has applied: a replay never applies one twice."""
+
+    __tablename__ = "sites_outbox_applied"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(63), default="")
+    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    applied_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    outcome: Mapped[str] = mapped_column(Text, default="applied")  # applied | refused: REASON
+
+
+def handler(kind: str):
+    """Register how to apply events of `kind` (in the part that owns the data)."""
+
+    def deco(fn):
+        HANDLERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def _origin() -> str:
+    return (os.environ.get("NETSLATE_SERVER_NAME") or os.uname().nodename.split(".")[0])[:63]
+
+
+class Outbox:
+    """Append-only SQLite queue in the data directory; one writer lock, fsync on every append."""
+
+    def __init__(self, path):
+        self.path = path
+        make_private_dir(Path(path).parent)
+        make_private_file(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                           "id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, queued_at REAL NOT NULL, payload TEXT NOT NULL)")
+        self._count = self._conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def append(self, kind: str, payload: dict, event_id: str | None = None) -> str:
+        event_id = event_id or str(uuid.uuid4())
+        body = json.dumps(payload, default=_json_default, separators=(",", ":"))
+        with self._lock:
+            self._conn.execute("INSERT INTO events (id, kind, queued_at, payload) VALUES (?, ?, ?, ?)",
+                               (event_id, kind, time.time(), body))
+            self._count += 1
+        return event_id
+
+    def append_many(self, events: list[tuple[str, dict]]) -> None:
+        """Several events in one fsync'd transaction (benchmarks, tests)."""
+        now = time.time()
+        rows = [(str(uuid.uuid4()), k, now, json.dumps(p, default=_json_default, separators=(",", ":"))) for k, p in events]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT INTO events (id, kind, queued_at, payload) VALUES (?, ?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+            self._count += len(rows)
+
+    def pending(self) -> int:
+        return self._count
+
+    def oldest(self) -> float | None:
+        with self._lock:
+            row = self._conn.execute("SELECT min(queued_at) FROM events").fetchone()
+        return row[0] if row else None
+
+    def peek(self, limit: int) -> list[tuple[int, str, str, float, dict]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT seq, id, kind, queued_at, payload FROM events ORDER BY seq LIMIT ?",
+                                      (limit,)).fetchall()
+        return [(seq, eid, kind, at, json.loads(body)) for seq, eid, kind, at, body in rows]
+
+    def remove_through(self, seq: int) -> None:
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+            self._count = max(0, self._count - cur.rowcount)
+
+    def status(self) -> dict:
+        oldest = self.oldest()
+        return {"pending": self.pending(), "bytes": _size(self.path),
+                "oldest": dt.datetime.fromtimestamp(oldest, dt.timezone.utc).isoformat() if oldest else None}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _size(path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.path.getsize(f"{path}{suffix}")
+        except OSError:
+            pass
+    return total
+
+
+def _json_default(value):
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot queue {type(value).__name__}")
+
+
+def _mark_applied(s, event_id: str, kind: str, queued_at: float | None) -> bool:
+    """Insert the event's id; False when the primary has it already (a replay of an applied event)."""
+    row = {"event_id": event_id, "kind": kind, "origin": _origin(), "applied_at": utcnow(),
+           "queued_at": dt.datetime.fromtimestamp(queued_at, dt.timezone.utc).replace(tzinfo=None) if queued_at else None,
+           "outcome": "applied"}
+    stmt = pg_insert(OutboxApplied.__table__).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
+    return s.execute(stmt.returning(OutboxApplied.event_id)).first() is not None
+
+
+def submit(ctx, kind: str, payload: dict) -> Any:
+    """Apply one telemetry event now, or queue it durably when the central primary is away.
+    Returns the handler's answer, or a `Queued` dict ({"queued": True, "event_id": ...})."""
+    apply = HANDLERS[kind]
+    db, box = ctx.db, ctx.outbox
+    if box is None:
+        return apply(ctx, payload)
+    if db.down_since is not None or box.pending():
+        # away, or older events still wait: this one goes behind them (order is kept)
+        return Queued(queued=True, event_id=box.append(kind, payload))
+    event_id = str(uuid.uuid4())
+    token = _TELEMETRY.set(True)
+    try:
+        with db.session() as s:
+            if s.get_bind() is db.read_engine:  # the primary went away just now: the session is the standby's
+                raise CentralUnreachable(db.down_since or time.time())
+            _mark_applied(s, event_id, kind, None)
+            with db.joined(s):
+                return apply(ctx, payload)
+    except CentralUnreachable:
+        return Queued(queued=True, event_id=box.append(kind, payload, event_id))
+    except Exception as exc:
+        if _is_disconnect(exc):
+            db._mark_down(exc)
+            return Queued(queued=True, event_id=box.append(kind, payload, event_id))
+        raise
+    finally:
+        _TELEMETRY.reset(token)
+
+
+def drain(ctx, batch: int = 1000, budget: float = 30.0) -> dict:
+    """Apply queued events to the primary in order until the outbox is empty, the primary goes
+    away or `budget` seconds pass. Returns {"applied", "duplicates", "refused", "left"}."""
+    db, box = ctx.db, ctx.outbox
+    out = {"applied": 0, "duplicates": 0, "refused": 0, "left": box.pending() if box else 0}
+    if box is None:
+        return out
+    load_handlers()
+    deadline = time.monotonic() + budget
+    token = _TELEMETRY.set(True)
+    try:
+        while box.pending() and time.monotonic() < deadline:
+            rows = box.peek(batch)
+            if not rows:
+                break
+            missing = sorted({kind for _, _, kind, _, _ in rows if kind not in HANDLERS})
+            if missing:
+                log.error("outbox: no handler for %s yet; replay waits", ", ".join(missing))
+                break
+            try:
+                with db.session() as s:
+                    if s.get_bind() is db.read_engine:
+                        break  # the primary is away
+                    for _seq, eid, kind, queued_at, payload in rows:
+                        if not _mark_applied(s, eid, kind, queued_at):
+                            out["duplicates"] += 1
+                            continue
+                        try:
+                            with db.joined(s):
+                                with s.begin_nested():
+                                    HANDLERS[kind](ctx, payload)
+                            out["applied"] += 1
+                        except Exception as exc:
+                            if _is_disconnect(exc) or isinstance(exc, CentralUnreachable):
+                                raise
+                            out["refused"] += 1
+                            reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+                            s.execute(OutboxApplied.__table__.update().where(OutboxApplied.event_id == eid)
+                                      .values(outcome=f"refused: {reason}"))
+                            log.warning("outbox: %s event %s refused by the primary: %s", kind, eid, reason)
+            except CentralUnreachable:
+                break
+            box.remove_through(rows[-1][0])
+    finally:
+        _TELEMETRY.reset(token)
+    out["left"] = box.pending()
+    return out
+
+
+def applied_count(ctx) -> int:
+    with ctx.db.session() as s:
+        return s.scalar(select(func.count()).select_from(OutboxApplied)) or 0
+
+
+class Replayer:
+    """The background thread of a branch server: probes the primary while it is away (every
+    `interval` seconds, which lifts the read-only state) and drains the outbox when it is back."""
+
+    def __init__(self, ctx, interval: float = 1.0):
+        self.ctx, self.interval = ctx, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: dict = {}
+        self.error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="netslate-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        db = self.ctx.db
+        while not self._stop.wait(self.interval):
+            try:
+                if db.down_since is not None and not db.probe_primary():
+                    continue
+                if self.ctx.outbox.pending():
+                    self.last = drain(self.ctx)
+                self.error = None
+            except Exception as exc:  # keep going: health shows it
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.error("outbox replay: %s", self.error)
+
+    def health(self) -> dict:
+        """/healthz: the branch's read-only state, replication lag and the outbox (ok while reads work)."""
+        status = self.ctx.db.replica_status() or {}
+        box = self.ctx.outbox.status()
+        ok = status.get("standby_error") is None and self.error is None
+        return {"ok": ok, **status, "outbox": box, "replay_error": self.error}
