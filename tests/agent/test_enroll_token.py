@@ -74,7 +74,7 @@ def test_enroll_with_token_against_a_real_server(ctx, live_server, tmp_path):
     assert et.enroll_with_token(live_server.url, facts, root, None) is None
     # the same token again (say, still in the SMBIOS strings of a VM that rebooted): refused, clearly
     tf.write_text(t)
-    with pytest.raises(et.TokenRefused, match="used already"):
+    with pytest.raises(et.EnrollTokenRefused, match="used already"):
         et.enroll_with_token(live_server.url, facts, root, None, timeout=10)
     assert not tf.exists()
     # a host token bound to a domain UUID, from the SMBIOS strings, refused from another UUID
@@ -84,7 +84,7 @@ def test_enroll_with_token_against_a_real_server(ctx, live_server, tmp_path):
     entry.mkdir(parents=True)
     (entry / "raw").write_bytes(bytes.fromhex("0b05000b01") + f"netslate-enroll:{h}".encode() + b"\0\0")
     os.chmod(entry / "raw", 0o400)  # root only, as in the kernel
-    with pytest.raises(et.TokenRefused, match="another machine"):
+    with pytest.raises(et.EnrollTokenRefused, match="another machine"):
         et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": "0d6f3c1a-9b8e-4c7d-a6f5-000000000000"}}, root, None, timeout=10)
     answer = et.enroll_with_token(live_server.url, {"dmi": {"product_uuid": uuid}}, root, None, timeout=10)
     assert answer["trust"] == "host" and answer["source"] == "smbios"

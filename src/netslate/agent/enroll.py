@@ -187,7 +187,7 @@ class Enroller:
             return None
         try:
             answer = enroll_token.enroll_with_token(url, facts, self.root, self.lkg_dir, self.timeout)
-        except enroll_token.TokenRefused as exc:
+        except enroll_token.EnrollTokenRefused as exc:
             self.state = "refused"
             return str(exc)
         except (http.HttpError, OSError, ValueError) as exc:

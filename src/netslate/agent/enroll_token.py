@@ -33,7 +33,7 @@ FILE_DIRS = ("/netslate", "/boot/efi", "/efi", "/boot", "/etc/netslate")
 MAX_RAW = 65536
 
 
-class TokenRefused(Exception):
+class EnrollTokenRefused(Exception):
     """The server refused the token (used already: 409; unknown, expired, bound elsewhere: 403)."""
 
 
@@ -129,7 +129,7 @@ def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str
 
 def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
     """POST /api/v1/enroll/token → {"machine_id", "credential", "trust", "expires_at"}.
-    Raises TokenRefused (403/409) or http.HttpError."""
+    Raises EnrollTokenRefused (403/409) or http.HttpError."""
     dmi = facts.get("dmi") or {}
     body = {"token": token, "uuid": dmi.get("product_uuid"), "macs": facts_mod.macs(facts)[:32]}
     r = http.post_json(f"{url}/api/v1/enroll/token", body, timeout=timeout)
@@ -138,7 +138,7 @@ def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
             detail = str(r.json().get("detail"))[:300]
         except (http.HttpError, AttributeError):
             detail = f"HTTP {r.status}"
-        raise TokenRefused(detail)
+        raise EnrollTokenRefused(detail)
     if r.status != 200:
         raise http.HttpError(f"/api/v1/enroll/token: HTTP {r.status}")
     answer = r.json()
@@ -152,13 +152,13 @@ def enroll_with_token(url: str, facts: dict, root: Path = Path("/"), lkg_dir: Pa
     """Trade the first token the server accepts (each once): the answer with the credential (and
     `source`), or None when there is no token. A refused token file is discarded (a spent or
     foreign token never gets better); the SMBIOS one stays (a VM that rebooted keeps its spent
-    token until netslate defines it again) and the next source is tried. Raises TokenRefused when
+    token until netslate defines it again) and the next source is tried. Raises EnrollTokenRefused when
     every token was refused, http.HttpError when the server could not be asked (try again later)."""
     refused: list[str] = []
     for token, source, files in find_tokens(root, lkg_dir):
         try:
             answer = exchange(url, token, facts, timeout)
-        except TokenRefused as exc:
+        except EnrollTokenRefused as exc:
             _discard(files)
             refused.append(f"enrollment token from {source} refused: {exc}")
             continue
@@ -166,7 +166,7 @@ def enroll_with_token(url: str, facts: dict, root: Path = Path("/"), lkg_dir: Pa
         answer["source"] = source
         return answer
     if refused:
-        raise TokenRefused("; ".join(refused))
+        raise EnrollTokenRefused("; ".join(refused))
     return None
 
 
