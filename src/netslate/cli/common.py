@@ -62,7 +62,7 @@ class CliState:
                 self._services = Services.remote(self.api(), ANONYMOUS)
             else:
                 from netslate.composition import Parts
-                from netslate.server.auth import local_principal
+                from netslate.identity.caller import local_principal  # not server.auth: it loads FastAPI (start-up)
 
                 self._services = Services.local(Parts(self.context()), local_principal())
         return self._services

@@ -3,6 +3,8 @@ check its role (`netslate.services.framework.authorize`) and write `caller.actor
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import dataclass, field
 
 ROLES = ("viewer", "operator", "admin")
@@ -27,3 +29,8 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", "-", None)
+
+
+def local_principal() -> Caller:
+    """The local CLI acts with admin rights over its own data directory."""
+    return Caller("local", os.environ.get("NETSLATE_ACTOR") or getpass.getuser(), "admin")

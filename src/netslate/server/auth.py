@@ -11,8 +11,6 @@ itself); the login routes need none (they take a password, not the cookie's auth
 """
 
 import dataclasses
-import getpass
-import os
 from urllib.parse import parse_qs
 
 from fastapi import Depends, HTTPException, Request
@@ -21,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from netslate.identity.tokens import create_token, ensure_admin_token, list_tokens, remove_token  # noqa: F401  (used by tests and serve)
 from netslate.identity import sessions
+from netslate.identity.caller import local_principal  # noqa: F401  (lives there: the local CLI must not load FastAPI)
 from netslate.identity.tokens import role_for
 from netslate.services.framework import ANONYMOUS, Caller, Forbidden, Op, authorize
 
@@ -194,9 +193,6 @@ def require(role: str):
     return Depends(dependency)
 
 
-def local_principal() -> Caller:
-    """The local CLI acts with admin rights over its own data directory."""
-    return Caller("local", os.environ.get("NETSLATE_ACTOR") or getpass.getuser(), "admin")
 
 
 _bearer = bearer  # older routers' name; remove when the last hand-written router is converted
