@@ -194,8 +194,8 @@ def render_site_cache_conf(origin: str, listen: str, cache_dir: str, max_size: s
     """A complete nginx.conf for a site cache: `proxy_cache` in front of ORIGIN (http://HOST:PORT).
 
     Caches what the server marks cacheable (chunks, chunk packs, versioned manifests and artifacts:
-    immutable; tags: no-cache, revalidated each time), keyed by URL and Accept-Encoding (the chunk
-    route's Vary). Everything else passes through. Pure."""
+    immutable; tags: no-cache, revalidated each time), keyed by URL and whether Accept-Encoding
+    names zstd (all the chunk route's Vary distinguishes). Everything else passes through. Pure."""
     if not origin.startswith(("http://", "https://")):
         raise ValueError(f"origin must be http(s)://HOST:PORT, got {origin!r}")
     host, _, port = listen.rpartition(":")
@@ -224,6 +224,10 @@ http {{
     access_log {_q(state + "/access.log")} netslate_cache buffer=64k flush=1s;
 {temp}
     client_max_body_size 0;
+    map $http_accept_encoding $ns_enc {{
+        default "";
+        "~zstd" zstd;
+    }}
     proxy_cache_path {_q(cache + "/cache")} levels=2:2 keys_zone=netslate:64m max_size={max_size} inactive=30d use_temp_path=off;
     upstream netslate_origin {{
         server {origin.split("://", 1)[1].rstrip("/")};
@@ -238,7 +242,7 @@ http {{
         location ~ "^/(chunks/[0-9a-f]{{64}}|packs/|images/[^/]+/[0-9]+/)" {{
             proxy_pass http://netslate_origin;
             proxy_cache netslate;
-            proxy_cache_key "$uri|$http_accept_encoding";
+            proxy_cache_key "$uri|$ns_enc";
             proxy_cache_valid 200 30d;
             proxy_cache_lock on;
             proxy_cache_lock_timeout 120s;
