@@ -13,6 +13,7 @@ APT_PACKAGES=(
   dnsperf bind9-utils
   pxelinux syslinux-common extlinux fdisk dosfstools systemd-boot-efi iproute2 curl ca-certificates util-linux e2fsprogs
   isc-dhcp-server kea-dhcp4-server
+  shim-signed grub-efi-amd64-signed
   postgresql
   wrk
   slapd ldap-utils

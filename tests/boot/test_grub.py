@@ -57,7 +57,7 @@ def test_grub_file_is_the_ipxe_decision(world):
     wait = files[grub.mac_filename(MAC2)]
     assert "sleep 30" in wait and "configfile $prefix/grub.cfg" in wait and "linux" not in wait
     assert files[grub.LOADER].startswith(grub.GENERATED_MARK)
-    assert "configfile $prefix/grub.cfg-${ns_mac}" in files[grub.LOADER]
+    assert "configfile $prefix/grub.cfg-${ns_mac}" in files[grub.LOADER].splitlines()
 
 
 def test_grub_follows_tags_pins_cache_mode_and_menus(world):

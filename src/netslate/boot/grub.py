@@ -122,8 +122,10 @@ def render_loader(unknown_retry_s: int = 30) -> str:
         "set ns_mac=01-${m1}-${m2}-${m3}-${m4}-${m5}-${m6}",
         "smbios --type 1 --get-uuid 8 --set ns_uuid",
         "echo \"netslate: mac ${net_default_mac}, uuid ${ns_uuid}\"",
-        "if [ -e $prefix/grub.cfg-${ns_mac} ]; then configfile $prefix/grub.cfg-${ns_mac}; fi",
-        "if [ -n \"${ns_uuid}\" -a -e $prefix/grub.cfg-${ns_uuid} ]; then configfile $prefix/grub.cfg-${ns_uuid}; fi",
+        # `test -e` is always false on a TFTP device (GRUB cannot list it): try the files in order, a
+        # missing one only prints "file not found"
+        "configfile $prefix/grub.cfg-${ns_mac}",
+        "if [ -n \"${ns_uuid}\" -a \"${ns_uuid}\" != 00000000-0000-0000-0000-000000000000 ]; then configfile $prefix/grub.cfg-${ns_uuid}; fi",
         "configfile $prefix/netslate-unknown.cfg",
         "",
     ])
