@@ -59,15 +59,6 @@ def netslate_cmd() -> list[str]:
     return [sys.executable, "-m", "netslate"]
 
 
-def cli(data: Path, *args: str) -> str:
-    env = dict(os.environ, NETSLATE_DATA_DIR=str(data))
-    env.pop("NETSLATE_SERVER", None)
-    out = subprocess.run([*netslate_cmd(), *args], env=env, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise RuntimeError(f"netslate {' '.join(args)}: {out.stderr.strip()[-400:]}")
-    return out.stdout
-
-
 def make_world(work: Path, image_mb: int) -> Path:
     """A data directory with image `storm` (tag stable, rootfs + kernel + initrd) and a ram-mode rule for every machine."""
     data = work / "data"
@@ -81,11 +72,17 @@ def make_world(work: Path, image_mb: int) -> Path:
         (d / f"f{i}").write_bytes(rnd.randbytes(half) + (b"netslate storm %d\n" % i) * (half // 17))
     (work / "vmlinuz").write_bytes(rnd.randbytes(400_000))
     (work / "initrd").write_bytes(rnd.randbytes(300_000))
-    cli(data, "image", "import", "storm", "--rootfs", str(tree), "--kernel", str(work / "vmlinuz"),
-        "--initrd", str(work / "initrd"), "--tag", "stable")
-    cli(data, "boot", "profile", "add", "storm", "--image", "storm", "--ref", "stable", "--mode", "ram")
-    cli(data, "boot", "rules", "add", "all", "--profile", "storm")
-    cli(data, "boot", "rules", "activate")
+    from netslate.boot import store as boot_store
+    from netslate.context import Context
+    from netslate.discovery import store as discovery_store
+
+    ctx = Context(data).init()
+    ctx.library.import_files("storm", rootfs=tree, kernel=work / "vmlinuz", initrd=work / "initrd", tag="stable",
+                             warn=lambda _m: None)
+    boot_store.add_profile(ctx, "storm", image="storm", ref="stable", mode="ram")
+    boot_store.add_rule(ctx, "all", {}, "storm")
+    boot_store.activate_rules(ctx)
+    discovery_store.add_site(ctx, "storm")
     return data
 
 
@@ -295,7 +292,6 @@ def scenario_one(data: Path, work: Path, args, how: dict) -> dict:
 def scenario_srv2(data: Path, work: Path, args, how: dict) -> dict:
     dns_port = free_port()
     ports = [free_port(), free_port()]
-    cli(data, "site", "add", "storm") if "storm" not in cli(data, "site", "list") else None
     common = ["--site", "storm", "--advertise", "127.0.0.1", "--dns-domain", DOMAIN]
     s1 = start_server(data, ports[0], args.static, work / "server-a.log",
                       [*common, "--server-name", "a", "--dns-listen", f"127.0.0.1:{dns_port}"])
