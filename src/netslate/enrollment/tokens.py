@@ -25,7 +25,7 @@ import re
 import secrets as pysecrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from netslate import audit, inventory
 from netslate.config import credentials
@@ -40,6 +40,7 @@ TOKEN_RE = re.compile(r"^nse_[A-Za-z0-9_-]{43}\Z")
 ADMIN_TTL = 3600
 HOST_TTL = 86400
 MAX_TTL = 30 * 86400
+PRUNE_AFTER = dt.timedelta(days=1)
 KINDS = {"token": "token", "host": "host"}  # token kind → the trust level its exchange gives
 
 
@@ -116,6 +117,8 @@ def create(ctx, actor: str, machine: str | int | None = None, domain_uuid: str |
         row = EnrollmentToken(sha256=token_hash(token), kind=kind, machine_id=mid, domain_uuid=uuid,
                               created_by=actor[:128], created_at=now, expires_at=now + dt.timedelta(seconds=ttl))
         s.add(row)
+        # tokens that ended (used or expired) more than a day ago are of no more use to anyone
+        s.execute(delete(EnrollmentToken).where(EnrollmentToken.expires_at < now - PRUNE_AFTER))
         s.flush()
         audit.record(s, actor, "enrollment.token.create", f"machine:{mid}" if mid else f"domain:{uuid}",
                      token=row.id, kind=kind, ttl_seconds=ttl)
