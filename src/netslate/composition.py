@@ -61,7 +61,9 @@ class Parts:
             return None
         from netslate.store.outbox import Replayer
 
-        return Replayer(self.ctx)
+        from netslate.discovery.runtime import default_server_name
+
+        return Replayer(self.ctx, name=self.options.get("server_name") or default_server_name())
 
     @cached_property
     def config_notifier(self):

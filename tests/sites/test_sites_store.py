@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from netslate.context import Context
+from netslate.errors import UserError
 from netslate.sites.lab import BRANCH_ADDR, NsWorker, SitesLab
 
 pytestmark = pytest.mark.xdist_group("sites")
@@ -104,6 +105,12 @@ def _machines_with_mac(ctx: Context, mac: str) -> int:
 
     with ctx.db.session() as s:
         return s.scalar(select(func.count()).select_from(MachineMac).where(MachineMac.mac == mac)) or 0
+
+
+def _server_states(ctx: Context) -> dict:
+    from netslate.store import outbox
+
+    return outbox.server_states(ctx)
 
 
 def _publish(ctx: Context, value: str) -> int:
@@ -204,7 +211,11 @@ def test_branch_keeps_serving_through_a_wan_cut_and_catches_up(world):
         h = _wait("events in the outbox", lambda: (lambda h: h if h["checks"]["central"]["outbox"]["pending"] >= 4 else None)(w.health()))
         assert h["read_only"] is True and h["checks"]["central"]["read_only_since"]
         metrics = w.http("GET", "/metrics").text
-        assert "netslate_read_only 1.0" in metrics
+        assert "netslate_read_only 1.0" in metrics and "netslate_outbox_pending_events" in metrics
+        me = {x["name"]: x for x in w.http("GET", "/api/v1/servers", auth=True).json()}["branch1"]
+        assert me["read_only"] is True and me["outbox_pending"] >= 4
+        fleet = w.http("GET", "/api/v1/fleet", auth=True).json()
+        assert fleet["branch"]["read_only"] is True and fleet["branch"]["read_only_since"]
         assert w.at_central(_boot_events, MAC1) == 1  # nothing arrived at central yet
         assert w.at_central(_machines_with_mac, MAC_NEW) == 0
     finally:
@@ -220,6 +231,9 @@ def test_branch_keeps_serving_through_a_wan_cut_and_catches_up(world):
     assert w.at_central(_boot_events, MAC_NEW) == 1
     assert w.at_central(_machines_with_mac, MAC_NEW) == 1
     assert w.at_central(_reports, m1) == before_reports + queued_reports
+    # central sees the branch's own report of its state (server list)
+    _wait("branch status at central", lambda: (lambda st: st.get("branch1", {}).get("read_only") is False
+                                               and st["branch1"]["outbox_pending"] == 0)(w.at_central(_server_states)))
     # an admin write at the branch works again and is read back at once (read-your-writes)
     r = w.http("POST", "/api/v1/sites", auth=True, json={"name": "after-cut"})
     assert r.status_code == 201, r.text
@@ -256,6 +270,9 @@ def test_outbox_replay_is_idempotent_and_standby_reads(world, tmp_path):
             assert s.execute(text("SELECT pg_is_in_recovery()")).scalar() is False
         status = ctx.db.replica_status()
         assert status["standby"] is True and status["read_only"] is False
+        # a server on a standby without the schema it needs refuses to start, in one line
+        with pytest.raises(UserError, match="the standby has not got the schema this netslate needs .missing 9999_future"):
+            ctx.db.wait_for_schema({"9999_future"}, timeout=1)
         return _replay_twice(ctx, w.ids["m1"])
 
     first, second, before, after = w.branch.call(run)

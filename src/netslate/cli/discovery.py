@@ -20,10 +20,20 @@ def _render_sites(data: list[dict]) -> None:
           [[d["name"], " ".join(d["subnets"]) or "-", " ".join(d.get("servers", [])) or "-", d["description"]] for d in data])
 
 
+def _replica(d: dict) -> str:
+    """A branch server's standby: read-only or the replication lag (issue 15); '-' elsewhere."""
+    if d.get("read_only") is None:
+        return "-"
+    what = "READ-ONLY" if d["read_only"] else f'lag {d["replication_lag_s"]} s' if d.get("replication_lag_s") is not None else "standby"
+    if d.get("outbox_pending"):
+        what += f', outbox {d["outbox_pending"]}'
+    return what + (f' ({d["status_age_s"]} s ago)' if d.get("status_age_s") else "")
+
+
 def _render_servers(data: list[dict]) -> None:
-    table(["server", "site", "addresses", "port", "prio", "weight", "alive", "heartbeat"],
+    table(["server", "site", "addresses", "port", "prio", "weight", "alive", "heartbeat", "replica"],
           [[d["name"], d["site"] or "-", " ".join(d["addresses"]) or "-", d["port"], d["priority"], d["weight"],
-            "yes" if d["alive"] else "no", f'{d["heartbeat_age_s"]} s ago'] for d in data])
+            "yes" if d["alive"] else "no", f'{d["heartbeat_age_s"]} s ago', _replica(d)] for d in data])
 
 
 @site_app.command("add")

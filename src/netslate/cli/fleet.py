@@ -24,6 +24,13 @@ def _render(data: dict) -> None:
     table(["id", "name", "state", "image", "generation", "health", "flags", "last report"], rows, title="fleet")
     s = data["summary"]
     console.print(" ".join(f"{k}={v}" for k, v in s["states"].items()) + f"  flagged={s['flagged']}", highlight=False)
+    b = data.get("branch")
+    if b:  # a branch server over its site's standby (issue 15)
+        if b["read_only"]:
+            console.print(f"READ-ONLY since {b['read_only_since']}: central site unreachable; "
+                          f"{b['outbox_pending']} events wait in the outbox", highlight=False)
+        else:
+            console.print(f"branch standby: replication lag {b['replication_lag_s']} s, outbox {b['outbox_pending']}", highlight=False)
 
 
 @app.command("status")

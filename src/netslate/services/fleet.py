@@ -68,9 +68,19 @@ class FleetSummary(BaseModel):
     flagged: int
 
 
+class BranchState(BaseModel):
+    """The answering server's standby (a branch server, issue 15): data may be this old, writes refused."""
+
+    read_only: bool
+    read_only_since: str | None
+    replication_lag_s: float | None
+    outbox_pending: int
+
+
 class FleetStatus(BaseModel):
     summary: FleetSummary
     machines: list[FleetMachine]
+    branch: BranchState | None = None
 
 
 class ReportAccepted(BaseModel):
@@ -97,8 +107,13 @@ class FleetService(Service):
 
 class LocalFleet(FleetService):
     def status(self, state: str | None = None) -> FleetStatus:
-        rows = reports.fleet_status(self.parts.ctx, state)
-        return FleetStatus(summary=FleetSummary(**reports.summary(rows)), machines=[FleetMachine(**r) for r in rows])
+        ctx = self.parts.ctx
+        rows = reports.fleet_status(ctx, state)
+        st = ctx.db.replica_status()
+        branch = None if st is None else BranchState(
+            read_only=st["read_only"], read_only_since=st["read_only_since"], replication_lag_s=st.get("lag_seconds"),
+            outbox_pending=ctx.outbox.pending() if ctx.outbox is not None else 0)
+        return FleetStatus(summary=FleetSummary(**reports.summary(rows)), machines=[FleetMachine(**r) for r in rows], branch=branch)
 
     def identify(self, ident: str | None = None, mac: list[str] | None = None, uuid: str | None = None) -> MachineRef:
         return MachineRef(**reports.identify(self.parts.ctx, ident, list(mac or []), uuid))

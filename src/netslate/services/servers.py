@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from netslate.discovery import core, store
 from netslate.errors import UserError
+from netslate.store import outbox
 from netslate.services.framework import Service, http_client, op
 
 EXPORT_FORMATS = ("bind", "dnsmasq")
@@ -29,6 +30,12 @@ class Server(BaseModel):
     last_heartbeat: str
     heartbeat_age_s: float
     alive: bool
+    # a branch server over a standby (issue 15): its read-only state, replication lag and outbox as it
+    # last reported them (status_age_s ago; the answering server's own are live); None elsewhere
+    read_only: bool | None = None
+    replication_lag_s: float | None = None
+    outbox_pending: int | None = None
+    status_age_s: float | None = None
 
 
 class LocateServer(BaseModel):
@@ -91,7 +98,12 @@ def _check_export(format: str, serial: int) -> None:
 
 class LocalServers(ServersService):
     def list(self) -> list[Server]:
-        return [Server(**s) for s in store.list_servers(self.parts.ctx)]
+        ctx = self.parts.ctx
+        states = outbox.server_states(ctx) if ctx.db.url.startswith("postgresql") else {}
+        me = self.parts.outbox_replayer
+        if me is not None:
+            states[me.name] = me.live_status()
+        return [Server(**s, **states.get(s["name"], {})) for s in store.list_servers(ctx)]
 
     def remove(self, name: str) -> None:
         store.remove_server(self.parts.ctx, name, actor=self.actor)

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import DateTime, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -64,6 +64,46 @@ class OutboxApplied(Base):
     queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     applied_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
     outcome: Mapped[str] = mapped_column(Text, default="applied")  # applied | refused: REASON
+
+
+class ServerStatus(Base):
+    """What each branch server last said about itself at central: read-only, lag, outbox."""
+
+    __tablename__ = "sites_server_status"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    lag_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outbox_pending: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def publish_status(ctx, name: str) -> None:
+    """Write this branch server's replica status at central (the Replayer, every few seconds)."""
+    st = ctx.db.replica_status()
+    if st is None:
+        return
+    row = {"name": name[:63], "read_only": st["read_only"], "lag_seconds": st.get("lag_seconds"),
+           "outbox_pending": ctx.outbox.pending() if ctx.outbox is not None else 0, "updated_at": utcnow()}
+    stmt = pg_insert(ServerStatus.__table__).values(**row)
+    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={k: stmt.excluded[k] for k in row if k != "name"})
+    token = _TELEMETRY.set(True)
+    try:
+        with ctx.db.session() as s:
+            if s.get_bind() is ctx.db.read_engine:
+                return
+            s.execute(stmt)
+    finally:
+        _TELEMETRY.reset(token)
+
+
+def server_states(ctx) -> dict[str, dict]:
+    """name → {read_only, replication_lag_s, outbox_pending, status_age_s} as each branch server
+    last reported it (servers without a standby have no row)."""
+    now = utcnow()
+    with ctx.db.session() as s:
+        return {r.name: {"read_only": r.read_only, "replication_lag_s": r.lag_seconds, "outbox_pending": r.outbox_pending,
+                         "status_age_s": round((now - r.updated_at).total_seconds(), 1)}
+                for r in s.scalars(select(ServerStatus))}
 
 
 def handler(kind: str):
@@ -256,8 +296,11 @@ class Replayer:
     """The background thread of a branch server: probes the primary while it is away (every
     `interval` seconds, which lifts the read-only state) and drains the outbox when it is back."""
 
-    def __init__(self, ctx, interval: float = 1.0):
+    def __init__(self, ctx, interval: float = 1.0, name: str | None = None, status_every: float = 5.0):
         self.ctx, self.interval = ctx, interval
+        self.name = name or _origin()
+        self.status_every = status_every
+        self._status_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: dict = {}
@@ -280,10 +323,19 @@ class Replayer:
                     continue
                 if self.ctx.outbox.pending():
                     self.last = drain(self.ctx)
+                if time.monotonic() - self._status_at >= self.status_every:
+                    publish_status(self.ctx, self.name)
+                    self._status_at = time.monotonic()
                 self.error = None
             except Exception as exc:  # keep going: health shows it
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 log.error("outbox replay: %s", self.error)
+
+    def live_status(self) -> dict:
+        """This server's own state now, for `server list` answered by this server."""
+        st = self.ctx.db.replica_status() or {}
+        return {"read_only": st.get("read_only"), "replication_lag_s": st.get("lag_seconds"),
+                "outbox_pending": self.ctx.outbox.pending(), "status_age_s": 0.0}
 
     def health(self) -> dict:
         """/healthz: the branch's read-only state, replication lag and the outbox (ok while reads work)."""

@@ -1,4 +1,4 @@
-"""sites: the events a branch server's outbox applied on the primary (issue 15)
+"""sites: the events a branch server's outbox applied on the primary, branch servers' replica status (issue 15)
 
 Revision ID: 0015_sites
 Revises: 0001_core
@@ -24,8 +24,17 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('event_id')
     )
     op.create_index(op.f('ix_sites_outbox_applied_applied_at'), 'sites_outbox_applied', ['applied_at'], unique=False)
+    op.create_table('sites_server_status',
+    sa.Column('name', sa.String(length=63), nullable=False),
+    sa.Column('read_only', sa.Boolean(), nullable=False),
+    sa.Column('lag_seconds', sa.Float(), nullable=True),
+    sa.Column('outbox_pending', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('sites_server_status')
     op.drop_index(op.f('ix_sites_outbox_applied_applied_at'), table_name='sites_outbox_applied')
     op.drop_table('sites_outbox_applied')
