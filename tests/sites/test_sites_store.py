@@ -21,7 +21,7 @@ pytestmark = pytest.mark.xdist_group("sites")
 MAC1 = "52:54:00:15:00:01"
 MAC_NEW = "52:54:00:15:00:99"
 BRANCH_PORT = 8080
-BUNDLE_CHECKS = False  # inside the lab's branch namespace
+BUNDLE_CHECKS = True  # False only while GET bundle is broken elsewhere: then the standby is asked directly  # inside the lab's branch namespace
 
 
 def _wait(what: str, probe, timeout: float = 90, interval: float = 0.25):
