@@ -20,8 +20,10 @@ pytestmark = pytest.mark.xdist_group("sites")
 
 MAC1 = "52:54:00:15:00:01"
 MAC_NEW = "52:54:00:15:00:99"
-BRANCH_PORT = 8080
-BUNDLE_CHECKS = True  # False only while GET bundle is broken elsewhere: then the standby is asked directly  # inside the lab's branch namespace
+BRANCH_PORT = 8080  # inside the lab's branch namespace
+# The generation a branch serves is read through its bundle route (what machines see). Set False
+# only to debug this file while the bundle route is broken elsewhere: the standby is then asked directly.
+BUNDLE_CHECKS = True
 
 
 def _wait(what: str, probe, timeout: float = 90, interval: float = 0.25):
