@@ -57,3 +57,11 @@ def test_domain_xml_carries_the_oem_string_and_libvirt_keeps_it(ctx):
     assert got.trust == "host"
     with pytest.raises(tokens.TokenUsed):
         tokens.exchange(ctx, tok, uuid=spec.uuid)
+    # a diskless desktop is a machine (registered by its MAC) before it boots: the token names it,
+    # so the credential goes to that record, not to a new one made from the UUID
+    from netslate import inventory
+
+    mid = inventory.add_machine(ctx, ["52:54:00:13:00:02"], name="diskless-1", actor="local:test")["id"]
+    other = str(uuidlib.uuid4())
+    tok2 = domains.host_token_entry(ctx, other, "52:54:00:13:00:02").removeprefix(tokens.OEM_PREFIX)
+    assert tokens.exchange(ctx, tok2, uuid=other, macs=["52:54:00:13:00:02"]).machine_id == mid

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from netslate import inventory
 from netslate.errors import Conflict
 from netslate.store.db import utcnow
 
@@ -84,16 +85,23 @@ def start_domain(ctx, did: int, host_rows: dict) -> None:
             make_traversable(Path(spec.disk_path).parent)  # DATA is 0700 again after any Context opened it
         # A fresh one-time enrollment token per definition, bound to the domain's UUID, in its SMBIOS
         # OEM strings: the guest's agent trades it for a credential at trust `host` (issue 13 §3).
-        spec.oem_strings.append(host_token_entry(ctx, spec.uuid))
+        spec.oem_strings.append(host_token_entry(ctx, spec.uuid, spec.mac))
         conn.createXML(domainxml.build(spec), 0)
     with ctx.db.session() as s:
         row = s.get(Desktop, did)
         row.started_at = utcnow()
 
 
-def host_token_entry(ctx, domain_uuid: str) -> str:
-    """`netslate-enroll:nse_...`: a one-time host token bound to `domain_uuid`, for the SMBIOS OEM strings."""
-    return enroll_tokens.oem_string(enroll_tokens.create(ctx, "desktops", domain_uuid=domain_uuid, kind="host")["token"])
+def host_token_entry(ctx, domain_uuid: str, mac: str | None = None) -> str:
+    """`netslate-enroll:nse_...`: a one-time host token bound to `domain_uuid` (and to the machine
+    record of `mac` when there is one: a diskless desktop's), for the SMBIOS OEM strings."""
+    machine = None
+    if mac:
+        with ctx.db.session() as s:
+            m = inventory.by_mac(s, mac)
+            machine = m.id if m is not None else None
+    return enroll_tokens.oem_string(enroll_tokens.create(ctx, "desktops", machine=machine, domain_uuid=domain_uuid,
+                                                         kind="host")["token"])
 
 
 def kill_domain(uri: str, name: str) -> None:
