@@ -56,3 +56,31 @@ def test_bootfiles_cli(cli, data_dir):
     assert by["ipxe-bios/netslate.ipxe"]["present"] and by["ipxe-bios/netslate.ipxe"]["package"] == "netslate"
     r = cli("boot", "files")
     assert r.code == 0 and "ipxe-bios/lpxelinux.0  [bios, pxelinux, ok]  option 67" in r.stdout
+
+
+def test_bootfiles_boot_path_from_tftp_log():
+    mac = "52:54:00:aa:00:01"
+    sent = [("undionly.kpxe", "10.0.0.9"),  # someone else
+            ("lpxelinux.0", "10.0.0.5"), ("ldlinux.c32", "10.0.0.5"), ("pxelinux.cfg/01-52-54-00-aa-00-01", "10.0.0.5"),
+            ("snponly.efi", "10.0.0.7")]
+    mine = bootfiles.machine_files(sent, [mac], None, set())
+    assert mine == sent[1:4]  # tied by the file named after its MAC, then by address
+    assert bootfiles.boot_path(mine, None)["path"] == "pxelinux"
+    # a boot script request ties the address: the loader, then UEFI iPXE
+    assert bootfiles.boot_path(bootfiles.machine_files(sent + [("ipxe-bios/lpxelinux.0", "10.0.0.6")], [mac], None,
+                                                       {"10.0.0.6"}), {"at": "x"})["path"] == "ipxe-bios"
+    assert bootfiles.boot_path(bootfiles.machine_files(sent, [mac], None, {"10.0.0.7"}), {"at": "x"})["label"] == "iPXE UEFI"
+    # only a boot script request, no TFTP: the NIC's own iPXE; nothing at all: none seen
+    assert bootfiles.boot_path([], {"at": "x"})["path"] == "ipxe-rom"
+    assert bootfiles.boot_path([], None) == {"path": None, "label": "none seen", "first_file": None, "tftp_files": []}
+
+
+def test_bootfiles_sent_files_parses_dnsmasq_log(tmp_path):
+    root = tmp_path / "tftp"
+    root.mkdir()
+    log = tmp_path / "dnsmasq.log"
+    log.write_text(f"dnsmasq-dhcp: something\ndnsmasq-tftp[12]: sent {root.resolve()}/ipxe-bios/lpxelinux.0 to 10.0.0.5\n"
+                   f"dnsmasq-tftp: sent {root.resolve()}/pxelinux.cfg/01-52-54-00-aa-00-01 to 10.0.0.5\n"
+                   f"dnsmasq-tftp[12]: file {root.resolve()}/x not found\n")
+    assert tftp.sent_files(log, root) == [("ipxe-bios/lpxelinux.0", "10.0.0.5"), ("pxelinux.cfg/01-52-54-00-aa-00-01", "10.0.0.5")]
+    assert tftp.sent_files(tmp_path / "none.log", root) == []

@@ -114,6 +114,12 @@ def _events(world, mac: str) -> list[dict]:
     return [e for e in json.loads(r.stdout) if e.get("mac") == mac]
 
 
+def _explain(world, mac: str) -> dict:
+    r = run_cli("boot", "explain", mac, "--json", data_dir=world["data"], timeout=60)
+    assert r.code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def _vm(world, name, mac):
     return VM(world["lab"], world["tmp"] / "vms", name, mac, firmware="bios", nic="virtio")
 
@@ -137,6 +143,11 @@ def test_plain_dhcp_bios_loader_with_next_server(world):
     assert acks == 2, acks
     ev = _events(world, MAC_LOADER)
     assert len(ev) == 1 and ev[0]["profile"] == "p-lab" and ev[0]["version"] == 1, ev
+    # explain: the path it used (from the TFTP log + its boot script request) and will use next
+    bp = _explain(world, MAC_LOADER)["boot_path"]
+    assert bp["last"]["path"] == "ipxe-bios" and bp["last"]["first_file"] == "ipxe-bios/lpxelinux.0", bp
+    assert "ipxe-bios/netslate.ipxe" in bp["last"]["tftp_files"] and bp["last"]["last_script_at"]
+    assert bp["next"]["path"] == "ipxe-bios" and bp["next"]["boots"] == "image lab@1", bp
 
 
 def test_plain_dhcp_pxelinux_per_mac_file(world):
@@ -154,3 +165,7 @@ def test_plain_dhcp_pxelinux_per_mac_file(world):
     assert _tftp_sent(world, "lpxelinux.0") == 1 and _tftp_sent(world, "pxelinux.cfg/" + cfg.name) == 1
     assert acks == 1, acks  # pxelinux reuses the firmware's lease
     assert _events(world, MAC_PXE) == []  # no iPXE boot script: the per-MAC file decided
+    bp = _explain(world, MAC_PXE)["boot_path"]
+    assert bp["last"]["path"] == "pxelinux" and bp["last"]["first_file"] == "lpxelinux.0", bp
+    assert f"pxelinux.cfg/{cfg.name}" in bp["last"]["tftp_files"] and bp["last"]["last_script_at"] is None
+    assert bp["next"] == {"path": "pxelinux", "label": "pxelinux", "file": f"pxelinux.cfg/{cfg.name}", "boots": "lab@1"}, bp

@@ -163,3 +163,57 @@ def generated(base: str | None) -> dict[str, str]:
         f"{LOADER_DIR}/pxelinux.cfg/default": loader_pxelinux_cfg(),
         f"{LOADER_DIR}/netslate.ipxe": loader_script(base),
     }
+
+
+# ------------------------------------------------------------------ which boot path a machine used
+
+PATHS = {
+    "ipxe-bios": "iPXE BIOS",
+    "ipxe-uefi": "iPXE UEFI",
+    "ipxe-rom": "iPXE from the NIC or firmware (no TFTP stage)",
+    "pxelinux": "pxelinux",
+    "grub": "GRUB / Secure Boot",
+}
+# first-stage files (the name a DHCP server gives as option 67) → path; GRUB rows go here as well
+FIRST_STAGE = {
+    f"{LOADER_DIR}/lpxelinux.0": "ipxe-bios",
+    "undionly.kpxe": "ipxe-bios",
+    "undionly.kkpxe": "ipxe-bios",
+    "snponly.efi": "ipxe-uefi",
+    "ipxe.efi": "ipxe-uefi",
+    "lpxelinux.0": "pxelinux",
+    "pxelinux.0": "pxelinux",
+    "shimx64.efi": "grub",
+    "grubx64.efi": "grub",
+}
+
+
+def _macfile(mac: str) -> str:
+    return "01-" + mac.lower().replace(":", "-")
+
+
+def machine_files(fetches: list[tuple[str, str]], macs: list[str], uuid: str | None, ips: set[str]) -> list[tuple[str, str]]:
+    """The TFTP sends (file, to-address), in log order, that belong to a machine: files named after one
+    of its MACs or its UUID (pxelinux.cfg/01-<mac>, grub/grub.cfg-01-<mac>, ...) and, once such a file
+    or a boot script request tied an address to it, everything else sent to that address."""
+    names = {_macfile(m) for m in macs} | ({uuid.lower()} if uuid else set())
+    ips = set(ips)
+    for f, ip in fetches:
+        base = f.rsplit("/", 1)[-1]
+        if base in names or any(base.endswith("-" + n) for n in names):
+            ips.add(ip)
+    return [(f, ip) for f, ip in fetches if ip in ips]
+
+
+def boot_path(files: list[tuple[str, str]], last_event: dict | None) -> dict:
+    """The path a machine used last: the last first-stage file it fetched over TFTP; with none, an
+    iPXE boot script request alone means the NIC's (or firmware's) own iPXE. The TFTP log has no
+    times, so a NIC-ROM boot after a TFTP boot of the same machine still reads as the TFTP path."""
+    path, via = None, None
+    for f, _ip in files:
+        if f in FIRST_STAGE:
+            path, via = FIRST_STAGE[f], f
+    if path is None and last_event is not None:
+        path = "ipxe-rom"
+    return {"path": path, "label": PATHS.get(path, "none seen"), "first_file": via,
+            "tftp_files": [f for f, _ in files][-12:]}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 from netslate.boot import bootfiles
@@ -125,3 +126,48 @@ def listing(root: Path) -> dict:
             if p.is_file() and p.name != "default" and not p.name.startswith(".tmp-"):
                 machines.append(f"pxelinux.cfg/{p.name}")
     return {"root": str(root), "files": files, "per_machine": machines}
+
+
+_SENT = re.compile(r"dnsmasq-tftp(?:\[\d+\])?: sent (\S+) to (\S+)\s*$")
+
+
+def sent_files(log_path: Path, root: Path, max_bytes: int = 4 << 20) -> list[tuple[str, str]]:
+    """(file under the TFTP root, client address) for every TFTP transfer in dnsmasq's log, oldest first
+    (its last `max_bytes`)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    prefix = str(Path(root).resolve()).rstrip("/") + "/"
+    out = []
+    for line in text.splitlines():
+        m = _SENT.search(line)
+        if m:
+            f = m.group(1)
+            out.append((f[len(prefix):] if f.startswith(prefix) else f.lstrip("/"), m.group(2)))
+    return out
+
+
+def machine_file(root: Path, path: str, macs: list[str], uuid: str | None) -> dict | None:
+    """The per-machine file a TFTP path reads next (pxelinux: pxelinux.cfg/01-<mac> then <uuid>;
+    GRUB: grub/grub.cfg-01-<mac> then -<uuid>) and the image it names: {file, image, local} or None."""
+    names = [bootfiles._macfile(m) for m in macs] + ([uuid.lower()] if uuid else [])
+    if path == "pxelinux":
+        candidates = [f"pxelinux.cfg/{n}" for n in names] + ["pxelinux.cfg/default"]
+    elif path == "grub":
+        candidates = [f"grub/grub.cfg-{n}" for n in names]
+    else:
+        return None
+    for rel in candidates:
+        p = Path(root) / rel
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            m = re.search(r"netslate\.image=(\S+)", text)
+            menu = rel.endswith("/default")
+            return {"file": rel, "image": None if menu or not m else m.group(1),
+                    "local": not menu and m is None}
+    return None

@@ -211,6 +211,13 @@ def explain(
               [[r["name"], r["priority"], r["specificity"], "yes" if r["matches"] else "no",
                 "; ".join(f"{s['selector']}={s['want']} ({'ok' if s['match'] else 'have ' + str(s['have'])})" for s in r["selectors"])]
                for r in d["rules"]["rules"]])
+        bp = d.get("boot_path")
+        if bp:
+            last, nxt = bp["last"], bp["next"]
+            console.print(f"boot path last: {last['label']}" + (f" (TFTP {last['first_file']})" if last["first_file"] else "")
+                          + (f", boot script at {last['last_script_at']}" if last["last_script_at"] else ""), highlight=False, markup=False)
+            console.print(f"boot path next: {nxt['label']}" + (f" reading {nxt['file']}" if nxt["file"] else "")
+                          + f" → {nxt['boots']}", highlight=False, markup=False)
         console.print(d["script"], highlight=False, markup=False, soft_wrap=True)  # exact lines, no wrapping
 
     emit(data, json_, render)

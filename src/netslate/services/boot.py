@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from netslate.boot import ipxe, store, tftp
+from netslate import inventory
+from netslate.boot import bootfiles, ipxe, store, tftp
 from netslate.errors import UserError
 from netslate.services.framework import Service, http_client, op
 
@@ -168,6 +169,26 @@ class PinRef(BaseModel):
     version: int
 
 
+class BootPathUsed(BaseModel):
+    path: str | None  # ipxe-bios | ipxe-uefi | ipxe-rom | pxelinux | grub; None: no boot seen
+    label: str
+    first_file: str | None  # the option-67 file it fetched over TFTP
+    tftp_files: list[str]  # its last TFTP transfers, oldest first
+    last_script_at: str | None  # its last boot script request (iPXE), if any
+
+
+class BootPathNext(BaseModel):
+    path: str | None  # the firmware and the DHCP server pick the path: the same as last time
+    label: str
+    file: str | None  # pxelinux/GRUB: the per-machine file it will read (or pxelinux.cfg/default)
+    boots: str  # image@version, local, menu, or the iPXE decision (kind image@version)
+
+
+class BootPath(BaseModel):
+    last: BootPathUsed
+    next: BootPathNext
+
+
 class BootExplanation(BaseModel):
     machine: int | None
     known: bool
@@ -184,6 +205,7 @@ class BootExplanation(BaseModel):
     version: int | None
     pinned: bool
     script: str
+    boot_path: BootPath | None = None  # which path (iPXE BIOS/UEFI, pxelinux, GRUB) it used last and will use next
 
 
 # ---------------------------------------------------------------- contract
@@ -338,7 +360,38 @@ class LocalBoot(BootService):
     def explain(self, ident: str, arch: str | None = None, platform: str | None = None, address: str | None = None,
                 base_url: str | None = None) -> BootExplanation:
         engine = self.parts.boot_engine
-        return BootExplanation(**engine.explain(ident, _base_url(base_url) or engine.default_base(), arch, platform, address))
+        out = engine.explain(ident, _base_url(base_url) or engine.default_base(), arch, platform, address)
+        out["boot_path"] = self._boot_path(ident, out)
+        return BootExplanation(**out)
+
+    def _boot_path(self, ident: str, ex: dict) -> BootPath:
+        """Last path: the machine's TFTP transfers in dnsmasq's log and its last boot script request;
+        next: the same path (chosen by firmware + DHCP), with what it will boot."""
+        engine = self.parts.boot_engine
+        engine.events.flush(5)
+        facts = ex.get("facts") or {}
+        macs = [m for m in [facts.get("mac")] if m and m != "00:00:00:00:00:00"]
+        if ex.get("machine") is not None:
+            macs = list(dict.fromkeys(macs + list(inventory.show_machine(self.ctx, ex["machine"]).get("macs") or [])))
+        events = store.list_events(self.ctx, 50, str(ex["machine"])) if ex.get("machine") is not None else \
+            [e for e in store.list_events(self.ctx, 500) if e.get("mac") in macs]
+        last_event = events[0] if events else None
+        root = Path(self.parts.options.get("tftp_root") or (self.ctx.data_dir / "tftp"))
+        sent = tftp.sent_files(self.ctx.data_dir / "dnsmasq" / "dnsmasq.log", root)
+        ips = {e["remote"] for e in events[:5] if e.get("remote")}
+        files = bootfiles.machine_files(sent, macs, facts.get("uuid"), ips)
+        last = bootfiles.boot_path(files, last_event)
+        nxt = {"path": last["path"], "label": last["label"], "file": None}
+        mf = tftp.machine_file(root, last["path"], macs, facts.get("uuid"))
+        if last["path"] in ("pxelinux", "grub"):
+            nxt["file"] = mf["file"] if mf else None
+            nxt["boots"] = ("menu" if mf and mf["file"].endswith("/default") else "local" if mf and mf["local"]
+                            else mf["image"] if mf else "nothing: no file for this machine")
+        else:
+            ver = f"{ex['image']}@{ex['version']}" if ex.get("image") else ""
+            nxt["boots"] = f"{ex['kind']} {ver}".strip()
+        return BootPath(last=BootPathUsed(**last, last_script_at=last_event["at"] if last_event else None),
+                        next=BootPathNext(**nxt))
 
     def pxelinux(self, base_url: str | None = None) -> dict[str, str]:
         engine = self.parts.boot_engine
