@@ -165,7 +165,7 @@ def fetch_boot_files(env: rt.Env, root: Path, image: str, meta: dict, server: st
         if _verified(path, arts[art_name], known, art_name):
             continue
         stats = pullmod.pull(server, image, str(v), root / "pull", path, artifact=art_name, trust=env.args.key,
-                             pinned_digest=digest, workers=2, timeout=env.args.timeout, retries=2)
+                             pinned_digest=digest, workers=2, timeout=env.args.timeout, retries=2, pin=env.args.pin)
         rt.log(f"local boot: {art_name} of {image}@{v}: downloaded {stats.bytes_downloaded} of {stats.bytes_total} bytes")
     state[key] = {n: arts[n]["sha256"] for n, _f in ARTIFACTS}
     return True
