@@ -39,7 +39,11 @@ if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | awk '{print $2}')" != 
   python3 -m pip install -q --root-user-action=ignore "uv==$UV_VERSION"
 fi
 
-uv sync --frozen -q
+# --compile-bytecode, and our own sources compiled too: every command starts from .pyc files. Without
+# them Python compiles ~600 modules at each start when it may not write a cache (PYTHONDONTWRITEBYTECODE):
+# `netslate image list` took 2.1 s of CPU, 0.8 s with them (issue 14).
+uv sync --frozen -q --compile-bytecode
+uv run --frozen python -m compileall -q src/netslate >/dev/null
 
 # The web console's browser libraries (htmx), pinned by src/netslate/web/assets/package-lock.json and
 # served by netslate itself (no CDN): `npm ci` when node_modules is missing or older than the lock.
