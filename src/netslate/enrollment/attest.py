@@ -31,7 +31,7 @@ from typing import Any
 from netslate import audit, inventory
 from netslate.config import credentials
 from netslate.enrollment import store, tpm
-from netslate.enrollment.store import Refused
+from netslate.enrollment.store import EnrollmentRefused
 from netslate.errors import UserError
 from netslate.inventory.idents import normalize_mac, normalize_text, normalize_uuid
 
@@ -137,7 +137,7 @@ def hello(ctx, ek_public: str, ak_public: str, macs: list[str], uuid: str | None
         else:
             refused = None
     if refused is not None:
-        raise Refused(f"machine {refused}'s TPM enrollment is revoked")
+        raise EnrollmentRefused(f"machine {refused}'s TPM enrollment is revoked")
 
     machine_id = _machine_for(ctx, claims, remote)
     with ctx.db.session() as s:
@@ -183,7 +183,7 @@ def activate(ctx, challenge: str, secret: str, remote: str | None = None) -> dic
             return _challenge_out(s, row, remote)
         audit.record(s, f"machine:{row.machine_id}", "enrollment.tpm.refused", f"machine:{row.machine_id}",
                      enrollment=row.id, reason="activation answer wrong", remote=remote)
-    raise Refused("the activation answer does not match the challenge")
+    raise EnrollmentRefused("the activation answer does not match the challenge")
 
 
 def quote(ctx, challenge: str, attest: str, signature: str, remote: str | None = None) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def quote(ctx, challenge: str, attest: str, signature: str, remote: str | None =
             audit.record(s, f"machine:{machine_id}", "enrollment.tpm.refused", f"machine:{machine_id}",
                          enrollment=row.id, reason=reason, remote=remote)
     if reason is not None:
-        raise Refused(f"quote refused: {reason}")
+        raise EnrollmentRefused(f"quote refused: {reason}")
     ttl = credential_ttl()
     token = credentials.issue(ctx, machine_id, "tpm", f"machine:{machine_id}", ttl_seconds=ttl)
     expires = store.now() + dt.timedelta(seconds=ttl)

@@ -30,7 +30,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _SERIAL = re.compile(r"[\x21-\x7e]{1,128}\Z")
 
 
-class Refused(UserError):
+class EnrollmentRefused(UserError):
     """The machine may not have a credential: revoked, unknown or replayed challenge, bad proof (403)."""
 
     http_status = 403
@@ -127,7 +127,7 @@ def new_challenge(s: Session, row: EnrollmentTpm, kind: str, *, expect: bytes | 
 def consume(ctx, handle: str, kind: str) -> dict[str, Any]:
     """Use a challenge once (its own transaction, committed even if the answer turns out wrong)."""
     if not isinstance(handle, str) or not re.fullmatch(r"[0-9a-f]{32}", handle):
-        raise Refused("unknown challenge")
+        raise EnrollmentRefused("unknown challenge")
     t = now()
     refusal = None
     with ctx.db.session() as s:
@@ -147,7 +147,7 @@ def consume(ctx, handle: str, kind: str) -> dict[str, Any]:
         else:
             result = {"enrollment_id": c.enrollment_id, "ak_name": c.ak_name, "expect_sha256": c.expect_sha256, "nonce": c.nonce}
     if refusal:
-        raise Refused(refusal)
+        raise EnrollmentRefused(refusal)
     return result
 
 
