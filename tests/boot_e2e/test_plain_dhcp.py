@@ -6,7 +6,12 @@
   each loader file is sent once over TFTP and the DHCP server sees two handshakes (firmware + iPXE),
   not the endless re-chaining `undionly.kpxe` gives behind such a server;
 - option 67 = `lpxelinux.0`: a SeaBIOS VM reads its per-MAC pxelinux.cfg file and boots the image
-  the rules assign, with no iPXE at all.
+  the rules assign, with no iPXE at all;
+- option 67 = `shimx64.efi`: an OVMF VM (the firmware's own PXE, no NIC ROM) runs Debian's shim and
+  netboot GRUB, which reads its per-MAC GRUB file and boots the assigned image; shim is sent once.
+  (There is no loop-free iPXE for UEFI from Debian's binaries: see docs/boot-dhcp.md.)
+
+`netslate boot explain` reports each VM's path (iPXE BIOS, pxelinux, GRUB) from the TFTP log.
 
 One world for the module: one image, one `netslate serve`, one namespace; the ISC dhcpd is started
 per test and always stopped. "Configured" here is the busybox initrd of the assigned version
@@ -31,6 +36,7 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.vm]
 
 MAC_LOADER = "52:54:00:e6:00:01"  # SeaBIOS, option 67 = ipxe-bios/lpxelinux.0
 MAC_PXE = "52:54:00:e6:00:02"  # SeaBIOS, option 67 = lpxelinux.0 (per-MAC pxelinux.cfg)
+MAC_UEFI = "52:54:00:e6:00:03"  # OVMF (firmware PXE, no NIC ROM), option 67 = shimx64.efi
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores
 
 
@@ -51,7 +57,7 @@ def world(tmp_path_factory):
     from netslate.boot import store as bstore
 
     bstore.add_profile(ctx, "p-lab", ref="stable", image="lab", console="ttyS0", args=["panic=-1", "quiet", "e2e.profile=p-lab"])
-    for name, mac in (("vm-loader", MAC_LOADER), ("vm-pxe", MAC_PXE)):
+    for name, mac in (("vm-loader", MAC_LOADER), ("vm-pxe", MAC_PXE), ("vm-uefi", MAC_UEFI)):
         inventory.add_machine(ctx, [mac], name=name)
         bstore.add_rule(ctx, f"r-{name}", {"mac": mac}, "p-lab")
     bstore.activate_rules(ctx)
@@ -120,8 +126,8 @@ def _explain(world, mac: str) -> dict:
     return json.loads(r.stdout)
 
 
-def _vm(world, name, mac):
-    return VM(world["lab"], world["tmp"] / "vms", name, mac, firmware="bios", nic="virtio")
+def _vm(world, name, mac, firmware="bios", **kw):
+    return VM(world["lab"], world["tmp"] / "vms", name, mac, firmware=firmware, nic="virtio", **kw)
 
 
 def test_plain_dhcp_bios_loader_with_next_server(world):
@@ -169,3 +175,19 @@ def test_plain_dhcp_pxelinux_per_mac_file(world):
     assert bp["last"]["path"] == "pxelinux" and bp["last"]["first_file"] == "lpxelinux.0", bp
     assert f"pxelinux.cfg/{cfg.name}" in bp["last"]["tftp_files"] and bp["last"]["last_script_at"] is None
     assert bp["next"] == {"path": "pxelinux", "label": "pxelinux", "file": f"pxelinux.cfg/{cfg.name}", "boots": "lab@1"}, bp
+
+
+def test_plain_dhcp_uefi_shim_with_next_server(world):
+    with isc_dhcpd(world, "dhcpd-uefi", "shimx64.efi", next_server=True) as d:
+        vm = _vm(world, "vm-uefi", MAC_UEFI, firmware="uefi", option_rom=False)
+        with vm:
+            m = vm.wait_for(r"NSLAB-CMDLINE: ([^\n]*)\n", BOOT_TIMEOUT)
+            args = m.group(1).split()
+            vm.wait_exit(30)
+        acks = _acks(d["log"], MAC_UEFI)
+    assert "netslate.image=lab@1" in args and "e2e.profile=p-lab" in args, args
+    assert _tftp_sent(world, "shimx64.efi") == 1 and _tftp_sent(world, "grubx64.efi") == 1  # no loop
+    assert acks <= 2, acks
+    bp = _explain(world, MAC_UEFI)["boot_path"]
+    assert bp["last"]["path"] == "grub" and bp["last"]["first_file"] == "shimx64.efi", bp
+    assert bp["next"]["file"] == "grub/grub.cfg-01-" + MAC_UEFI.replace(":", "-") and bp["next"]["boots"] == "lab@1", bp

@@ -71,12 +71,23 @@ ROWS: list[BootFile] = [
     BootFile("libcom32.c32", SYSLINUX_BIOS_DIR / "libcom32.c32", "syslinux-common", "bios", "library for menu.c32"),
     BootFile("pxelinux.cfg/default", None, "netslate", "bios",
              "pxelinux menu: every image profile + the local disk (the default)"),
+    # The Secure Boot chain: copied and written by secureboot.stage (not by tftp.install_binaries).
+    BootFile("shimx64.efi", None, "shim-signed", "uefi-secureboot",
+             "UEFI, Secure Boot on or off: Debian's signed shim, loads grubx64.efi; option 67 for any DHCP server",
+             option67=True),
+    BootFile("grubx64.efi", None, "grub-efi-amd64-signed", "uefi-secureboot",
+             "Debian's signed netboot GRUB: reads grub/grub.cfg over TFTP"),
+    BootFile("grub/grub.cfg", None, "netslate", "uefi-secureboot",
+             "GRUB loader: the machine's grub/grub.cfg-01-<mac>, then -<uuid>, else netslate-unknown.cfg"),
 ]
 # Per-machine files, listed by pattern (written by the boot engine; see tftp.write_pxelinux).
 PATTERNS: list[BootFile] = [
     BootFile("pxelinux.cfg/01-<mac>", None, "netslate", "bios",
              "pxelinux, one per MAC the rules send to an image or the local disk"),
     BootFile("pxelinux.cfg/<uuid>", None, "netslate", "bios", "the same, by SMBIOS UUID"),
+    BootFile("grub/grub.cfg-01-<mac>", None, "netslate", "uefi-secureboot", "GRUB, one per known machine (and -<uuid>)"),
+    BootFile("images/<name>/<version>/kernel, initrd", None, "netslate", "uefi-secureboot",
+             "kernel and initrd the GRUB files name (GRUB fetches them over TFTP)"),
 ]
 
 

@@ -120,11 +120,13 @@ def listing(root: Path) -> dict:
                 entry.update(present=True, size=len(data), sha256=hashlib.sha256(data).hexdigest())
         files.append(entry)
     machines = []
-    cfg = root / "pxelinux.cfg"
-    if cfg.is_dir():
-        for p in sorted(cfg.iterdir()):
-            if p.is_file() and p.name != "default" and not p.name.startswith(".tmp-"):
-                machines.append(f"pxelinux.cfg/{p.name}")
+    for sub, prefix in (("pxelinux.cfg", ""), ("grub", "grub.cfg-")):
+        d = root / sub
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                if p.is_file() and p.name != "default" and p.name.startswith(prefix) and p.name != "grub.cfg" \
+                        and not p.name.startswith(".tmp-"):
+                    machines.append(f"{sub}/{p.name}")
     return {"root": str(root), "files": files, "per_machine": machines}
 
 
