@@ -372,8 +372,8 @@ class LocalBoot(BootService):
         facts = ex.get("facts") or {}
         macs = [m for m in [facts.get("mac")] if m and m != "00:00:00:00:00:00"]
         if ex.get("machine") is not None:
-            macs = list(dict.fromkeys(macs + list(inventory.show_machine(self.ctx, ex["machine"]).get("macs") or [])))
-        events = store.list_events(self.ctx, 50, str(ex["machine"])) if ex.get("machine") is not None else \
+            macs = list(dict.fromkeys(macs + list(inventory.show_machine(self.ctx, f"id:{ex['machine']}").get("macs") or [])))
+        events = store.list_events(self.ctx, 50, f"id:{ex['machine']}") if ex.get("machine") is not None else \
             [e for e in store.list_events(self.ctx, 500) if e.get("mac") in macs]
         last_event = events[0] if events else None
         root = Path(self.parts.options.get("tftp_root") or (self.ctx.data_dir / "tftp"))
