@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from netslate.agent.bundle import open_secrets
 from netslate.config import generations
 from netslate.context import Context
 from netslate.crypto.envelope import open_envelope
@@ -59,9 +60,15 @@ class Api:
         return self.anon.get(f"/api/v1/machines/{machine}/bundle", headers=headers, **kw)
 
     def payload(self, machine, credential=None):
+        """The verified payload; with a credential, its secrets opened as the agent opens them."""
         r = self.bundle(machine, credential)
         assert r.status_code == 200, r.text
-        return open_envelope(r.json(), self.key)
+        assert SECRET_A not in r.text and SECRET_M not in r.text  # secrets travel only sealed to the credential
+        p = open_envelope(r.json(), self.key)
+        if credential:
+            p, problem = open_secrets(p, credential)
+            assert problem is None, problem
+        return p
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import os
 import stat
 import textwrap
 
+from netslate.agent.bundle import open_secrets
 from netslate.store.models import Machine
 from netslate.context import Context
 
@@ -72,8 +73,10 @@ def test_cli_workflow_local(cli, data_dir, tmp_path):
     b = cli("config", "bundle", "pc1").json()
     assert b["payload"]["generation"] == 3 and b["payload"]["secrets_removed"] is True
     cred = cli("config", "enroll", "pc1", "--json").json()["credential"]
-    b = cli("config", "bundle", "pc1", "--credential", cred).json()
-    assert b["payload"]["document"]["secrets"] == {"wifi_psk": "hunter2-hunter2"}
+    r = cli("config", "bundle", "pc1", "--credential", cred)
+    assert "hunter2-hunter2" not in r.stdout  # sealed to the credential
+    b = r.json()
+    assert open_secrets(b["payload"], cred)[0]["document"]["secrets"] == {"wifi_psk": "hunter2-hunter2"}
     assert cli("config", "explain", "nosuch").code == 2
 
 

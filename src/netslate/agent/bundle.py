@@ -3,10 +3,15 @@
 Checks, in order: the envelope is signed by the key pinned at boot; it is a bundle; it is for this
 machine; its generation is ≥ the last one applied (anti-rollback: a man in the middle replaying an
 older signed bundle is refused; the server publishes a rollback as a *newer* generation).
+Then `open_secrets` opens the secrets sealed to this machine's credential (issue 13).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+
+from netslate.onmachine import aead
 from netslate.onmachine.envelope import SignatureError, open_envelope
 
 BUNDLE_KIND = "netslate-bundle/1"
@@ -36,3 +41,39 @@ def verify(envelope, key: bytes | None, machine_id: int | None, last_generation:
     if last_generation is not None and gen < last_generation:
         raise BundleRejected(f"generation {gen} is older than the last applied generation {last_generation} (replay refused)")
     return payload
+
+
+SECRETS_ALG = "chacha20-poly1305/hkdf-sha256"
+BUNDLE_KEY_INFO = b"netslate bundle secrets v1"
+
+
+def open_secrets(payload: dict, credential: str | None) -> tuple[dict, str | None]:
+    """(payload, problem): the payload with its `sealed_secrets` opened into `document["secrets"]`.
+
+    The server seals a bundle's secrets to this machine's credential (ChaCha20-Poly1305 under
+    HKDF-SHA256(credential)); they never travel in the document itself. Without a sealed section the
+    document has no secrets (the machine is owed none, or asked without its credential). A section
+    that does not open (the credential changed since, say, a cached bundle) gives no secrets and a
+    problem line; never a secret in a log or report.
+    """
+    sealed = payload.get("sealed_secrets")
+    doc = {k: v for k, v in payload["document"].items() if k != "secrets"}
+    out = {**payload, "document": doc}
+    if not sealed:
+        return out, None
+    if not isinstance(sealed, dict) or sealed.get("alg") != SECRETS_ALG:
+        return out, "bundle secrets use an unknown format: none applied"
+    if not credential:
+        return out, "the bundle holds secrets but this machine has no credential: none applied"
+    try:
+        nonce = base64.b64decode(sealed["nonce"], validate=True)
+        data = base64.b64decode(sealed["data"], validate=True)
+        key = aead.hkdf_sha256(credential.encode(), BUNDLE_KEY_INFO)
+        aad = f"netslate-bundle-secrets/1:{payload['machine_id']}:{payload['generation']}".encode()
+        values = json.loads(aead.decrypt(key, nonce, data, aad))
+    except (KeyError, TypeError, ValueError, aead.InvalidTag):
+        return out, "the bundle's secrets do not open with this machine's credential: none applied"
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+        return out, "the bundle's secrets are not a map of names to values: none applied"
+    doc["secrets"] = values
+    return out, None

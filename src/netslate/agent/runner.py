@@ -159,6 +159,13 @@ class Agent:
             raise http.HttpError(f"bundle: HTTP {r.status} {r.body[:160]!r}")
         return 200, r.json(), r.headers.get("etag")
 
+    def _opened(self, payload: dict) -> dict:
+        """A verified payload with its secrets opened with this machine's credential (issue 13)."""
+        payload, problem = bundle.open_secrets(payload, self.credential())
+        if problem:
+            self.problems.append(problem)
+        return payload
+
     def floor(self) -> int | None:
         g = lkg.last_generation(self.lkg_dir)
         return max(x for x in (g, self.generation) if x is not None) if (g is not None or self.generation is not None) else None
@@ -231,7 +238,7 @@ class Agent:
             self.report("booting")  # facts first, so the server renders templates for this machine
             try:
                 _, envelope, etag = self.fetch(self.url)
-                payload = bundle.verify(envelope, self.boot.key, self.machine_id, self.floor())
+                payload = self._opened(bundle.verify(envelope, self.boot.key, self.machine_id, self.floor()))
                 self.etag = etag
                 self.config_source = "server"
             except (http.HttpError, bundle.BundleRejected) as exc:
@@ -245,6 +252,7 @@ class Agent:
             mid = self.machine_id if self.machine_id is not None else (read_json(self.identity_file) or {}).get("id")
             envelope, payload, why = lkg.load(self.lkg_dir, self.boot.key, mid if isinstance(mid, int) else None)
             if payload is not None:
+                payload = self._opened(payload)
                 self.config_source = "cache"
                 if self.machine_id is None:
                     self.machine_id = payload.get("machine_id")
@@ -308,7 +316,7 @@ class Agent:
                 self.report("heartbeat")
             return "unchanged"
         try:
-            payload = bundle.verify(envelope, self.boot.key, self.machine_id, self.floor())
+            payload = self._opened(bundle.verify(envelope, self.boot.key, self.machine_id, self.floor()))
         except bundle.BundleRejected as exc:
             self.problems.append(f"new bundle refused: {exc}")
             self.etag = etag  # do not spin on the same bad bundle

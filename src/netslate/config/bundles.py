@@ -1,24 +1,37 @@
 """Signed per-machine bundles: the machine's document resolved from its effective generation,
-its IP pool lease, templates rendered, secrets only for the machine's own credential, and the image
-version the boot side assigns it (`image_pin`, from an assignment function the caller passes: the
-composition root's one boot engine). Database edge over `resolution.py` (pure).
+its IP pool lease, templates rendered, and the image version the boot side assigns it (`image_pin`,
+from an assignment function the caller passes: the composition root's one boot engine). Database
+edge over `resolution.py` (pure).
+
+Secrets (issue 13 §5) never travel in the document. A bundle fetched with the machine's own
+credential carries the secrets at or below the credential's trust level in `sealed_secrets`:
+ChaCha20-Poly1305 under `credentials.bundle_key(credential)`, the machine id and generation as
+associated data, the nonce derived from key and content (the same content gives the same bytes, so
+the ETag stays stable while nothing changes). A bundle asked for by MAC, UUID, serial or an API
+token alone (no credential) carries no secret at all; `secrets_withheld` names those left out.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
+import json
 from typing import Callable
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from netslate.canonical import canonical_json
-from netslate.config import machines, state
-from netslate.config.credentials import credential_ok
+from netslate.config import credentials, machines, secrets, state
 from netslate.config.generation_cache import cache_for
 from netslate.config.leases import machine_lease
 from netslate.config.machines import MachineView
 from netslate.config.resolution import Tree, effective_generation, pool_name, render, with_lease
+from netslate.errors import IntegrityError
 
 BUNDLE_KIND = "netslate-bundle/1"
+SECRETS_ALG = "chacha20-poly1305/hkdf-sha256"
 
 # machine id → {"name", "version", "digest", "source"} or None; the boot engine's `assignment`
 Assign = Callable[[int], "dict | None"]
@@ -34,21 +47,42 @@ def machine_facts(m) -> dict:
     }
 
 
+def secrets_aad(machine_id: int, generation: int) -> bytes:
+    return f"netslate-bundle-secrets/1:{machine_id}:{generation}".encode()
+
+
+def seal_secrets(token: str, machine_id: int, generation: int, values: dict) -> dict:
+    """The `sealed_secrets` section: `values` encrypted to the machine's credential."""
+    key = credentials.bundle_key(token)
+    aad = secrets_aad(machine_id, generation)
+    plain = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+    nonce = hmac.new(key, aad + b"\0" + plain, hashlib.sha256).digest()[:12]  # deterministic: a stable ETag
+    data = ChaCha20Poly1305(key).encrypt(nonce, plain, aad)
+    return {"alg": SECRETS_ALG, "nonce": base64.b64encode(nonce).decode("ascii"), "data": base64.b64encode(data).decode("ascii")}
+
+
 def build_payload(m: MachineView, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None,
-                  ctx=None) -> tuple[dict, str]:
+                  ctx=None, trust: str = "none", credential: str | None = None) -> tuple[dict, str]:
     """The bundle payload for one machine, and its ETag (stable while the content is).
     With `ctx`, a document in network mode 'pool' gets the machine's leased address. `image_pin` is
-    `m.image_pin` (bundle() sets it from the assignment function), else None."""
+    `m.image_pin` (bundle() sets it from the assignment function), else None. Secrets at or below
+    `trust` are sealed to `credential` when `authenticated` (opened with `ctx`'s KEK)."""
     doc, _ = cache.resolve_machine(m.tree_path, m.id)
     if ctx is not None and pool_name(doc) is not None:
         doc = with_lease(doc, *machine_lease(ctx, m.id, doc))
     machine = machine_facts(m)
     facts = (m.status or {}).get("facts") or {}
     doc = render(doc, machine, facts, generation)
-    removed = False
-    if "secrets" in doc and not authenticated:
-        doc = {k: v for k, v in doc.items() if k != "secrets"}
-        removed = True
+    stored = doc.get("secrets") if isinstance(doc.get("secrets"), dict) else {}
+    names = sorted(k for k, v in stored.items() if v is not None)
+    given = [k for k in names if authenticated and credential and ctx is not None
+             and credentials.at_least(trust, secrets.level_of(doc, k))]
+    withheld = [k for k in names if k not in given]
+    sealed = None
+    if given:
+        sealed = seal_secrets(credential, m.id, generation, secrets.open_secrets(ctx.data_dir, {k: stored[k] for k in given}))
+    if "secrets" in doc or "secret_levels" in doc:
+        doc = {k: v for k, v in doc.items() if k not in ("secrets", "secret_levels")}
     payload = {
         "kind": BUNDLE_KIND,
         "machine_id": m.id,
@@ -58,7 +92,10 @@ def build_payload(m: MachineView, st, cache: Tree, generation: int, authenticate
         "document": doc,
         "image_pin": getattr(m, "image_pin", None),
         "authenticated": authenticated,
-        "secrets_removed": removed,
+        "trust": trust if authenticated else "none",
+        "secrets_removed": bool(withheld),
+        "secrets_withheld": withheld,
+        "sealed_secrets": sealed,
     }
     etag = '"' + hashlib.sha256(canonical_json(payload)).hexdigest()[:32] + '"'
     payload["issued_at"] = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -71,9 +108,15 @@ def bundle(ctx, machine: str | int, credential: str | None = None, assign: Assig
     with ctx.db.read_connection() as conn:
         m = machines.view(conn, machine)
         st = state.read_core(conn)
+        check = credentials.check(conn, credential)
     m.image_pin = assign(m.id) if assign is not None else None
-    authenticated = credential_ok(m, credential)
+    authenticated = check is not None and check.machine_id == m.id
+    trust = check.trust if authenticated else "none"
     gen = effective_generation(st, m.tree_path)
-    t = cache_for(ctx).get(ctx, gen)
-    payload, etag = build_payload(m, st, t, gen, authenticated, ctx=ctx)
+    cache = cache_for(ctx)
+    try:
+        payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
+    except IntegrityError:  # a KEK rotation since this generation was cached: read it again
+        cache.forget(gen)
+        payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
     return ctx.signing_key.sign(payload), etag, {"serial": st.serial, "machine_id": m.id}

@@ -1,6 +1,7 @@
 """Per-process cache of resolved generations (generation number → resolution.Tree), LRU of 4.
 
-Generations are immutable, so a cached Tree never needs invalidation. `warm_all` resolves the node
+Generations are immutable, so a cached Tree needs no invalidation (except after a KEK rotation
+re-seals their secrets: bundles then `forget` it and read it again). `warm_all` resolves the node
 chains of the effective generations ahead of the first bundle request after a publish.
 """
 
@@ -35,6 +36,11 @@ class GenerationCache:
             while len(self._trees) > self.size:
                 self._trees.popitem(last=False)
         return t
+
+    def forget(self, number: int) -> None:
+        """Drop one generation (its stored secrets were re-sealed under a new key)."""
+        with self._lock:
+            self._trees.pop(number, None)
 
 
 _caches: dict[str, GenerationCache] = {}

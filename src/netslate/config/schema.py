@@ -127,7 +127,10 @@ class ConfigDocument(_Strict):
     agent: AgentSettings | None = None
     health_checks: list[HealthCheck] | None = None
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")], str] | None = Field(  # names: no newline, '$' or path
-        None, description="delivered only to the machines under this node that prove their credential"
+        None, description="stored sealed; delivered only inside a bundle encrypted to the credential of a machine at or above the secret's level (secret_levels)"
+    )
+    secret_levels: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")], Literal["token", "host", "tpm"]] | None = Field(
+        None, description="per secret name, the minimum trust level a machine needs to receive it (default token)"
     )
     extra: dict[str, Any] | None = Field(None, description="free-form data for local tooling")
 

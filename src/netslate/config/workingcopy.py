@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from netslate.config import machines, merge, state, tree
+from netslate.config import machines, merge, secrets, state, tree
 from netslate.config.documents import check_document, leaf_changes, node_diff, redact, with_value, without_value
 from netslate.config.models import ConfigWorkingNode
 from netslate.config.resolution import Tree
@@ -51,7 +51,8 @@ def get_node(ctx, path: str, generation: int | None = None, reveal: bool = False
         else:
             doc = generation_snapshot(s, generation).get(key, {})
             info = {"source": f"generation {generation}", "generation": generation}
-        return {"path": display_key(s, key), "key": key, "level": tree.level(key), "document": doc if reveal else redact(doc), **info}
+        shown = secrets.open_document(ctx.data_dir, doc) if reveal else redact(doc)
+        return {"path": display_key(s, key), "key": key, "level": tree.level(key), "document": shown, **info}
 
 
 def write_node(s: Session, key: str, doc: dict, actor: str) -> ConfigWorkingNode:
@@ -79,7 +80,8 @@ def load_snapshot(s: Session, snapshot: dict, actor: str) -> None:
 
 
 def put_node(ctx, path: str, doc: Any, actor: str, expect_revision: int | None = None) -> dict:
-    """Replace one node's working document (apply / edit / API PUT)."""
+    """Replace one node's working document (apply / edit / API PUT). Secret values are stored sealed."""
+    secrets.check_input(doc)
     doc = check_document(doc if doc is not None else {})
     with ctx.db.session(write=True) as s:  # expect_revision is checked under the write lock
         key = node_key(s, path)
@@ -87,18 +89,21 @@ def put_node(ctx, path: str, doc: Any, actor: str, expect_revision: int | None =
         have = row.revision if row else 0
         if expect_revision is not None and expect_revision != have:
             raise Conflict(f"{path} changed in the working copy while you edited it (revision {have}, you started from {expect_revision}); nothing was written")
+        doc = secrets.seal_document(ctx.data_dir, doc, row.document if row else None)
         row = write_node(s, key, doc, actor)
         s.flush()
         return {"path": display_key(s, key), "revision": row.revision}
 
 
 def set_value(ctx, path: str, key: str, value: Any, actor: str) -> dict:
-    """Set one dotted key of a node's working document (validated as a whole first)."""
+    """Set one dotted key of a node's working document (validated as a whole first; secrets stored sealed)."""
+    secrets.check_input(None, key, value)
     with ctx.db.session(write=True) as s:  # read-modify-write: no concurrent set is lost
         nkey = node_key(s, path)
         row = s.get(ConfigWorkingNode, nkey)
         doc = with_value(row.document if row else {}, key, value)
         check_document(doc)
+        doc = secrets.seal_document(ctx.data_dir, doc, row.document if row else None)
         row = write_node(s, nkey, doc, actor)
         s.flush()
         return {"path": display_key(s, nkey), "revision": row.revision}
