@@ -85,7 +85,7 @@ class EventWriter:
         outbox.submit(self.ctx, "boot.events", {"events": batch})
 
 
-@outbox.handler("boot.events")
+@outbox.handler("boot.events", mergeable=True)
 def write_events(ctx, payload: dict) -> None:
     """One batch of boot events and the machines' last-seen times, in one transaction."""
     batch = [dict(e, at=dt.datetime.fromisoformat(e["at"]) if isinstance(e["at"], str) else e["at"])

@@ -81,7 +81,7 @@ def report(ctx, ident: str, body, credential: str | None, remote: str | None) ->
 
 @outbox.handler("fleet.report")
 def _report_event(ctx, p: dict) -> dict:
-    return ingest(ctx, str(p["machine_id"]), p["body"], None, p.get("remote"), authenticated=p["authenticated"],
+    return ingest(ctx, f"id:{p['machine_id']}", p["body"], None, p.get("remote"), authenticated=p["authenticated"],
                   at=dt.datetime.fromisoformat(p["at"]))
 
 

@@ -41,6 +41,8 @@ from netslate.settings import make_private_dir, make_private_file
 log = logging.getLogger("netslate.outbox")
 
 HANDLERS: dict[str, Callable[[Any, dict], Any]] = {}
+# Kinds whose queued payloads merge into one handler call on replay: {"events": [...]} lists.
+MERGEABLE: set[str] = set()
 # The modules that register handlers (imported by name before a replay, like store.registry's models).
 HANDLER_MODULES = ("netslate.boot.events", "netslate.inventory.store", "netslate.fleet.reports")
 
@@ -106,11 +108,14 @@ def server_states(ctx) -> dict[str, dict]:
                 for r in s.scalars(select(ServerStatus))}
 
 
-def handler(kind: str):
-    """Register how to apply events of `kind` (in the part that owns the data)."""
+def handler(kind: str, mergeable: bool = False):
+    """Register how to apply events of `kind` (in the part that owns the data). `mergeable`: the
+    payload is {"events": [...]} and a replay may apply several queued payloads in one call."""
 
     def deco(fn):
         HANDLERS[kind] = fn
+        if mergeable:
+            MERGEABLE.add(kind)
         return fn
 
     return deco
@@ -199,6 +204,30 @@ def _json_default(value):
     raise TypeError(f"cannot queue {type(value).__name__}")
 
 
+def _mark_applied_many(s, rows: list[tuple[int, str, str, float, dict]]) -> set[str]:
+    """Insert the ids of a batch in one statement; returns the ids that were new."""
+    origin, now = _origin(), utcnow()
+    values = [{"event_id": eid, "kind": kind, "origin": origin, "applied_at": now, "outcome": "applied",
+               "queued_at": dt.datetime.fromtimestamp(at, dt.timezone.utc).replace(tzinfo=None) if at else None}
+              for _seq, eid, kind, at, _p in rows]
+    stmt = pg_insert(OutboxApplied.__table__).values(values).on_conflict_do_nothing(index_elements=["event_id"])
+    return {r[0] for r in s.execute(stmt.returning(OutboxApplied.event_id))}
+
+
+def _groups(rows: list, new: set[str]) -> list[tuple[str, list[str], dict]]:
+    """(kind, event ids, payload) to apply in order: runs of a mergeable kind become one payload."""
+    out: list[tuple[str, list[str], dict]] = []
+    for _seq, eid, kind, _at, payload in rows:
+        if eid not in new:
+            continue
+        if kind in MERGEABLE and out and out[-1][0] == kind and len(out[-1][2]["events"]) < 5000:
+            out[-1][1].append(eid)
+            out[-1][2]["events"].extend(payload["events"])
+        else:
+            out.append((kind, [eid], {"events": list(payload["events"])} if kind in MERGEABLE else payload))
+    return out
+
+
 def _mark_applied(s, event_id: str, kind: str, queued_at: float | None) -> bool:
     """Insert the event's id; False when the primary has it already (a replay of an applied event)."""
     row = {"event_id": event_id, "kind": kind, "origin": _origin(), "applied_at": utcnow(),
@@ -261,23 +290,23 @@ def drain(ctx, batch: int = 1000, budget: float = 30.0) -> dict:
                 with db.session() as s:
                     if s.get_bind() is db.read_engine:
                         break  # the primary is away
-                    for _seq, eid, kind, queued_at, payload in rows:
-                        if not _mark_applied(s, eid, kind, queued_at):
-                            out["duplicates"] += 1
-                            continue
+                    new = _mark_applied_many(s, rows)
+                    out["duplicates"] += len(rows) - len(new)
+                    for kind, eids, payload in _groups(rows, new):
                         try:
+                            # every ctx.db.session() the handler opens is a savepoint of `s`:
+                            # a refused event leaves nothing behind
                             with db.joined(s):
-                                with s.begin_nested():
-                                    HANDLERS[kind](ctx, payload)
-                            out["applied"] += 1
+                                HANDLERS[kind](ctx, payload)
+                            out["applied"] += len(eids)
                         except Exception as exc:
                             if _is_disconnect(exc) or isinstance(exc, CentralUnreachable):
                                 raise
-                            out["refused"] += 1
+                            out["refused"] += len(eids)
                             reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-                            s.execute(OutboxApplied.__table__.update().where(OutboxApplied.event_id == eid)
+                            s.execute(OutboxApplied.__table__.update().where(OutboxApplied.event_id.in_(eids))
                                       .values(outcome=f"refused: {reason}"))
-                            log.warning("outbox: %s event %s refused by the primary: %s", kind, eid, reason)
+                            log.warning("outbox: %d %s event(s) refused by the primary: %s", len(eids), kind, reason)
             except CentralUnreachable:
                 break
             box.remove_through(rows[-1][0])
