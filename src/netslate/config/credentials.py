@@ -97,6 +97,8 @@ def _issue(s, ctx, m, trust: str, actor: str, ttl_seconds: int | None) -> tuple[
 def issue(ctx, machine_id: int, trust: str, actor: str, ttl_seconds: int | None = None) -> str:
     """A new credential for the machine (shown once), at `trust`; `ttl_seconds` None = long-lived
     (replaces the machine's previous long-lived one). Sets the machine's trust level."""
+    if trust not in TRUST_LEVELS or trust == "none":
+        raise UserError(f"a credential's trust level is one of token, host, tpm (not {trust!r})")
     with ctx.db.session(write=True) as s:
         m = machines.find(s, machine_id)
         token, _ = _issue(s, ctx, m, trust, actor, ttl_seconds)
