@@ -50,3 +50,12 @@ def cut_file(path: Path) -> Iterator[Piece]:
     for c in _cdc().cut_file(str(path)):
         data = c.data
         yield Piece(c.offset, c.length, hashlib.sha256(data).hexdigest(), data)
+
+
+def boundaries(view) -> Iterator[tuple[int, int]]:
+    """(offset, size) of each content-defined chunk of a buffer (a memoryview of an mmap), without
+    hashing: the ingest pipeline hashes and compresses chunks on other threads."""
+    if len(view) == 0:
+        return
+    for c in _cdc().cut_buf(view):
+        yield c.offset, c.length

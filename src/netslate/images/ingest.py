@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -49,45 +52,103 @@ def source_of(files: dict[str, tuple[Path, str | None]]) -> str:
     return " ".join(f"{k}={p}" for k, (p, _f) in sorted(files.items()))
 
 
-def chunk_list(path: Path) -> tuple[mf.ArtifactRecord, list]:
-    """The record of a file (size, sha256, chunk list) without storing anything (remote imports)."""
-    whole = hashlib.sha256()
-    pieces = []
-    for piece in chunker.cut_file(path):
-        whole.update(piece.data)
-        pieces.append([piece.offset, piece.size, piece.chunk_id])
-    return mf.ArtifactRecord(size=os.path.getsize(path), sha256=whole.hexdigest(), chunks=pieces), pieces
+# The ingest pipeline (issue 14 goal 3): the file is mapped once and read once. This thread finds
+# the chunk boundaries (FastCDC, ~3 GB/s) and feeds the whole-file SHA-256 (hashlib releases the GIL);
+# a pool hashes each chunk and compresses and writes it (SHA-256, zstd and file writes release the
+# GIL too), so an import keeps both cores busy. Batches of ~1 MiB keep the per-task overhead low;
+# results are taken in order, so the chunk list is the same whatever the number of workers.
+BATCH_BYTES = 1 << 20
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def store_file(store, path: Path, fmt: str | None, lease: ImportLease, progress) -> tuple[mf.ArtifactRecord, int]:
-    """Chunk and hash in this thread; compress and write in a small pool (zstd, hashing and file
-    I/O release the GIL, so an import uses both cores)."""
+def _pipeline(path: Path, work: Callable[[memoryview, list[tuple[int, int]]], tuple[list[str], set[str]]],
+              progress: Callable[[int, int], None] | None, workers: int) -> tuple[str, list[list], set[str]]:
+    """(whole-file sha256, chunk list, union of work's second results) of a file, `work(view, cuts)`
+    running on `workers` threads over batches of chunks in file order."""
     total = os.path.getsize(path)
     whole = hashlib.sha256()
     chunks: list[list] = []
-    new_bytes = 0
-    done = 0
-    pending = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for piece in chunker.cut_file(path):
-            whole.update(piece.data)
-            lease.note(piece.chunk_id)
-            pending.append((piece.size, pool.submit(store.put, piece.chunk_id, piece.data)))
-            chunks.append([piece.offset, piece.size, piece.chunk_id])
-            done += piece.size
-            if len(pending) >= 64:  # bound memory: at most 64 chunks in flight
-                for size, fut in pending:
-                    if fut.result():
-                        new_bytes += size
-                pending.clear()
+    extra: set[str] = set()
+    if total == 0:
+        return whole.hexdigest(), chunks, extra
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+        except (AttributeError, OSError):  # pragma: no cover - not everywhere
+            pass
+        view = memoryview(mm)
+        try:
+            pending: deque = deque()
+
+            def take() -> None:
+                cuts, fut = pending.popleft()
+                ids, more = fut.result()
+                extra.update(more)
+                chunks.extend([o, size, cid] for (o, size), cid in zip(cuts, ids))
                 if progress:
-                    progress(done, total)
-        for size, fut in pending:
-            if fut.result():
-                new_bytes += size
+                    progress(cuts[-1][0] + cuts[-1][1], total)
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                batch: list[tuple[int, int]] = []
+                batch_bytes = 0
+                for off, size in chunker.boundaries(view):
+                    batch.append((off, size))
+                    batch_bytes += size
+                    if batch_bytes >= BATCH_BYTES:
+                        pending.append((batch, pool.submit(work, view, batch)))
+                        whole.update(view[batch[0][0]:off + size])
+                        batch, batch_bytes = [], 0
+                        while len(pending) > 4 * workers:  # bound memory and keep results in order
+                            take()
+                if batch:
+                    pending.append((batch, pool.submit(work, view, batch)))
+                    whole.update(view[batch[0][0]:])
+                while pending:
+                    take()
+        finally:
+            try:
+                view.release()
+                mm.close()
+            except BufferError:  # slices still held by an exception's traceback: the mapping goes with them
+                pass
+    return whole.hexdigest(), chunks, extra
+
+
+def _hash_batch(view: memoryview, cuts: list[tuple[int, int]]) -> tuple[list[str], set[str]]:
+    return [hashlib.sha256(view[o:o + n]).hexdigest() for o, n in cuts], set()
+
+
+def chunk_list(path: Path, workers: int = WORKERS) -> tuple[mf.ArtifactRecord, list]:
+    """The record of a file (size, sha256, chunk list) without storing anything (remote imports)."""
+    sha, pieces, _ = _pipeline(Path(path), _hash_batch, None, workers)
+    return mf.ArtifactRecord(size=os.path.getsize(path), sha256=sha, chunks=pieces), pieces
+
+
+def store_file(store, path: Path, fmt: str | None, lease: ImportLease, progress, workers: int = WORKERS) -> tuple[mf.ArtifactRecord, int]:
+    """Chunk, hash, compress and store a file in one pass on `workers` threads; (record, new bytes)."""
+
+    note_lock = threading.Lock()  # the lease file is one text stream shared by the workers
+
+    def work(view: memoryview, cuts: list[tuple[int, int]]) -> tuple[list[str], set[str]]:
+        ids, _ = _hash_batch(view, cuts)
+        with note_lock:
+            for cid in ids:  # listed before stored: a gc that runs now spares them
+                lease.note(cid)
+        written = set()
+        for (o, n), cid in zip(cuts, ids):
+            if store.put(cid, view[o:o + n]):
+                written.add(cid)
+        return ids, written
+
+    sha, chunks, written = _pipeline(Path(path), work, progress, workers)
+    # New bytes: each chunk this import wrote, once (two workers may both write a repeated chunk)
+    sizes = {cid: size for _o, size, cid in chunks}
+    new_bytes = sum(sizes[cid] for cid in written)
+    total = os.path.getsize(path)
     if progress:
         progress(total, total)
-    return mf.ArtifactRecord(size=total, sha256=whole.hexdigest(), chunks=chunks, format=fmt), new_bytes
+    return mf.ArtifactRecord(size=total, sha256=sha, chunks=chunks, format=fmt), new_bytes
 
 
 def disk_full(exc: OSError) -> bool:
