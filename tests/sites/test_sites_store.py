@@ -134,7 +134,7 @@ def world(tmp_path_factory):
         lab.wait_replayed()
         data = tmp_path_factory.mktemp("branch")
         log = data.parent / f"{data.name}-serve.log"
-        lab.netslate(lab.branch, "serve", "--listen", f"127.0.0.1:{BRANCH_PORT}", "--data-dir", str(data),
+        proc = lab.netslate(lab.branch, "serve", "--listen", f"127.0.0.1:{BRANCH_PORT}", "--data-dir", str(data),
                      "--db-read", lab.standby_url_branch, "--db-write", lab.primary_url_branch,
                      "--site", "branch", "--advertise", BRANCH_ADDR, "--server-name", "branch1",
                      log=log, env={"NETSLATE_CENTRAL_CONNECT_TIMEOUT": "2", "NETSLATE_CENTRAL_STATEMENT_TIMEOUT": "10"})
@@ -151,6 +151,7 @@ def world(tmp_path_factory):
             raise AssertionError(f"branch server did not start: {log.read_text()[-3000:]}") from None
         w.token = (data / "admin.token").read_text().strip()
         w.log = log
+        w.proc = proc
         yield w
     finally:
         central.close()
@@ -281,3 +282,34 @@ def test_outbox_replay_is_idempotent_and_standby_reads(world, tmp_path):
     assert first["applied"] == 1 and first["left"] == 0
     assert second["duplicates"] == 1 and second["applied"] == 0
     assert after == before + 1
+
+
+def test_runbook_promote_the_branch_when_central_is_lost(world):
+    """docs/sites.md, runbook steps 1-4 (runs last: it ends the world's replication for good)."""
+    w = world
+    lab = w.lab
+    # 1. the central site is lost (and fenced: its PostgreSQL stops)
+    lab.pg(lab.central, str(lab.bin / "pg_ctl"), "-D", str(lab.primary_dir), "-m", "immediate", "stop")
+    # 2. promote the branch's standby
+    assert lab.psql(lab.branch, "SELECT pg_promote(wait => true)") == "t"
+    assert lab.psql(lab.branch, "SELECT pg_is_in_recovery()") == "f"
+    # 3. the branch server restarts as a central server over it (no --db-read)
+    w.proc.terminate()
+    w.proc.wait(30)
+    w.proc = lab.netslate(lab.branch, "serve", "--listen", f"127.0.0.1:{BRANCH_PORT}", "--data-dir", str(w.data),
+                          "--database-url", lab.standby_url_branch, "--site", "branch", "--server-name", "branch1",
+                          log=w.log)
+
+    def up():
+        try:
+            return w.http("GET", "/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+    _wait("promoted branch server answers", up, timeout=120)
+    # 4. writable: an admin write and its read-back; boot scripts as before
+    h = w.health()
+    assert h["read_only"] is False and "central" not in h["checks"]
+    r = w.http("POST", "/api/v1/sites", auth=True, json={"name": "promote-check"})
+    assert r.status_code == 201, r.text
+    assert w.http("GET", "/api/v1/sites/promote-check", auth=True).status_code == 200
+    assert w.http("GET", "/boot/ipxe", params={"mac": MAC1}).status_code == 200
