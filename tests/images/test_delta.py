@@ -188,3 +188,18 @@ def test_whole_chunks_when_the_client_lacks_the_base(pair_server, tmp_path):
     lib.remove_version("d", 1)
     s = pull(srv.url, "d", "2", cache, out)
     assert s.chunks_from_delta == 0 and out.read_bytes() == p2.read_bytes()
+
+
+def test_gc_drops_cached_groups_of_removed_versions(pair_server, tmp_path):
+    srv, _p1, _p2 = pair_server
+    lib = srv.ctx.library
+    cache, out = tmp_path / "cache", tmp_path / "out.img"
+    pull(srv.url, "d", "1", cache, out)
+    pull(srv.url, "d", "2", cache, out)
+    cached = list((srv.ctx.data_dir / "deltas").rglob("*.zst"))
+    assert cached
+    lib.gc(grace_seconds=0)
+    assert list((srv.ctx.data_dir / "deltas").rglob("*.zst")) == cached  # both versions still there
+    lib.remove_version("d", 1)
+    lib.gc(grace_seconds=0)
+    assert list((srv.ctx.data_dir / "deltas").rglob("*.zst")) == []

@@ -135,17 +135,25 @@ def group_frame(library, from_hex: str, to_hex: str, artifact: str, n: int) -> b
     return frame
 
 
-def drop_cache_for(data_dir: Path, live_digests: set[str]) -> int:
-    """Remove cached groups whose versions are gone (gc). Returns files removed."""
-    root = Path(data_dir) / "deltas"
-    removed = 0
+def drop_cache_for(library) -> int:
+    """Remove cached groups of versions that are gone (image gc); returns the files removed."""
+    # imported here like manifest_by_digest: the pull client never needs the database
+    from sqlalchemy import select
+
+    from netslate.images.models import ImageVersion
+
+    root = Path(library.data_dir) / "deltas"
     if not root.is_dir():
         return 0
-    live = {d.removeprefix("sha256:") for d in live_digests}
+    with library.ctx.db.session() as s:
+        live = {d.removeprefix("sha256:") for d in s.scalars(select(ImageVersion.manifest_digest))}
+    removed = 0
     for sub in root.iterdir():
         for p in sub.iterdir() if sub.is_dir() else ():
+            if p.name.startswith(".tmp-"):
+                continue
             parts = p.name.split(".")
-            if len(parts) >= 2 and not (parts[0] in live and parts[1] in live):
+            if not (len(parts) == 5 and parts[0] in live and parts[1] in live):
                 p.unlink(missing_ok=True)
                 removed += 1
     return removed

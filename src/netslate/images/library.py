@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from netslate.images import ingest, maintenance, ranges
+from netslate.images import delta, ingest, maintenance, ranges
 from netslate.images.catalog import Catalog, InUseCheck
 from netslate.images.leases import ImportLease  # noqa: F401  (older imports)
 from netslate.images.versioning import Resolved  # noqa: F401  (older imports)
@@ -87,8 +87,11 @@ class Library:
         return self.catalog.referenced_chunks()
 
     def gc(self, grace_seconds: float = 3600, dry_run: bool = False) -> dict:
-        return maintenance.collect_garbage(self.store, self.imports_dir, self.catalog.referenced_chunks, grace_seconds, dry_run,
-                                           tmp_dir=self.tmp_dir)
+        result = maintenance.collect_garbage(self.store, self.imports_dir, self.catalog.referenced_chunks, grace_seconds, dry_run,
+                                             tmp_dir=self.tmp_dir)
+        if not dry_run:  # cached delta groups (DATA/deltas) of versions that are gone
+            delta.drop_cache_for(self)
+        return result
 
     def verify(self, name: str | None = None, ref: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
         """Re-hash stored chunks of every (or one image's, or one version's) version."""

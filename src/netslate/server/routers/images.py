@@ -244,9 +244,6 @@ def get_delta_group(from_digest: str, to_digest: str, artifact: str, index: str,
         frame = delta.group_frame(_lib(request), from_digest, to_digest, artifact, int(index))
     except delta.DeltaUnavailable as exc:
         raise HTTPException(404, f"no such delta group: {exc}") from None
-    if _fronted(request):
-        _served_files(request).put_bytes(f"deltas/{to_digest}.{from_digest}.{artifact}.{index}", frame)
-        return _accel(f"deltas/{to_digest}.{from_digest}.{artifact}.{index}", headers)
     return Response(frame, headers=headers, media_type="application/octet-stream")
 
 
