@@ -5,6 +5,7 @@ Both the server and the local CLI build one `Context`; nothing else opens the da
 
 import fcntl
 import os
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -53,7 +54,37 @@ class Context:
 
     @cached_property
     def signing_key(self) -> SigningKey:
-        return load_or_create(self.data_dir / "keys")
+        key = load_or_create(self.data_dir / "keys")
+        key.revocations = self.latest_revocations  # attached to bundles and locate answers (issue 15 §3)
+        return key
+
+    _KEY_TTL = 5.0  # seconds the revocation statement and the subnet map are reused
+
+    def latest_revocations(self) -> dict | None:
+        """The newest root-signed revocation statement (the `settings` row; replicated to branches)."""
+        now = time.monotonic()
+        hit = self.__dict__.get("_revocations_cache")
+        if hit is None or now - hit[0] > self._KEY_TTL:
+            from netslate.crypto import records  # noqa: PLC0415 - keeps `netslate` CLI start-up lean
+
+            with self.db.read_session() as s:
+                hit = (now, records.revocations(s))
+            self.__dict__["_revocations_cache"] = hit
+        return hit[1]
+
+    def site_of(self, address: str | None) -> str | None:
+        """The discovery site of an address (longest subnet match), None when unknown."""
+        if not address:
+            return None
+        now = time.monotonic()
+        hit = self.__dict__.get("_subnets_cache")
+        if hit is None or now - hit[0] > self._KEY_TTL:
+            from netslate.discovery import store as discovery  # noqa: PLC0415 - CLI start-up
+
+            view = discovery.load_view(self, stale_after=0)
+            hit = (now, view)
+            self.__dict__["_subnets_cache"] = hit
+        return hit[1].site_for(address)
 
     @cached_property
     def chunks(self):

@@ -119,4 +119,4 @@ def bundle(ctx, machine: str | int, credential: str | None = None, assign: Assig
     except IntegrityError:  # a KEK rotation since this generation was cached: read it again
         cache.forget(gen)
         payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
-    return ctx.signing_key.sign(payload), etag, {"serial": st.serial, "machine_id": m.id}
+    return ctx.signing_key.sign_site(payload, ctx.site_of(m.ip_address)), etag, {"serial": st.serial, "machine_id": m.id}  # issue 15 §3: a site key signs only its site

@@ -63,6 +63,8 @@ class SignedLocate(BaseModel):
     payload: LocateAnswer
     signature: str
     key: str
+    chain: list[dict] | None = None  # [root-signed site certificate] when a site key signed (issue 15 §3)
+    revocations: dict | None = None  # the newest root-signed revocation statement
 
 
 class ServersService(Service):
@@ -121,7 +123,7 @@ class LocalServers(ServersService):
             client = client[7:]
         answer = core.locate_answer(store.load_view(self.parts.ctx), client)
         if signed:
-            return SignedLocate(**self.parts.ctx.signing_key.sign(answer))
+            return SignedLocate(**self.parts.ctx.signing_key.sign_site(answer, answer["site"]))
         return LocateAnswer(**answer)
 
     def dns_export(self, format: str, domain: str, site: str | None = None, serial: int = 1) -> str:
