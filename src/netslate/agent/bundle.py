@@ -1,6 +1,8 @@
 """Step 2: verify a signed bundle (pure). Never apply anything that fails here.
 
-Checks, in order: the envelope is signed by the key pinned at boot; it is a bundle; it is for this
+Checks, in order: the envelope is signed by the key pinned at boot (the root), directly or by a
+site key the root certified for this bundle's site and has not revoked (issue 15 §3,
+`onmachine.sitecert`); it is a bundle; it is for this
 machine; its generation is ≥ the last one applied (anti-rollback: a man in the middle replaying an
 older signed bundle is refused; the server publishes a rollback as a *newer* generation).
 Then `open_secrets` opens the secrets sealed to this machine's credential (issue 13).
@@ -11,8 +13,11 @@ from __future__ import annotations
 import base64
 import json
 
-from netslate.onmachine import aead
-from netslate.onmachine.envelope import SignatureError, open_envelope
+from pathlib import Path
+
+from netslate.agent.util import read_json, write_json
+from netslate.onmachine import aead, sitecert
+from netslate.onmachine.envelope import SignatureError
 
 BUNDLE_KIND = "netslate-bundle/1"
 
@@ -21,12 +26,15 @@ class BundleRejected(Exception):
     pass
 
 
-def verify(envelope, key: bytes | None, machine_id: int | None, last_generation: int | None) -> dict:
-    """The payload of a bundle we may apply, or BundleRejected(reason)."""
+def verify(envelope, key: bytes | None, machine_id: int | None, last_generation: int | None, *,
+           site: str | None = None, revocations: dict | None = None) -> dict:
+    """The payload of a bundle we may apply, or BundleRejected(reason). `site`: the site this
+    machine knows it is in (from its last verified bundle); `revocations`: the newest verified
+    revocation statement it holds."""
     if key is None:
         raise BundleRejected("no key pinned at boot (netslate.key= or boot.json): refusing unverifiable config")
     try:
-        payload = open_envelope(envelope, key)
+        payload = sitecert.open_signed(envelope, key, site=site, revocations=revocations)
     except SignatureError as exc:
         raise BundleRejected(f"bad signature: {exc}") from None
     if payload.get("kind") != BUNDLE_KIND:
@@ -77,3 +85,31 @@ def open_secrets(payload: dict, credential: str | None) -> tuple[dict, str | Non
         return out, "the bundle's secrets are not a map of names to values: none applied"
     doc["secrets"] = values
     return out, None
+
+
+REVOCATIONS_FILE = "revocations.json"
+
+
+def load_revocations(path: Path, key: bytes | None) -> dict | None:
+    """The revocation statement kept from earlier answers, if the pinned root signed it."""
+    data = read_json(Path(path))
+    if key is None or not isinstance(data, dict):
+        return None
+    try:
+        return sitecert.open_revocations(data, key)
+    except SignatureError:
+        return None
+
+
+def remember_revocations(path: Path, envelope, key: bytes | None, current: dict | None) -> dict | None:
+    """The newest statement after `envelope`; a newer one is written to `path` (kept across restarts
+    so an older list, replayed later, is refused)."""
+    if key is None:
+        return current
+    newest = sitecert.newest_revocations(envelope, key, current)
+    if newest is not None and (current is None or newest["number"] > current["number"]):
+        try:
+            write_json(Path(path), envelope["revocations"])
+        except OSError:
+            pass  # kept in memory for this run
+    return newest

@@ -26,8 +26,10 @@ def last_generation(lkg_dir: Path) -> int | None:
     return g if isinstance(g, int) else None
 
 
-def load(lkg_dir: Path, key: bytes | None, machine_id: int | None) -> tuple[dict | None, dict | None, str | None]:
-    """(envelope, payload, problem). The payload only if it verifies against the pinned key."""
+def load(lkg_dir: Path, key: bytes | None, machine_id: int | None,
+         revocations: dict | None = None) -> tuple[dict | None, dict | None, str | None]:
+    """(envelope, payload, problem). The payload only if it verifies against the pinned key (a
+    site key's bundle: also not revoked by `revocations`)."""
     path = Path(lkg_dir) / FILE
     if not path.exists():
         return None, None, "no last-known-good bundle"
@@ -35,7 +37,7 @@ def load(lkg_dir: Path, key: bytes | None, machine_id: int | None) -> tuple[dict
     if not isinstance(data, dict):
         return None, None, f"last-known-good bundle {path} is damaged"
     try:
-        payload = bundle.verify(data, key, machine_id, None)
+        payload = bundle.verify(data, key, machine_id, None, revocations=revocations)
     except bundle.BundleRejected as exc:
         return None, None, f"last-known-good bundle refused: {exc}"
     return data, payload, None

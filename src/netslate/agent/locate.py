@@ -13,7 +13,8 @@ from pathlib import Path
 from netslate.agent import dnssrv, http
 from netslate.agent.bootinfo import normalize_server
 from netslate.agent.util import read_json, under, write_json
-from netslate.onmachine import pinning
+from netslate.onmachine import pinning, sitecert
+from netslate.onmachine.envelope import SignatureError
 
 
 @dataclass
@@ -90,19 +91,30 @@ def cached_pin(path: Path) -> str | None:
         return None
 
 
-def probe(url: str, timeout: float) -> dict:
-    """Ask one server for its locate answer; HttpError when it does not give a usable one."""
-    ans = http.get_json(f"{url}/api/v1/locate", timeout=timeout)
+def probe(url: str, timeout: float, key: bytes | None = None, site: str | None = None,
+          revocations: dict | None = None) -> dict:
+    """Ask one server for its locate answer; HttpError when it does not give a usable one. With a
+    pinned `key` the answer must be signed by it (or by a certified, unrevoked key of the answer's
+    site, and of `site` when this machine knows its site: issue 15 §3)."""
+    if key is None:
+        ans = http.get_json(f"{url}/api/v1/locate", timeout=timeout)
+    else:
+        env = http.get_json(f"{url}/api/v1/locate?signed=true", timeout=timeout)
+        try:
+            ans = sitecert.open_signed(env, key, site=site, revocations=revocations)
+        except SignatureError as exc:
+            raise http.HttpError(f"locate answer refused: {exc}") from None
     if not isinstance(ans, dict) or not isinstance(ans.get("servers"), list):
         raise http.HttpError("locate answer has no server list")
     return ans
 
 
-def find(cands: list[tuple[str, str]], timeout: float = 4.0) -> Located:
+def find(cands: list[tuple[str, str]], timeout: float = 4.0, key: bytes | None = None, site: str | None = None,
+         revocations: dict | None = None) -> Located:
     res = Located(None)
     for url, source in cands:
         try:
-            res.answer = probe(url, timeout)
+            res.answer = probe(url, timeout, key, site, revocations)
         except http.HttpError as exc:
             res.tried.append({"url": url, "source": source, "error": str(exc)})
             continue

@@ -78,6 +78,12 @@ class Agent:
         self.problems: list[str] = list(self.boot.problems)
         self.last_report = 0.0
         self.enroller = enroll.Enroller(self.root, self.lkg_dir, self.o.timeout)  # TPM (or token) → credential
+        # Site-scoped signing (issue 15 §3): the newest root-signed revocation list seen (kept with the
+        # lkg in cache mode, where the initramfs reads it too) and the site of the last verified bundle.
+        self.revocations_file = self.store_dir / bundle.REVOCATIONS_FILE
+        self.revocations = bundle.load_revocations(self.revocations_file, self.boot.key)
+        known = lkg.load(self.lkg_dir, self.boot.key, None, self.revocations)[1]
+        self.site: str | None = (known or {}).get("site")
 
     # ------------------------------------------------------------ pieces
 
@@ -99,11 +105,11 @@ class Agent:
         exclude = set(exclude or ())
         cached = locate.load_cache(self.locate_cache)
         cands = [c for c in locate.candidates(self.boot.servers, cached, []) if c[0] not in exclude]
-        found = locate.find(cands, self.o.timeout)
+        found = locate.find(cands, self.o.timeout, self.boot.key, self.site, self.revocations)
         if found.url is None:  # DNS only when nothing we already knew answers
             srv = locate.dns_servers(self.root, self.boot.domain, min(self.o.timeout, 3.0), self.o.nameserver)
             more = [(u, s) for u, s in locate.candidates([], [], srv) if u not in {c[0] for c in cands} and u not in exclude]
-            again = locate.find(more, self.o.timeout)
+            again = locate.find(more, self.o.timeout, self.boot.key, self.site, self.revocations)
             found.tried += again.tried
             found.url, found.answer = again.url, again.answer
         if found.url is None:
@@ -164,6 +170,13 @@ class Agent:
         payload, problem = bundle.open_secrets(payload, self.credential())
         if problem:
             self.problems.append(problem)
+        return payload
+
+    def verify(self, envelope) -> dict:
+        """bundle.verify with this machine's site and revocation list; a newer list it carries is kept."""
+        payload = bundle.verify(envelope, self.boot.key, self.machine_id, self.floor(), site=self.site, revocations=self.revocations)
+        self.revocations = bundle.remember_revocations(self.revocations_file, envelope, self.boot.key, self.revocations)
+        self.site = payload.get("site", self.site)
         return payload
 
     def floor(self) -> int | None:
@@ -238,7 +251,7 @@ class Agent:
             self.report("booting")  # facts first, so the server renders templates for this machine
             try:
                 _, envelope, etag = self.fetch(self.url)
-                payload = self._opened(bundle.verify(envelope, self.boot.key, self.machine_id, self.floor()))
+                payload = self._opened(self.verify(envelope))
                 self.etag = etag
                 self.config_source = "server"
             except (http.HttpError, bundle.BundleRejected) as exc:
@@ -250,7 +263,7 @@ class Agent:
         timings["fetch_ms"] = _ms(t, "fetch")
         if payload is None:
             mid = self.machine_id if self.machine_id is not None else (read_json(self.identity_file) or {}).get("id")
-            envelope, payload, why = lkg.load(self.lkg_dir, self.boot.key, mid if isinstance(mid, int) else None)
+            envelope, payload, why = lkg.load(self.lkg_dir, self.boot.key, mid if isinstance(mid, int) else None, self.revocations)
             if payload is not None:
                 payload = self._opened(payload)
                 self.config_source = "cache"
@@ -262,7 +275,7 @@ class Agent:
         t["apply"] = time.monotonic()
         changes: dict = {}
         if payload is not None:
-            previous = lkg.load(self.lkg_dir, self.boot.key, None)[1] if self.config_source == "server" else None
+            previous = lkg.load(self.lkg_dir, self.boot.key, None, self.revocations)[1] if self.config_source == "server" else None
             res = self._apply(payload, (previous or {}).get("document") or {})
             self.modules = dict(res["modules"])
             changes = res["changes"]
@@ -316,7 +329,7 @@ class Agent:
                 self.report("heartbeat")
             return "unchanged"
         try:
-            payload = self._opened(bundle.verify(envelope, self.boot.key, self.machine_id, self.floor()))
+            payload = self._opened(self.verify(envelope))
         except bundle.BundleRejected as exc:
             self.problems.append(f"new bundle refused: {exc}")
             self.etag = etag  # do not spin on the same bad bundle

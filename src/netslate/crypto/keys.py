@@ -18,6 +18,7 @@ actually signs.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import time
@@ -88,7 +89,7 @@ class SigningKey:
         signature = self.private.sign(canonical(payload))
         env = {"payload": payload, "signature": base64.b64encode(signature).decode("ascii"), "key": self.signer_fingerprint}
         if self.cert is not None:
-            env["chain"] = [self.cert]
+            env["chain"] = [copy.deepcopy(self.cert)]  # callers may edit what they get
         return env
 
     def sign(self, payload: dict) -> dict:
@@ -100,14 +101,18 @@ class SigningKey:
             if said != site:
                 raise SiteScopeError(f"this server's key signs for site {site} only, not for site {said or '(none)'}: ask a server of that site or the central site")
             payload = {**payload, "site": site} if "site" not in payload else payload
-        return self._envelope(payload)
+        env = self._envelope(payload)
+        rev = self.revocations() if self.revocations is not None and self.cert is not None else None
+        if rev is not None:  # machines learn of revoked site keys from every site-signed document
+            env["revocations"] = rev
+        return env
 
     def sign_site(self, payload: dict, site: str | None) -> dict:
         """A bundle or locate answer for `site` (the machine's site, None when unknown), with the
         latest revocation statement attached so machines learn of revoked site keys."""
         env = self.sign({**payload, "site": site})
         rev = self.revocations() if self.revocations is not None else None
-        if rev is not None:
+        if rev is not None and "revocations" not in env:
             env["revocations"] = rev
         return env
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netslate.onmachine import pinning
-from netslate.onmachine.envelope import SignatureError, fingerprint, open_envelope, parse_public_key, payload_digest
+from netslate.onmachine import sitecert
+from netslate.onmachine.envelope import SignatureError, fingerprint, parse_public_key, payload_digest
 from netslate.onmachine.fsutil import atomic_write, fsync_dir, read_json
 from netslate.onmachine.manifest import MAX_CHUNK_BYTES, ManifestError, valid_image_name, valid_ref
 from netslate.onmachine.manifest import artifact as manifest_artifact
@@ -178,7 +179,7 @@ def fetch_manifest(http: _Http, cache: Path, key: bytes | None, name: str, ref: 
             raise PullError("manifest refused: malformed envelope")
     else:
         try:
-            payload = open_envelope(doc.get("manifest"), key)
+            payload = sitecert.open_signed(doc.get("manifest"), key)  # the root, or a certified site key (issue 15 §3)
         except (SignatureError, AttributeError) as exc:
             raise PullError(f"manifest refused: {exc}") from None
     if pinned_digest and payload_digest(payload) != pinned_digest:
@@ -188,7 +189,7 @@ def fetch_manifest(http: _Http, cache: Path, key: bytes | None, name: str, ref: 
     digest = payload_digest(payload)
     if not ref.isdigit() and ref != "latest" and key is not None:
         try:
-            tag = open_envelope(doc.get("tag"), key)
+            tag = sitecert.open_signed(doc.get("tag"), key)
         except (SignatureError, AttributeError) as exc:
             raise PullError(f"tag statement refused: {exc}") from None
         if tag.get("name") != name or tag.get("tag") != ref or tag.get("manifest_digest") != digest:

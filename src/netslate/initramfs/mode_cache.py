@@ -25,7 +25,8 @@ from pathlib import Path
 from netslate.initramfs import localboot, mode_ram
 from netslate.initramfs import runtime as rt
 from netslate.initramfs.bootargs import NoVerifiedImage
-from netslate.onmachine.envelope import SignatureError, open_envelope
+from netslate.onmachine import sitecert
+from netslate.onmachine.envelope import SignatureError
 from netslate.onmachine.formats import detect_format
 from netslate.onmachine.fsutil import file_matches, read_json
 from netslate.onmachine.manifest import stored_manifest_ok
@@ -274,8 +275,13 @@ def lkg_payload(env: rt.Env, layout: Layout) -> dict | None:
     key = env.key_bytes
     if key is None:
         return bundle.get("payload") if isinstance(bundle.get("payload"), dict) else None
-    try:
-        return open_envelope(bundle, key)
+    try:  # the root, or a site key it certified and has not revoked (the agent keeps the newest list here)
+        revocations = read_json(layout.lkg / "revocations.json")
+        try:
+            known = sitecert.open_revocations(revocations, key) if isinstance(revocations, dict) else None
+        except SignatureError:
+            known = None
+        return sitecert.open_signed(bundle, key, revocations=known)
     except (SignatureError, AttributeError, TypeError, ValueError) as exc:
         rt.log(f"last-known-good bundle ignored: {exc}")
         return None
