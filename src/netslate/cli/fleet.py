@@ -19,9 +19,9 @@ def _render(data: dict) -> None:
         if gen and m["config_source"] == "cache":
             gen += " (cache)"
         health = "" if m["healthy"] is None else ("ok" if m["healthy"] else "FAILED")
-        rows.append([m["id"], m["name"] or m["hostname"] or "", m["state"], img, gen, health,
+        rows.append([m["id"], m["name"] or m["hostname"] or "", m["state"], m.get("trust", "none"), img, gen, health,
                      ", ".join(m["flags"]), m["last_report"] or ""])
-    table(["id", "name", "state", "image", "generation", "health", "flags", "last report"], rows, title="fleet")
+    table(["id", "name", "state", "trust", "image", "generation", "health", "flags", "last report"], rows, title="fleet")
     s = data["summary"]
     console.print(" ".join(f"{k}={v}" for k, v in s["states"].items()) + f"  flagged={s['flagged']}", highlight=False)
     b = data.get("branch")

@@ -22,15 +22,15 @@ def _kv(items: list[str], what: str = "label") -> dict[str, str]:
 
 def _render_list(rows: list[dict]) -> None:
     table(
-        ["id", "name", "state", "macs", "uuid", "labels", "pin", "last seen"],
-        [[m["id"], m["name"], m["state"], " ".join(m["macs"]), m["uuid"],
+        ["id", "name", "state", "trust", "macs", "uuid", "labels", "pin", "last seen"],
+        [[m["id"], m["name"], m["state"], m.get("trust", "none"), " ".join(m["macs"]), m["uuid"],
           ",".join(f"{k}={v}" for k, v in sorted(m["labels"].items())),
           f"{m['pin']['image']}@{m['pin']['version']}" if m["pin"] else "", m["last_seen"]] for m in rows],
     )
 
 
 def _render_one(m: dict) -> None:
-    for key in ("id", "name", "state", "approved", "macs", "uuid", "serial", "manufacturer", "product", "hostname",
+    for key in ("id", "name", "state", "approved", "trust", "macs", "uuid", "serial", "manufacturer", "product", "hostname",
                 "labels", "group", "pin", "first_seen", "last_seen"):
         console.print(f"[bold]{key}[/bold]: {m.get(key)}", highlight=False)
     if m.get("boots"):

@@ -135,8 +135,9 @@ def flags(fleet: dict | None, current_generation: int | None) -> list[str]:
 
 
 def view(fleet: dict | None, approved: bool, last_boot_event: dt.datetime | None, current_generation: int | None,
-         now: dt.datetime, offline_after: dt.timedelta = OFFLINE_AFTER) -> dict:
-    """What `machine list/show --json` and `fleet status` show for one machine (pure)."""
+         now: dt.datetime, offline_after: dt.timedelta = OFFLINE_AFTER, trust: str | None = None) -> dict:
+    """What `machine list/show --json` and `fleet status` show for one machine (pure). `trust`: the
+    machine's trust level (none < token < host < tpm, issue 13)."""
     f = fleet or {}
     booted = parse_iso(f.get("booted_at"))
     last_boot = max((t for t in (booted, last_boot_event) if t is not None), default=None)
@@ -156,6 +157,7 @@ def view(fleet: dict | None, approved: bool, last_boot_event: dt.datetime | None
         "problems": f.get("problems") or [],
         "timings": f.get("timings") or {},
         "authenticated": f.get("authenticated"),
+        "trust": trust or "none",
         "unverified": f.get("unverified"),  # facts/address of the last report without a credential
         "flags": flags(fleet, current_generation),
     }

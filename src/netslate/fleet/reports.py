@@ -159,7 +159,7 @@ def machine_view(m: Machine) -> dict:
     s = object_session(m)
     cache = _session_cache(s) if s is not None else {"boots": {}, "config": None, "now": _now()}
     v = core.view((m.status or {}).get("fleet"), bool(m.approved), cache["boots"].get(m.id),
-                  _current_generation(cache["config"], m.tree_path), cache["now"], offline_after())
+                  _current_generation(cache["config"], m.tree_path), cache["now"], offline_after(), trust=m.trust)
     if s is not None and "identity" not in cache:  # e.g. identity_conflict: another TPM claims this machine
         cache["identity"] = enrollment_store.identity_flags(s)
     extra = [f for f in cache.get("identity", {}).get(m.id, []) if f not in v["flags"]]

@@ -51,6 +51,7 @@ class FleetFields(BaseModel):
     problems: list[str]
     timings: dict[str, int | float]
     authenticated: bool | None
+    trust: str = "none"  # none < token < host < tpm: how the machine proved who it is (issue 13)
     unverified: UnverifiedReport | None = None  # facts/address of the last report without a credential
     flags: list[str]
 
