@@ -95,7 +95,8 @@ def _matches(header: str | None, etag: str) -> bool:
 @router.get("/machines/{machine}/bundle")
 async def bundle(request: Request, machine: str, wait: float = Query(0, ge=0)):
     """The machine's signed bundle. With `Authorization: Bearer <machine credential>` it holds the
-    machine's secrets; without, every secret is removed and `secrets_removed` says so.
+    machine's secrets at or below the credential's trust, sealed to it (`sealed_secrets`); without,
+    no secret in any form, and `secrets_removed` says so.
     `?wait=S` with `If-None-Match` long-polls (at most 300 s) for a different bundle."""
     token = auth.bearer(request)
     credential = None
