@@ -1,20 +1,22 @@
-"""Update efficiency: bytes an up-to-date v1 cache downloads to reach v2.
-
-v1 = `netslate image build` of Debian bookworm minbase + python3-minimal systemd netbase iproute2;
-v2 = the same recipe + less, file, bzip2 (a real second mmdebstrap build, as an admin would do).
-Side by side, on loopback:
-  * netslate: `netslate serve` + `netslate image pull` with a cache warm with v1 (and v1's output file);
-  * casync (Debian's): `casync make --chunk-size=16384:65536:262144 --compression=zstd` of the same
-    rootfs files into one store, served by a byte-counting static HTTP server, then
-    `casync extract --seed=<v1 rootfs>`;
-  * a full download of v2's rootfs.
-Goals: netslate <= casync, and <= 15 % of the full image when <= 5 % of the files changed.
+"""Update bytes (issue 14 goal 4): what a machine holding v1 downloads to reach v2, on two pairs
+(bench/images_pairs.py): "bench" (minbase + python3-minimal systemd netbase iproute2 → + less file
+bzip2) and "issue" (minbase + openssh-server curl vim-tiny → + git htop tmux, − vim-tiny, /etc edited).
+Side by side, on loopback, in one run:
+  * netslate: `netslate image import` of both files, `netslate serve`, `netslate image pull` of v1
+    then v2 into one cache: the new chunks come as delta groups (images/delta.py) against v1;
+    the wire bytes counted are the pull's own (frames or chunks) plus the manifest;
+  * netslate without deltas: the stored (zstd) size of the chunks v1 lacks (what the whole-chunk
+    path sends);
+  * casync (Debian's): `casync make --chunk-size=16384:65536:262144 --compression=zstd` of both
+    files into one store, served by a byte-counting static HTTP server, `casync extract --seed=v1`;
+  * xdelta3 (Debian's, default options): `xdelta3 -e -s v1 v2`, the size of the delta (the floor);
+  * the full v2 (raw, and zstd -3).
+Goals: netslate <= 0.8 x casync's new compressed chunks and <= 1.3 x xdelta3, on both pairs.
 """
 
 import hashlib
 import http.server
 import json
-import os
 import shutil
 import sys
 import threading
@@ -22,7 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import V1_PACKAGES, V2_EXTRA, WORK, Server, netslate, record, run  # noqa: E402
+from _common import WORK, Server, netslate, record, run  # noqa: E402
+from images_pairs import pair  # noqa: E402
 
 CASYNC_CHUNK = "16384:65536:262144"
 
@@ -54,82 +57,47 @@ def static_server(directory: Path):
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/"
 
 
-def file_table(root: Path) -> dict[str, str]:
-    """path → content hash (or link target / type) for every non-directory entry."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "link:" + os.readlink(p)
-            elif os.path.isfile(p):
-                h = hashlib.sha256()
-                with open(p, "rb") as f:
-                    for blk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(blk)
-                out[rel] = h.hexdigest()
-            else:
-                out[rel] = "special"
-    return out
+def stored_size(data: Path, cid: str) -> int:
+    for suffix in (".zst", ".raw"):
+        p = data / "chunks" / cid[:2] / (cid + suffix)
+        if p.exists():
+            return p.stat().st_size
+    return 0
 
 
-def changed_files(img1: Path, img2: Path, tmp: Path) -> dict:
-    m1, m2 = tmp / "m1", tmp / "m2"
-    m1.mkdir(exist_ok=True)
-    m2.mkdir(exist_ok=True)
-    run(["mount", "-o", "loop,ro", str(img1), str(m1)])
-    try:
-        run(["mount", "-o", "loop,ro", str(img2), str(m2)])
-        try:
-            a, b = file_table(m1), file_table(m2)
-        finally:
-            run(["umount", str(m2)])
-    finally:
-        run(["umount", str(m1)])
-    added = b.keys() - a.keys()
-    removed = a.keys() - b.keys()
-    modified = {k for k in a.keys() & b.keys() if a[k] != b[k]}
-    return {"files_v1": len(a), "files_v2": len(b), "added": len(added), "removed": len(removed),
-            "modified": len(modified), "changed_fraction": round((len(added) + len(removed) + len(modified)) / len(b), 4)}
-
-
-def main() -> None:
-    base = WORK / "update"
+def one_pair(label: str) -> dict:
+    v1_img, v2_img = pair(label)
+    base = WORK / "update" / label
     shutil.rmtree(base, ignore_errors=True)
     data = base / "data"
     data.mkdir(parents=True)
-    recipes = {}
-    for label, pkgs in (("v1", V1_PACKAGES), ("v2", V1_PACKAGES + V2_EXTRA)):
-        r = base / f"{label}.yaml"
-        r.write_text(json.dumps({"suite": "bookworm", "variant": "minbase", "packages": pkgs}))
-        recipes[label] = r
-    builds = {}
-    for label in ("v1", "v2"):
-        t = time.monotonic()
-        res = json.loads(netslate("image", "build", "deb", "--recipe", str(recipes[label]), "--json", data_dir=data).stdout)
-        builds[label] = {"version": res["version"], "rootfs_bytes": res["artifacts"]["rootfs"]["size"],
-                         "bytes_new_in_store": res["bytes_new"], "build_seconds": round(time.monotonic() - t, 1)}
-    diff = json.loads(netslate("image", "diff", "deb", "1", "2", "--json", data_dir=data).stdout)
-
+    for img in (v1_img, v2_img):
+        netslate("image", "import", label, "--rootfs", str(img), "--json", data_dir=data)
+    diff = json.loads(netslate("image", "diff", label, "1", "2", "--json", data_dir=data).stdout)
     with Server(data) as srv:
         cache, out = base / "cache", base / "pull" / "rootfs.img"
-        p1 = json.loads(netslate("image", "pull", srv.url, "deb@1", "--cache", str(cache), "--output", str(out), "--json", data_dir=data).stdout)
-        v1_img = base / "v1.img"
-        shutil.copyfile(out, v1_img)  # the v1 file casync seeds from, identical to what netslate had
-        p2 = json.loads(netslate("image", "pull", srv.url, "deb@2", "--cache", str(cache), "--output", str(out), "--json", data_dir=data).stdout)
+        p1 = json.loads(netslate("image", "pull", srv.url, f"{label}@1", "--cache", str(cache), "--output", str(out), "--json", data_dir=data).stdout)
+        t = time.monotonic()
+        p2 = json.loads(netslate("image", "pull", srv.url, f"{label}@2", "--cache", str(cache), "--output", str(out), "--json", data_dir=data).stdout)
+        pull_wall = time.monotonic() - t
         import urllib.request
-        manifest_bytes = len(urllib.request.urlopen(f"{srv.url}/images/deb/2/manifest").read())
-    v2_img = base / "v2.img"
-    shutil.copyfile(out, v2_img)
-    files = changed_files(v1_img, v2_img, base)
+        manifest_bytes = len(urllib.request.urlopen(f"{srv.url}/images/{label}/2/manifest").read())
+    if hashlib.sha256(out.read_bytes()).hexdigest() != hashlib.sha256(v2_img.read_bytes()).hexdigest():
+        raise SystemExit("netslate produced a different v2")
+    # whole-chunk path: the stored size of every chunk v1 lacks
+    from netslate.context import Context
 
-    # casync on the very same two files
+    lib = Context(data).init().library
+    c1 = {c[2] for c in lib.resolve(label, 1).artifacts["rootfs"]["chunks"]}
+    new_ids = {c[2] for c in lib.resolve(label, 2).artifacts["rootfs"]["chunks"]} - c1
+    whole_chunks = sum(stored_size(data, c) for c in new_ids)
+
     store = base / "casync" / "store"
     store.mkdir(parents=True)
-    for label, img in (("v1", v1_img), ("v2", v2_img)):
+    for v, img in (("v1", v1_img), ("v2", v2_img)):
         run(["casync", "make", f"--chunk-size={CASYNC_CHUNK}", "--compression=zstd", f"--store={store}",
-             str(base / "casync" / f"{label}.caibx"), str(img)])
+             str(base / "casync" / f"{v}.caibx"), str(img)])
+    CountingHandler.counter.update(bytes=0, requests=0)
     srv, url = static_server(store)
     try:
         t = time.monotonic()
@@ -142,27 +110,35 @@ def main() -> None:
     if hashlib.sha256((base / "casync" / "v2.out").read_bytes()).hexdigest() != hashlib.sha256(v2_img.read_bytes()).hexdigest():
         raise SystemExit("casync produced a different v2")
     caibx_bytes = (base / "casync" / "v2.caibx").stat().st_size
+    t = time.monotonic()
+    run(["xdelta3", "-e", "-f", "-s", str(v1_img), str(v2_img), str(base / "v2.xd3")])
+    xdelta_seconds = time.monotonic() - t
+    xdelta = (base / "v2.xd3").stat().st_size
     full = v2_img.stat().st_size
     import zstandard
     full_zstd = len(zstandard.ZstdCompressor(level=3).compress(v2_img.read_bytes()))
-
     ns_wire = p2["bytes_on_wire"] + manifest_bytes
-    result = {
-        "builds": builds,
+    shutil.rmtree(base, ignore_errors=True)
+    return {
         "library_diff_v1_v2": {k: diff[k] for k in ("bytes_new", "bytes_total", "new_fraction", "chunks_new", "chunks_shared")},
-        "files": files,
         "netslate": {"bytes_on_wire_chunks": p2["bytes_on_wire"], "manifest_bytes": manifest_bytes, "bytes_on_wire_total": ns_wire,
-                     "bytes_downloaded_uncompressed": p2["bytes_downloaded"], "chunks_downloaded": p2["chunks_downloaded"],
-                     "chunks_reused": p2["chunks_reused"], "seconds": p2["seconds"], "cold_v1_pull_seconds": p1["seconds"]},
-        "casync": {"bytes_on_wire_chunks": casync_bytes, "index_bytes": caibx_bytes, "bytes_on_wire_total": casync_bytes + caibx_bytes,
-                   "requests": casync_requests, "seconds": round(casync_seconds, 2), "chunk_size": CASYNC_CHUNK, "compression": "zstd"},
-        "full_download": {"bytes": full, "bytes_zstd3": full_zstd},
-        "netslate_fraction_of_full": round(ns_wire / full, 4),
-        "casync_fraction_of_full": round((casync_bytes + caibx_bytes) / full, 4),
-        "goals": {"netslate_le_casync": ns_wire <= casync_bytes + caibx_bytes,
-                  "le_15pct_of_full": ns_wire <= 0.15 * full, "files_changed_le_5pct": files["changed_fraction"] <= 0.05},
+                     "chunks_downloaded": p2["chunks_downloaded"], "chunks_from_delta": p2.get("chunks_from_delta"),
+                     "delta_base_version": p2.get("delta_base_version"), "pull_seconds": p2["seconds"],
+                     "pull_command_wall_seconds": round(pull_wall, 2), "cold_v1_pull_seconds": p1["seconds"]},
+        "netslate_whole_chunks": {"bytes": whole_chunks, "chunks": len(new_ids)},
+        "casync": {"bytes_new_chunks": casync_bytes, "index_bytes": caibx_bytes, "requests": casync_requests,
+                   "seconds": round(casync_seconds, 2), "chunk_size": CASYNC_CHUNK, "compression": "zstd"},
+        "xdelta3": {"bytes": xdelta, "encode_seconds": round(xdelta_seconds, 2), "options": "-e -s (defaults)"},
+        "full_v2": {"bytes": full, "bytes_zstd3": full_zstd},
+        "ratios": {"netslate_over_casync": round(ns_wire / casync_bytes, 3), "netslate_over_xdelta3": round(ns_wire / xdelta, 3),
+                   "whole_chunks_over_casync": round((whole_chunks + manifest_bytes) / casync_bytes, 3)},
+        "goals": {"le_0_8_casync": ns_wire <= 0.8 * casync_bytes, "le_1_3_xdelta3": ns_wire <= 1.3 * xdelta},
     }
-    record("images_update", result)
+
+
+def main() -> None:
+    labels = sys.argv[1:] or ["bench", "issue"]
+    record("images_update", {"pairs": {label: one_pair(label) for label in labels}})
 
 
 if __name__ == "__main__":
