@@ -197,7 +197,8 @@ class Fleet:
             time.sleep(poll)
         raise TimeoutError(f"{what}: not reached in {timeout:.0f}s; fleet: "
                            + json.dumps({n: {k: m.get(k) for k in ("state", "version", "image_source", "generation",
-                                                                    "config_source", "failures", "problems")}
+                                                                    "config_source", "failures", "problems", "trust",
+                                                                    "authenticated", "flags")}
                                          for n, m in last.items()}))
 
     def close(self) -> None:
