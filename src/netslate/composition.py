@@ -135,7 +135,10 @@ class Parts:
         return NginxFront(FrontSettings(
             listen_host=opts["listen"][0], listen_port=int(opts["listen"][1]), upstream_port=int(opts["upstream_port"]),
             chunks_dir=str(self.ctx.chunks.root), files_dir=str(self.ctx.data_dir / "serve"),
-            state_dir=str(self.ctx.data_dir / "nginx" / str(opts["listen"][1])), workers=int(opts.get("workers") or 2)), binary=opts.get("binary"))
+            state_dir=str(self.ctx.data_dir / "nginx" / str(opts["listen"][1])), workers=int(opts.get("workers") or 2),
+            body_limits=tuple(tuple(x) for x in opts.get("body_limits") or ()), default_body_limit=int(opts.get("default_body_limit") or 0),
+            credential_required=tuple(opts.get("credential_required") or ())),
+            binary=opts.get("binary"))
 
     @cached_property
     def discovery(self):

@@ -290,3 +290,44 @@ def _wait_gone(pid: int, timeout: float = 15) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still running")
+
+
+def test_front_body_limits_mirror_the_app(ctx):
+    """`serve` tells the front: every limited route under /api/v1 needs a role (so the front may
+    answer a credential-less body 401 before reading it, as the app does), /chunks/pack does not."""
+    from netslate.server.app import create_app
+    from netslate.server.limits import LIMITS, route_role
+
+    app = create_app(ctx, {})
+    for lim in LIMITS:
+        path = lim.path.pattern.removesuffix("\\Z").replace("[^/]+", "x" * 64)
+        for method in lim.methods:
+            role = route_role(app, {"type": "http", "method": method, "path": path, "root_path": ""})
+            assert (role is not None) == path.startswith("/api/v1/"), (method, path, role)
+
+
+def test_front_answers_body_limits_as_the_app(world, tmp_path):
+    """413 from the front itself for a Content-Length over the route's limit (JSON detail), 401 for a
+    credential-less upload; within limits the app answers."""
+    from netslate.server.limits import JSON_LIMIT, LIMITS
+
+    ctx = world["ctx"]
+    port = free_port()
+    s = FrontSettings("127.0.0.1", port, world["nginx"].settings.upstream_port, str(ctx.chunks.root),
+                      str(ctx.data_dir / "serve"), str(tmp_path / "ng"), workers=1,
+                      body_limits=tuple((lim.path.pattern, lim.max_bytes) for lim in LIMITS), default_body_limit=JSON_LIMIT,
+                      credential_required=tuple(lim.path.pattern for lim in LIMITS if lim.path.pattern.startswith("/api/v1/")))
+    front = NginxFront(s).start()
+    try:
+        assert front.wait_ready(30)
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.post(f"{base}/api/v1/config/publish", content=b"x" * (JSON_LIMIT + 1), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "too large" in r.json()["detail"]
+        r = httpx.put(f"{base}/api/v1/chunks/{'0' * 64}", content=iter([b"x" * 1000]))  # chunked, no credential
+        assert r.status_code == 401 and r.json()["detail"]
+        r = httpx.post(f"{base}/chunks/pack", json={"ids": []})  # open route, within its limit: the app
+        assert r.status_code == 200
+        r = httpx.get(f"{base}/api/v1/images/web/versions")  # a read on a limited path is not touched
+        assert r.status_code == 200
+    finally:
+        front.stop()

@@ -120,8 +120,13 @@ def serve(
         with socket.socket() as s:  # a free private port for the app; nginx takes the public one
             s.bind(("127.0.0.1", 0))
             upstream_port = s.getsockname()[1]
+        from netslate.server.limits import JSON_LIMIT, LIMITS
+
         options["static_front"] = {"listen": (host, port), "upstream_port": upstream_port, "binary": binary,
-                                   "workers": static_workers or os.cpu_count() or 2}
+                                   "workers": static_workers or os.cpu_count() or 2, "default_body_limit": JSON_LIMIT,
+                                   "body_limits": [(lim.path.pattern, lim.max_bytes) for lim in LIMITS],
+                                   # every limited route under /api/v1 needs a role (tests/images/test_serving_front.py checks it)
+                                   "credential_required": [lim.path.pattern for lim in LIMITS if lim.path.pattern.startswith("/api/v1/")]}
         err_console.print(f"static front: nginx on {host}:{port}, the app on 127.0.0.1:{upstream_port}", soft_wrap=True)
         host, port = "127.0.0.1", upstream_port
     if workers > 1:

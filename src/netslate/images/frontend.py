@@ -10,7 +10,8 @@ nginx on the public listen address and uvicorn on a private loopback port. nginx
   If-None-Match → 304.
 - the files the Python routes hand over with `X-Accel-Redirect` (a materialized artifact, a chunk
   pack, see frontend_files.py) from DATA/serve, with sendfile and byte ranges;
-- everything else by proxy to uvicorn (unbuffered: long polls and streams behave as before).
+- everything else by proxy to uvicorn (responses unbuffered: long polls and streams behave as
+  before; request bodies read whole first, within the app's own limits, except golden-disk uploads).
 
 Two pure renderers (`render_front_conf`, `render_site_cache_conf`: the nginx `proxy_cache` a site
 puts in front of a server) and one supervisor (`NginxFront`, in the manner of the dnsmasq one:
@@ -63,6 +64,18 @@ class FrontSettings:
     workers: int = 2
     access_log: bool = True  # bytes per request, for `netslate` metrics and the benches (buffered)
     user: str | None = None  # workers' "USER GROUP" when started as root: the server's own user (reads the 0600 store)
+    # Request body limits, as the app's (server/limits.py): (path regex, bytes), and the default
+    # for other paths (0: none). nginx answers 413 itself: the app would answer before reading the
+    # body and close, and a proxy still sending that body would see a reset (502) instead.
+    body_limits: tuple[tuple[str, int], ...] = ()
+    default_body_limit: int = 0
+    # Paths (of body_limits) whose routes need a role: a body sent with no credential at all (no
+    # Authorization header, no session cookie) is answered 401 before it is read, as the app does.
+    credential_required: tuple[str, ...] = ()
+    session_cookie: str = "netslate_session"
+
+
+STREAM_BODY_OVER = 256 * 1024 * 1024
 
 
 def _q(path: str) -> str:
@@ -92,6 +105,20 @@ def render_front_conf(s: FrontSettings) -> str:
     access = (f'access_log {_q(state + "/access.log")} netslate buffer=64k flush=1s;' if s.access_log else "access_log off;")
     temp = "\n".join(f"    {d}_temp_path {_q(f'{state}/tmp/{d}')};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     user = f"user {s.user};\n" if s.user else ""
+    limits = ""
+    # nginx cannot tell methods apart here: the most permissive limit first (the app enforces its own)
+    for pattern, max_bytes in sorted(s.body_limits, key=lambda x: -int(x[1])):
+        rx = "^" + pattern.removeprefix("^").replace("\\Z", "$")
+        if any(c in rx for c in '"{};\n') or not rx.endswith("$"):
+            raise ValueError(f"body limit path not usable in an nginx config: {pattern!r}")
+        # Bodies are read whole before the app sees them (the app may answer 401/413 early and close:
+        # a proxy still sending would get a reset); past STREAM_BODY_OVER (golden disks) they stream.
+        stream = "            proxy_request_buffering off;\n" if int(max_bytes) > STREAM_BODY_OVER else ""
+        if pattern in s.credential_required:
+            stream += ('            default_type application/json;\n            if ($ns_no_credential) {\n'
+                       """                return 401 '{"detail": "authentication required"}';\n            }\n""")
+        limits += (f'        location ~ "{rx}" {{\n            client_max_body_size {int(max_bytes)};\n{stream}'
+                   f'            proxy_pass http://netslate_app;\n            include {_q(state + "/proxy.conf")};\n        }}\n')
     return f"""# written by netslate serve (static front); do not edit: it is rewritten at every start
 {user}worker_processes {max(1, int(s.workers))};
 daemon off;
@@ -115,7 +142,13 @@ http {{
     log_format netslate '$msec $status $body_bytes_sent $request_method "$request_uri" $request_time $ns_served';
     {access}
 {temp}
-    client_max_body_size 0;
+    client_max_body_size {int(s.default_body_limit)};
+    client_body_buffer_size 1m;
+    error_page 413 = @netslate_413;
+    map "$request_method|$http_authorization|$cookie_{s.session_cookie}" $ns_no_credential {{
+        default 0;
+        "~^(POST|PUT|PATCH|DELETE)\\|\\|$" 1;
+    }}
     map $http_accept_encoding $ns_zstd {{
         default r;
         "~zstd" z;
@@ -166,9 +199,13 @@ http {{
             add_header Cache-Control $upstream_http_x_netslate_cache_control always;
             add_header X-Netslate-Version $upstream_http_x_netslate_version always;
         }}
-        location / {{
+{limits}        location / {{
             proxy_pass http://netslate_app;
             include {_q(state + "/proxy.conf")};
+        }}
+        location @netslate_413 {{
+            default_type application/json;
+            return 413 '{{"detail": "request body too large for this route"}}';
         }}
     }}
 }}
@@ -183,7 +220,6 @@ proxy_set_header X-Forwarded-For $remote_addr;
 proxy_set_header X-Forwarded-Proto $scheme;
 proxy_set_header {FRONT_HEADER} nginx;
 proxy_buffering off;
-proxy_request_buffering off;
 proxy_read_timeout 3600s;
 proxy_send_timeout 3600s;
 """
