@@ -138,7 +138,6 @@ class Outbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                            "id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, queued_at REAL NOT NULL, payload TEXT NOT NULL)")
-        self._count = self._conn.execute("SELECT count(*) FROM events").fetchone()[0]
 
     def append(self, kind: str, payload: dict, event_id: str | None = None) -> str:
         event_id = event_id or str(uuid.uuid4())
@@ -146,7 +145,6 @@ class Outbox:
         with self._lock:
             self._conn.execute("INSERT INTO events (id, kind, queued_at, payload) VALUES (?, ?, ?, ?)",
                                (event_id, kind, time.time(), body))
-            self._count += 1
         return event_id
 
     def append_many(self, events: list[tuple[str, dict]]) -> None:
@@ -157,10 +155,13 @@ class Outbox:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany("INSERT INTO events (id, kind, queued_at, payload) VALUES (?, ?, ?, ?)", rows)
             self._conn.execute("COMMIT")
-            self._count += len(rows)
 
     def pending(self) -> int:
-        return self._count
+        """Events waiting. Read from the file, not a counter: `serve --workers N` runs N processes
+        over one outbox (appends get consecutive seqs and deletes take a prefix, so max - min + 1)."""
+        with self._lock:
+            lo, hi = self._conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        return 0 if lo is None else hi - lo + 1
 
     def oldest(self) -> float | None:
         with self._lock:
@@ -175,8 +176,7 @@ class Outbox:
 
     def remove_through(self, seq: int) -> None:
         with self._lock:
-            cur = self._conn.execute("DELETE FROM events WHERE seq <= ?", (seq,))
-            self._count = max(0, self._count - cur.rowcount)
+            self._conn.execute("DELETE FROM events WHERE seq <= ?", (seq,))
 
     def status(self) -> dict:
         oldest = self.oldest()
