@@ -9,8 +9,10 @@ deps:
 demo: deps
 	uv run --frozen python -m netslate.demo
 
+# Two workers: the VM tests (tests/conftest.py VM_PATHS or @pytest.mark.vm) run one after another on
+# one of them while the other takes everything else; the 30 slowest tests are listed at the end.
 test: deps
-	uv run --frozen pytest -q tests
+	uv run --frozen pytest -q -n 2 --dist loadgroup --durations=30 tests
 
 # Every benchmark in turn (figures appended to bench/results/*.json); about an hour on 2 cores.
 bench: deps
