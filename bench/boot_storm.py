@@ -9,7 +9,8 @@ initramfs's backoff (bounded): a saturated server makes boots slow; a boot that 
 
 Scenarios (one run, same image): `one` (one server), `srv2` (two servers on one data directory,
 found through netslate's discovery DNS on loopback: SRV lookup + RFC 2782 choice per boot), `cache`
-(one nginx site cache from `netslate serve --print-site-cache-config` in front of one server).
+(one nginx site cache from `netslate serve --print-site-cache-config` in front of one server),
+`blip` (one server, stopped 1 s into the storm and back 3 s later: every boot must still succeed).
 
 Reported per scenario: boots ok / failed, rounds retried, p50/p99/max seconds to the last chunk,
 GB delivered, server CPU seconds (netslate + its nginx, from /proc/PID/stat of the process tree)
@@ -339,11 +340,39 @@ def scenario_cache(data: Path, work: Path, args, how: dict) -> dict:
             "cache_cpu_s": round(ccpu, 2), "cache_cpu_s_per_gb": round(ccpu / gb, 2)}
 
 
+def scenario_blip(data: Path, work: Path, args, how: dict) -> dict:
+    """Saturation and an outage: the server is stopped 1 s into the storm and started again on the
+    same port 3 s later. Boots caught by it retry (the initramfs's rounds with backoff): slower,
+    not failed."""
+    port = free_port()
+    srv = start_server(data, port, args.static, work / "server-blip.log")
+    box: dict = {}
+
+    def outage():
+        time.sleep(how.get("start_delay", 1.0) + 1.0)
+        stop(srv)
+        box["stopped_at"] = time.time()
+        time.sleep(3.0)
+        box["srv"] = start_server(data, port, args.static, work / "server-blip.log")
+        box["back_after_s"] = round(time.time() - box["stopped_at"], 2)
+
+    t = threading.Thread(target=outage, daemon=True)
+    t.start()
+    try:
+        res = storm(args.n, {**how, "base": f"http://127.0.0.1:{port}"}, args.procs)
+    finally:
+        t.join(180)
+        if "srv" in box:
+            stop(box["srv"])
+        stop(srv)
+    return {**res, "outage_s": box.get("back_after_s")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=500, help="simulated boots at once (default 500)")
     ap.add_argument("--image-mb", type=int, default=8, help="synthetic rootfs size in MB (default 8)")
-    ap.add_argument("--scenarios", default="one,srv2,cache")
+    ap.add_argument("--scenarios", default="one,srv2,cache,blip")
     ap.add_argument("--static", default="auto", help="netslate serve --static (auto, nginx, off)")
     ap.add_argument("--procs", type=int, default=4, help="client processes the boots are spread over")
     ap.add_argument("--rounds", type=int, default=6, help="pull rounds per boot before it counts as failed (backoff between)")
@@ -359,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         sha, size = rootfs_sha(data)
         how = {"rounds": args.rounds, "timeout": args.timeout, "rootfs_sha256": sha}
         out = {"n": args.n, "image_bytes": size, "static": args.static, "client_procs": args.procs, "scenarios": {}}
-        runners = {"one": scenario_one, "srv2": scenario_srv2, "cache": scenario_cache}
+        runners = {"one": scenario_one, "srv2": scenario_srv2, "cache": scenario_cache, "blip": scenario_blip}
         for name in args.scenarios.split(","):
             out["scenarios"][name] = runners[name](data, work, args, how)
             if not args.json:

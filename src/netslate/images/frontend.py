@@ -275,7 +275,7 @@ http {{
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        location ~ "^/(chunks/[0-9a-f]{{64}}|packs/|images/[^/]+/[0-9]+/)" {{
+        location ~ "^/(chunks/[0-9a-f]{{64}}|packs/|deltas/|images/[^/]+/[0-9]+/)" {{
             proxy_pass http://netslate_origin;
             proxy_cache netslate;
             proxy_cache_key "$uri|$ns_enc";
