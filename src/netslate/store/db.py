@@ -338,8 +338,17 @@ class Database:
 
     @contextmanager
     def read_connection(self):
-        """A plain connection for fast read paths (boot fingerprints, bundles), from `reader`."""
-        with self.reader.connect() as conn:
+        """A plain connection for fast read paths (boot fingerprints, bundles), from `reader`; the
+        standby when the primary (asked for our own newest write) turns out to be away."""
+        engine = self.reader
+        try:
+            conn = engine.connect()
+        except sa_exc.DBAPIError as exc:
+            if engine is not self.engine or self.read_engine is None or not _is_disconnect(exc):
+                raise
+            self._mark_down(exc)
+            conn = self.read_engine.connect()
+        with conn:
             yield conn
 
     @contextmanager
