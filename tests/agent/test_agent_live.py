@@ -261,6 +261,11 @@ def test_enrolled_machine_gets_secrets_and_reports_authenticated(ctx, world, liv
     out = agent_for(root, live_server.url, ctx.signing_key.public_b64).run_once().report
     assert out["config_source"] == "server" and out["modules"]["secrets"] == "ok"
     assert (root / "run/netslate/secrets/wifi_psk").read_text() == "hunter2-secret"
+    assert b"hunter2" not in (root / "netslate/lkg/bundle.json").read_bytes()  # kept sealed to the credential (issue 13)
+    # the last-known-good bundle, read offline, still opens with the credential
+    offline = agent_for(root, None, ctx.signing_key.public_b64).run_once().report
+    assert offline["config_source"] == "cache" and offline["modules"]["secrets"] == "ok"
+    assert (root / "run/netslate/secrets/wifi_psk").read_text() == "hunter2-secret"
     f = _status(live_server.url)
     assert f["authenticated"] is True and "unauthenticated" not in f["flags"]
     assert "hunter2" not in json.dumps(out) and "hunter2" not in httpx.get(f"{live_server.url}/api/v1/fleet", timeout=10).text
