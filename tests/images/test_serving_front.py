@@ -331,3 +331,64 @@ def test_front_answers_body_limits_as_the_app(world, tmp_path):
         assert r.status_code == 200
     finally:
         front.stop()
+
+
+@pytest.mark.parametrize("zstd", [True, False], ids=["packs", "ranges"])
+def test_pull_waits_out_a_saturated_server(world, tmp_path, monkeypatch, zstd):
+    """A server answering 503 (Retry-After) or dropping connections for a while: the pull retries
+    the same pack/range with backoff and finishes, without falling back to chunk-by-chunk fetches."""
+    import http.server
+    import threading
+    import urllib.error
+    import urllib.request
+
+    if not zstd:
+        monkeypatch.setattr(pullmod, "_zstd", None)
+    seen = {"refused": 0, "chunks": 0}
+    upstream = world["py"]
+
+    class Saturated(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            bulk = self.path.startswith("/packs/") or "range" in {k.lower() for k in self.headers}
+            if self.path.startswith("/chunks/"):
+                seen["chunks"] += 1
+            if bulk and seen["refused"] < 2:
+                seen["refused"] += 1
+                if seen["refused"] == 2:  # a dropped connection, as from a server at its limit
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(503)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            req = urllib.request.Request(upstream + self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    status, headers, body = r.status, r.getheaders(), r.read()
+            except urllib.error.HTTPError as exc:
+                status, headers, body = exc.code, exc.headers.items(), exc.read()
+            self.send_response(status)
+            for k, v in headers:
+                if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Saturated)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        s = pullmod.pull(f"http://127.0.0.1:{httpd.server_address[1]}", "web", "1", tmp_path / "c", tmp_path / "o.img",
+                         workers=1, retries=1)
+    finally:
+        httpd.shutdown()
+    assert hashlib.sha256((tmp_path / "o.img").read_bytes()).hexdigest() == _chunks(world["ctx"])["sha256"]
+    assert seen["refused"] == 2 and s.chunks_downloaded > 0
+    assert seen["chunks"] == 0  # the bulk requests were retried, not abandoned for per-chunk fetches
