@@ -392,3 +392,28 @@ def test_pull_waits_out_a_saturated_server(world, tmp_path, monkeypatch, zstd):
     assert hashlib.sha256((tmp_path / "o.img").read_bytes()).hexdigest() == _chunks(world["ctx"])["sha256"]
     assert seen["refused"] == 2 and s.chunks_downloaded > 0
     assert seen["chunks"] == 0  # the bulk requests were retried, not abandoned for per-chunk fetches
+
+
+def test_served_files_build_once_verify_and_stay_bounded(tmp_path):
+    from netslate.images.frontend_files import ServedFiles
+
+    files = ServedFiles(tmp_path / "serve", max_bytes=2500)
+    calls = []
+
+    def produce(n):
+        def gen():
+            calls.append(n)
+            yield b"a" * n
+        return gen
+
+    good = hashlib.sha256(b"a" * 1000).hexdigest()
+    p = files.get(f"artifacts/{good}", produce(1000), sha256=good)
+    assert p.read_bytes() == b"a" * 1000 and oct(p.stat().st_mode & 0o777) == "0o644"
+    assert files.get(f"artifacts/{good}", produce(1000), sha256=good) == p and calls == [1000]  # built once
+    with pytest.raises(ValueError):
+        files.get("artifacts/" + "0" * 64, produce(10), sha256="0" * 64)
+    assert sorted(x.name for x in (tmp_path / "serve" / "artifacts").iterdir()) == [good]  # nothing half-written left
+    os.utime(p, (1, 1))  # the oldest
+    files.get("packs/x-rootfs-0", produce(1000))
+    files.get("packs/x-rootfs-1", produce(1000))  # 3000 > 2500: the oldest goes
+    assert not p.exists() and (tmp_path / "serve" / "packs" / "x-rootfs-1").exists()

@@ -16,8 +16,6 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
-from netslate.fsutil import atomic_write
-
 DEFAULT_MAX_BYTES = 64 * 2**30
 
 
@@ -59,12 +57,6 @@ class ServedFiles:
                 except FileNotFoundError:
                     pass
         self.trim()
-        return path
-
-    def put_bytes(self, rel: str, data: bytes) -> Path:
-        path = self.root / rel
-        if not path.exists():
-            atomic_write(path, data, mode=0o644, durable=False)
         return path
 
     def trim(self) -> None:
