@@ -395,12 +395,15 @@ def fleet_steps(fl: Fleet, say, accel: str | None = None, boot_timeout: float = 
             raise RuntimeError("the secret is not vm-ram's alone in the merged documents")
         # anyone asking by id/MAC without the machine's credential gets no secret, in any form
         code, body = fl.lab.http_get(f"{fl.server.url}/api/v1/machines/{inventory_id('vm-ram')}/bundle", timeout=10)
-        if code != 200 or SECRET_VALUE.encode() in body or SECRET_NAME.encode() in body:
-            raise RuntimeError(f"an anonymous bundle request for vm-ram answered {code}, or with its secret")
+        payload = json.loads(body).get("payload") or {} if code == 200 else {}
+        if (code != 200 or SECRET_VALUE.encode() in body or payload.get("secrets_removed") is not True
+                or payload.get("sealed_secrets") or (payload.get("document") or {}).get("secrets")):
+            raise RuntimeError(f"an anonymous bundle request for vm-ram answered {code}, or with its secret "
+                               "(in clear or sealed)")
         r["secret_delivered"] = True
         say(f"secret {SECRET_NAME} set on @vm-ram (generation {r['gen_secret']}): in vm-ram's bundle only, encrypted "
             f"to its credential; vm-cache's document has no such secret; a bundle asked for by id without the "
-            f"credential carries none")
+            f"credential carries none, in clear or sealed (only its name, as withheld)")
 
     def inventory_id(name: str) -> int:
         from netslate import inventory
