@@ -23,7 +23,7 @@ _get = get_desktop  # older name
 
 
 def list_desktops(ctx, pool: str | None = None, user: str | None = None) -> list[dict]:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # reads only: the branch's standby (issue 15)
         q = select(Desktop).order_by(Desktop.pool_name, Desktop.number)
         if pool:
             q = q.where(Desktop.pool_name == pool)
@@ -33,7 +33,7 @@ def list_desktops(ctx, pool: str | None = None, user: str | None = None) -> list
 
 
 def show_desktop(ctx, ref: str | int) -> dict:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # reads only: the branch's standby (issue 15)
         return desktop_dict(s, _get(s, ref))
 
 
@@ -169,7 +169,7 @@ def availability(s, p: DesktopPool) -> tuple[int, int]:
 def user_pools(ctx, user: str, entitled: list[str]) -> list[dict]:
     """One entry per pool the user is entitled to or holds a desktop in: the pool's portal settings,
     "N of M free", and the user's own desktop there (or None)."""
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # reads only: the branch's standby (issue 15)
         held = {d.pool_name: d for d in s.scalars(
             select(Desktop).where(Desktop.user == user, Desktop.pool_id.is_not(None),
                                   Desktop.state.notin_([S.DESTROYING])).order_by(Desktop.id))}

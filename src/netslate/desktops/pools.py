@@ -154,7 +154,7 @@ def create_pool(ctx, name: str, golden_ref: str | None, size: int, spare: int, m
 
 
 def list_pools(ctx) -> list[dict]:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # reads only: the branch's standby (issue 15)
         out = []
         for p in s.scalars(select(DesktopPool).order_by(DesktopPool.name)):
             ds = list(s.scalars(select(Desktop).where(Desktop.pool_id == p.id)))
