@@ -66,6 +66,19 @@ class Parts:
         return Replayer(self.ctx, name=self.options.get("server_name") or default_server_name())
 
     @cached_property
+    def mirror(self):
+        """A branch server's verified pull-through chunk mirror (`serve --mirror-from`, issue 15 §2);
+        outside `serve`, the one the server's data dir records (for `netslate mirror`); else None."""
+        from netslate.images.mirror import Mirror, assigned_versions, read_config
+
+        upstream = self.options.get("mirror_from") or ("listen" not in self.options and read_config(self.ctx).get("upstream"))
+        if not upstream:
+            return None
+        site = self.options.get("site") if "mirror_from" in self.options else read_config(self.ctx).get("site")
+        return Mirror(self.ctx, upstream, site, lambda: assigned_versions(self.ctx, self.boot_engine, site),
+                      interval=float(self.options.get("mirror_interval") or 60.0), serving="mirror_from" in self.options)
+
+    @cached_property
     def config_notifier(self):
         from netslate.config.notify import Notifier
 
@@ -229,6 +242,9 @@ class Parts:
         if self.outbox_replayer is not None:
             r = self.outbox_replayer
             out.insert(0, Background("central", r.start, r.stop, r.health))
+        if self.options.get("mirror_from") and self.mirror is not None:
+            m = self.mirror
+            out.append(Background("chunk-mirror", m.start, m.stop, m.health))
         if self.static_front is not None:
             out.append(Background("static-front", self.static_front.start, self.static_front.stop, self.static_front.health))
         if self.dnsmasq is not None:

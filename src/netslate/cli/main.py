@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "agent": ("netslate.cli.agent", "app", True),
     "fleet": ("netslate.cli.fleet", "app", True),
     "initramfs": ("netslate.cli.initramfs", "app", True),
+    "mirror": ("netslate.cli.mirror", "app", True),
 }
 _GLOBAL_OPTIONS_WITH_VALUE = {"--data-dir", "--database-url", "--server", "--token", "--ca"}
 

@@ -43,6 +43,8 @@ def serve(
     static: str = typer.Option("auto", "--static", envvar="NETSLATE_STATIC",
                                help="nginx: nginx on --listen serves chunks and artifacts with sendfile, the app behind it on loopback | off: the app alone | auto (default): nginx when installed."),
     static_workers: int = typer.Option(0, "--static-workers", help="nginx worker processes (default: one per core)."),
+    mirror_from: Optional[str] = typer.Option(None, "--mirror-from", help="Branch server: mirror the chunks of the versions this site's machines are assigned from this server URL (or `discovery`: a registered server of another site), verified against the signed manifests (docs/sites.md, Chunk mirrors)."),
+    mirror_interval: float = typer.Option(60.0, "--mirror-interval", help="Seconds between prefetch passes of --mirror-from."),
     print_site_cache_config: bool = typer.Option(False, "--print-site-cache-config", help="Print an nginx proxy_cache config for a site cache in front of this server, and exit."),
     origin: Optional[str] = typer.Option(None, "--origin", help="With --print-site-cache-config: the server URL (default http://LISTEN)."),
     cache_dir: str = typer.Option("/var/cache/netslate-site", "--cache-dir", help="With --print-site-cache-config: the cache directory."),
@@ -106,6 +108,11 @@ def serve(
     from netslate.boot.serve_options import serve_options as boot_serve_options
 
     options.update(boot_serve_options(config, boot_interface, dhcp, dhcp_range, tftp_root))
+    if mirror_from:
+        from netslate.images.mirror import serve_options as mirror_serve_options
+
+        options.update(mirror_serve_options(context, mirror_from, site, mirror_interval))
+        err_console.print(f"chunk mirror of {options['mirror_from']} for site {site or '(all)'}", soft_wrap=True)
     if static not in ("auto", "nginx", "off"):
         raise UserError(f"--static wants nginx, off or auto, got {static!r}")
     from netslate.images.frontend import nginx_binary

@@ -35,6 +35,7 @@ NOUNS: dict[str, tuple[str, str, str]] = {
     "directories": ("netslate.services.directories", "DirectoriesService", "LocalDirectories"),
     "entitlements": ("netslate.services.entitlements", "EntitlementsService", "LocalEntitlements"),
     "enrollment": ("netslate.services.enrollment", "EnrollmentService", "LocalEnrollment"),
+    "mirror": ("netslate.services.mirror", "MirrorService", "LocalMirror"),
 }
 
 

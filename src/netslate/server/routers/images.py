@@ -42,6 +42,14 @@ def _served_files(request: Request) -> ServedFiles:
     return files
 
 
+def _mirrored(request: Request, resolved, ids) -> None:
+    """A branch server that mirrors central (issue 15 §2, `serve --mirror-from`): the chunks it
+    lacks are fetched from upstream and verified against the signed manifest before they are read."""
+    mirror = request.app.state.parts.mirror
+    if mirror is not None and mirror.serving:
+        mirror.ensure(resolved, ids)
+
+
 def _accel(rel: str, headers: dict) -> Response:
     """Hand the file DATA/serve/REL to the front (which sends it, ranges included)."""
     out = {"X-Accel-Redirect": FILES_PREFIX + rel, "X-Netslate-Etag": headers["ETag"],
@@ -115,6 +123,7 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
         # The front serves the artifact from a file written once (chunks verified), with sendfile.
         store = request.app.state.ctx.chunks
         sha = record["sha256"]
+        _mirrored(request, resolved, [c for _o, _n, c in record["chunks"]])
         _served_files(request).get(f"artifacts/{sha}", lambda: ranges_read(store, record, 0, size), sha256=sha)
         return _accel(f"artifacts/{sha}", headers)
     start, end, status = 0, size, 200
@@ -135,6 +144,7 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    _mirrored(request, resolved, [c for o, n, c in record["chunks"] if o < end and o + n > start])
     return StreamingResponse(lib.read_range(record, start, end), status_code=status, headers=headers,
                              media_type="application/octet-stream")
 
@@ -218,6 +228,8 @@ def get_pack_by_manifest(name: str, version: str, artifact: str, digest: str, in
     headers = {"Cache-Control": IMMUTABLE, "ETag": etag}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
+    if request.method != "HEAD":
+        _mirrored(request, resolved, plan[i])
     store = request.app.state.ctx.chunks
     if _fronted(request):
         rel = f"packs/{digest}-{artifact}-{i}"
@@ -259,6 +271,9 @@ def get_chunk(chunk_id: str, request: Request):
         raise HTTPException(404, "not a chunk id")
     store = request.app.state.ctx.chunks
     found = store.locate(chunk_id)
+    mirror = request.app.state.parts.mirror
+    if found is None and mirror is not None and mirror.serving and mirror.pull_through(chunk_id):  # issue 15 §2
+        found = store.locate(chunk_id)
     if found is None:
         raise HTTPException(404, "no such chunk")
     path, encoding = found
