@@ -96,6 +96,9 @@ def test_reapplying_the_same_value_changes_nothing(ctx):
     _world(ctx)
     workingcopy.put_node(ctx, "/site-a", {"timezone": "UTC", "secrets": {"wifi_psk": SECRET}}, "local:test")
     assert workingcopy.diff(ctx)["nodes"] == []
+    shown = workingcopy.get_node(ctx, "/site-a")["document"]  # applied back as shown: the stored value stays
+    workingcopy.put_node(ctx, "/site-a", shown, "local:test")
+    assert workingcopy.diff(ctx)["nodes"] == []
     workingcopy.set_value(ctx, "/site-a", "secrets.wifi_psk", SECRET + "-v2", "local:test")
     changes = workingcopy.diff(ctx)["nodes"][0]["changes"]
     assert changes == [{"key": "/secrets/wifi_psk", "old": "<redacted>", "new": "<redacted>"}]

@@ -4,7 +4,8 @@ A node document's `secrets` map holds names → values. In the database (working
 snapshots) every value is stored sealed: `nssealed:` + an AES-256-GCM envelope from
 `crypto.atrest` (key id inside, the KEK outside the database), with `config-secret/NAME` as the
 associated data. Users never see or send that form: writes seal what they are given (a value equal
-to the one already stored keeps its envelope, so re-applying a document changes nothing), the API
+to the one already stored, or `<redacted>` where a value is stored, keeps its envelope, so
+re-applying a document as `config show` printed it changes nothing), the API
 and CLI show `<redacted>`, and only two readers open values: a bundle built for a machine whose
 credential is at or above each secret's level, and `config edit` run locally.
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from netslate.config.documents import REDACTED
 from netslate.config.models import ConfigGeneration, ConfigWorkingNode
 from netslate.crypto import atrest
 from netslate.errors import UserError
@@ -56,8 +58,8 @@ def seal_document(data_dir: Path, doc: dict, previous: dict | None = None) -> di
     for name, v in secrets.items():
         if isinstance(v, str) and not is_sealed(v):
             old = before.get(name)
-            if is_sealed(old) and open_value(data_dir, name, old) == v:
-                v = old
+            if is_sealed(old) and (v == REDACTED or open_value(data_dir, name, old) == v):
+                v = old  # unchanged, or sent back as shown (`config show` → edit → `apply`)
             else:
                 v = SEALED_PREFIX + atrest.seal(data_dir, v, PURPOSE + name)
         out[name] = v
