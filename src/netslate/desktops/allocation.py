@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from netslate import audit
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
+from netslate.store import outbox
 from netslate.store.db import utcnow
 
 from netslate.desktops import reconcile as R
@@ -142,6 +143,27 @@ def session_event(ctx, ref: str | int, event: str, user: str | None, actor: str,
         d.session = {"last_event": event, "source": source, "at": time.time()}
         audit.record(s, actor, f"desktop.{event}", d.name, user=d.user, source=source)
         return desktop_dict(s, d)
+
+
+def report_session_event(ctx, ref: str | int, event: str, user: str | None, actor: str, source: str = "agent") -> dict:
+    """A logon/logoff through the outbox (issue 15): on a branch server cut off from the central
+    primary it is checked here, queued durably and replayed later in order, exactly once; the
+    answer is then the desktop as the standby has it (before this event)."""
+    if ctx.outbox is None:
+        return session_event(ctx, ref, event, user, actor, source=source)
+    if event not in ("logon", "logoff"):
+        raise UserError(f"event {event!r}: use logon or logoff")
+    if user is not None:
+        check_name(user, "user name")
+    current = show_desktop(ctx, ref)
+    res = outbox.submit(ctx, "desktops.session", {"desktop": current["id"], "event": event, "user": user,
+                                                  "actor": actor, "source": source})
+    return current if isinstance(res, outbox.Queued) else res
+
+
+@outbox.handler("desktops.session")
+def _session_event(ctx, p: dict) -> dict:
+    return session_event(ctx, p["desktop"], p["event"], p.get("user"), p["actor"], source=p.get("source", "agent"))
 
 
 def release_desktop(ctx, ref: str | int, actor: str) -> dict:

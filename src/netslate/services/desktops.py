@@ -268,7 +268,7 @@ class LocalDesktops(DesktopsService):
         return DesktopRecord(**part.show_desktop(self.ctx, d["id"]))
 
     def session(self, ref: str, event: SessionEvent) -> DesktopRecord:
-        data = part.session_event(self.ctx, ref, event.event, event.user, self.actor, source=event.source)
+        data = part.report_session_event(self.ctx, ref, event.event, event.user, self.actor, source=event.source)
         nudge(self.parts)
         return DesktopRecord(**data)
 

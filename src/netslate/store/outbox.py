@@ -44,7 +44,8 @@ HANDLERS: dict[str, Callable[[Any, dict], Any]] = {}
 # Kinds whose queued payloads merge into one handler call on replay: {"events": [...]} lists.
 MERGEABLE: set[str] = set()
 # The modules that register handlers (imported by name before a replay, like store.registry's models).
-HANDLER_MODULES = ("netslate.boot.events", "netslate.inventory.store", "netslate.fleet.reports")
+HANDLER_MODULES = ("netslate.boot.events", "netslate.inventory.store", "netslate.fleet.reports",
+                   "netslate.desktops.allocation")
 
 
 def load_handlers() -> None:
