@@ -190,7 +190,7 @@ class Mirror:
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
         self.counters = {"upstream_requests": 0, "upstream_failures": 0, "chunks_fetched": 0, "bytes_fetched": 0,
-                         "chunks_refused": 0, "manifests_refused": 0}
+                         "chunks_refused": 0, "manifests_refused": 0, "bytes_received": 0}
         self.pass_running = False
 
     # ------------------------------------------------------------ verification
@@ -261,6 +261,7 @@ class Mirror:
             raise Unavailable(f"mirror: upstream {self.upstream} unreachable: {exc}") from None
         if status >= 500:
             self._count("upstream_failures")
+        self._count("bytes_received", len(body))
         return status, got, body
 
     def _claim(self, ids: Iterable[str]) -> tuple[list[str], list[threading.Event]]:
@@ -418,20 +419,22 @@ class Mirror:
             jobs = []
             for artifact, art in sorted(resolved.artifacts.items()):
                 for index, pack in enumerate(pack_plan(art["chunks"])):
-                    if any(not store.has(c) for c in pack):
-                        jobs.append((artifact, index, pack))
+                    need = [c for c in pack if not store.has(c)]
+                    if need:
+                        # a pack we mostly lack comes whole (one cacheable GET), else its chunks one by one
+                        whole = sum(sizes[c] for c in need) * 2 >= sum(sizes[c] for c in pack)
+                        jobs.append((artifact, index, pack, whole))
 
             def run(job) -> None:
-                artifact, index, pack = job
+                artifact, index, pack, whole = job
                 if self._stop.is_set():
                     return
                 mine, waits = self._claim(pack)
                 try:
-                    if mine:
-                        got = self._fetch_pack(resolved, artifact, index, pack, sizes)
-                        for cid in mine:
-                            if cid not in got and not store.has(cid):
-                                self._fetch_one(cid, sizes[cid])
+                    got = self._fetch_pack(resolved, artifact, index, pack, sizes) if mine and whole else set()
+                    for cid in mine:
+                        if cid not in got and not store.has(cid) and not self._stop.is_set():
+                            self._fetch_one(cid, sizes[cid])
                 finally:
                     self._release(mine)
                 self._wait(waits)
