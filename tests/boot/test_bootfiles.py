@@ -70,6 +70,12 @@ def test_bootfiles_boot_path_from_tftp_log():
     assert bootfiles.boot_path(bootfiles.machine_files(sent + [("ipxe-bios/lpxelinux.0", "10.0.0.6")], [mac], None,
                                                        {"10.0.0.6"}), {"at": "x"})["path"] == "ipxe-bios"
     assert bootfiles.boot_path(bootfiles.machine_files(sent, [mac], None, {"10.0.0.7"}), {"at": "x"})["label"] == "iPXE UEFI"
+    # the Secure Boot chain: shim (sent twice by OVMF's PXE) then GRUB is one boot that started at shim
+    sb = [("shimx64.efi", "10.0.0.8"), ("shimx64.efi", "10.0.0.8"), ("grubx64.efi", "10.0.0.8"),
+          ("grub/grub.cfg-01-52-54-00-aa-00-01", "10.0.0.8")]
+    got = bootfiles.boot_path(bootfiles.machine_files(sb, [mac], None, set()), None)
+    assert (got["path"], got["first_file"]) == ("grub", "shimx64.efi")
+    assert bootfiles.boot_path([("grubx64.efi", "10.0.0.8")], None)["first_file"] == "grubx64.efi"  # named by DHCP itself
     # only a boot script request, no TFTP: the NIC's own iPXE; nothing at all: none seen
     assert bootfiles.boot_path([], {"at": "x"})["path"] == "ipxe-rom"
     assert bootfiles.boot_path([], None) == {"path": None, "label": "none seen", "first_file": None, "tftp_files": []}

@@ -199,6 +199,11 @@ FIRST_STAGE = {
 }
 
 
+# loaded by a first stage of the same path in the same boot (shim loads grubx64.efi), though a DHCP
+# server may also name it itself
+LATER_STAGE = {"grubx64.efi"}
+
+
 def _macfile(mac: str) -> str:
     return "01-" + mac.lower().replace(":", "-")
 
@@ -223,7 +228,9 @@ def boot_path(files: list[tuple[str, str]], last_event: dict | None) -> dict:
     path, via = None, None
     for f, _ip in files:
         if f in FIRST_STAGE:
-            path, via = FIRST_STAGE[f], f
+            if not (f in LATER_STAGE and path == FIRST_STAGE[f] and via is not None):  # shim → grubx64.efi: one chain
+                via = f
+            path = FIRST_STAGE[f]
     if path is None and last_event is not None:
         path = "ipxe-rom"
     return {"path": path, "label": PATHS.get(path, "none seen"), "first_file": via,
