@@ -156,6 +156,15 @@ def enrolled(conn, machine_id: int) -> bool:
     return row is not None
 
 
+def enrolled_among(conn, machine_ids) -> set[int]:
+    """Which of these machines hold a live credential (`enrolled` for many at once, one query)."""
+    now = utcnow()
+    rows = conn.execute(select(_C.c.machine_id).distinct().where(
+        _C.c.machine_id.in_(list(machine_ids)), _C.c.revoked_at.is_(None),
+        (_C.c.expires_at.is_(None)) | (_C.c.expires_at > now)))
+    return {r[0] for r in rows}
+
+
 def credential_ok(m, token: str | None) -> bool:
     """Does `token` belong to machine `m`? (Kept for callers holding a machine row; prefer `check`.)"""
     s = object_session(m)

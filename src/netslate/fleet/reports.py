@@ -85,6 +85,44 @@ def _report_event(ctx, p: dict) -> dict:
                   at=dt.datetime.fromisoformat(p["at"]))
 
 
+@outbox.batch_handler("fleet.report")
+def _report_events(ctx, payloads: list[dict]) -> list[str | None]:
+    """Many queued reports in one go (the outbox replay after a WAN cut): their machines loaded in
+    one query, the enrolment check in one query, every report merged onto its machine in queue
+    order (the same `_store` as one report: history, state, facts, audit rows), then one UPDATE per
+    machine with its final row and the audit rows in one multi-row insert when the session flushes.
+    Nothing is coalesced away: a machine's row ends exactly as the reports one by one would leave
+    it. Answers, per payload in order, None (applied) or why it was refused."""
+    out: list[str | None] = [None] * len(payloads)
+    reps: list[dict | None] = []
+    for i, p in enumerate(payloads):
+        try:
+            reps.append(core.clean_report(p["body"]))
+        except core.BadReport as exc:
+            reps.append(None)
+            out[i] = f"bad report: {exc}"
+    ids = {int(p["machine_id"]) for p in payloads}
+    with ctx.db.session() as s:
+        machines = {m.id: m for m in s.scalars(select(Machine).where(Machine.id.in_(ids)))}
+        unauth = {int(p["machine_id"]) for p in payloads if not p["authenticated"]}
+        unauth = {mid for mid in unauth if mid in machines and not machines[mid].credential_sha256}
+        enrolled = credentials.enrolled_among(s, unauth) if unauth else set()
+        with s.no_autoflush:
+            for i, (p, rep) in enumerate(zip(payloads, reps)):
+                if rep is None:
+                    continue
+                m = machines.get(int(p["machine_id"]))
+                if m is None:
+                    out[i] = f"no machine id:{p['machine_id']}"
+                    continue
+                if not p["authenticated"] and (m.credential_sha256 or m.id in enrolled):
+                    out[i] = ENROLLED_NEEDS_CREDENTIAL
+                    continue
+                _store(s, m, rep, p["body"], dt.datetime.fromisoformat(p["at"]), p["authenticated"], p.get("remote"),
+                       newest_seen=True)
+    return out
+
+
 def ingest(ctx, ident: str, body, credential: str | None, remote: str | None,
            authenticated: bool | None = None, at: dt.datetime | None = None) -> dict:
     """Store one report. A machine with a credential must present it (ReportRefused otherwise); a
@@ -94,37 +132,51 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None,
         rep = core.clean_report(body)
     except core.BadReport as exc:
         raise UserError(f"bad report: {exc}") from None
-    facts = body.get("facts") if isinstance(body.get("facts"), dict) else None
     now = at or _now()
     with ctx.db.session() as s:
         m = _find(s, ident)
         if authenticated is None:
             authenticated = _credential_ok(m, credential)
         if not authenticated and (m.credential_sha256 or credentials.enrolled(s, m.id)):
-            raise ReportRefused("this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)")
-        status = dict(m.status or {})
-        unverified = (status.get("fleet") or {}).get("unverified")
-        fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)
-        if current and authenticated:
-            if facts is not None:
-                status["facts"] = facts
-            unverified = None  # the machine itself spoke last
-        elif current:
-            unverified = core.unverified(now, remote, facts)
-        if unverified:
-            fleet["unverified"] = unverified
-        else:
-            fleet.pop("unverified", None)
-        status["fleet"] = fleet
-        inventory.record_report(s, m, status, state=core.reported_state(rep) if current else None,
-                                seen=now if current else None, address=remote if current and authenticated else None)
-        if rep["phase"] != "heartbeat":  # one audit row per boot step; heartbeats only refresh liveness
-            audit.record(s, f"machine:{m.id}", "fleet.report", f"machine:{m.id}", phase=rep["phase"],
-                         state=core.reported_state(rep), generation=rep.get("generation"),
-                         config_source=rep.get("config_source"), image_source=rep.get("image_source"),
-                         queued=rep.get("queued"), current=current, authenticated=authenticated)
-        return {"id": m.id, "accepted": True, "current": current, "authenticated": authenticated,
-                "state": core.reported_state(rep)}
+            raise ReportRefused(ENROLLED_NEEDS_CREDENTIAL)
+        return _store(s, m, rep, body, now, authenticated, remote)
+
+
+ENROLLED_NEEDS_CREDENTIAL = "this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)"
+
+
+def _store(s: Session, m: Machine, rep: dict, body, now: dt.datetime, authenticated: bool, remote: str | None,
+           newest_seen: bool = False) -> dict:
+    """One checked report onto its machine row (in memory until the session flushes) and its audit
+    row. `newest_seen`: last_seen never moves back (a replayed batch, where boot events of the same
+    batch may already have set a newer one)."""
+    facts = body.get("facts") if isinstance(body.get("facts"), dict) else None
+    status = dict(m.status or {})
+    unverified = (status.get("fleet") or {}).get("unverified")
+    fleet, current = core.merge_report(status.get("fleet"), rep, now, authenticated, remote)
+    if current and authenticated:
+        if facts is not None:
+            status["facts"] = facts
+        unverified = None  # the machine itself spoke last
+    elif current:
+        unverified = core.unverified(now, remote, facts)
+    if unverified:
+        fleet["unverified"] = unverified
+    else:
+        fleet.pop("unverified", None)
+    status["fleet"] = fleet
+    seen = now if current else None
+    if seen is not None and newest_seen and m.last_seen is not None and m.last_seen > seen:
+        seen = m.last_seen
+    inventory.record_report(s, m, status, state=core.reported_state(rep) if current else None,
+                            seen=seen, address=remote if current and authenticated else None)
+    if rep["phase"] != "heartbeat":  # one audit row per boot step; heartbeats only refresh liveness
+        audit.record(s, f"machine:{m.id}", "fleet.report", f"machine:{m.id}", phase=rep["phase"],
+                     state=core.reported_state(rep), generation=rep.get("generation"),
+                     config_source=rep.get("config_source"), image_source=rep.get("image_source"),
+                     queued=rep.get("queued"), current=current, authenticated=authenticated)
+    return {"id": m.id, "accepted": True, "current": current, "authenticated": authenticated,
+            "state": core.reported_state(rep)}
 
 
 def identify(ctx, ident: str | None, macs: list[str], uuid: str | None) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -359,10 +359,13 @@ def fill_facts(ctx, machine_id: int, facts: dict) -> None:
 
 
 def mark_seen(s: Session, seen: dict[int, dt.datetime]) -> None:
-    """Last-seen times of many machines at once (the boot event writer's batches), in the caller's transaction."""
+    """Last-seen times of many machines at once (the boot event writer's batches), in the caller's
+    transaction. Never moves a time back (an outbox replay of old events after newer ones)."""
     if seen:
         table = Machine.__table__
-        s.execute(update(table).where(table.c.id == bindparam("b_id")).values(last_seen=bindparam("b_at")),
+        at = bindparam("b_at", type_=table.c.last_seen.type)
+        newer = case((table.c.last_seen.is_(None) | (table.c.last_seen < at), at), else_=table.c.last_seen)
+        s.execute(update(table).where(table.c.id == bindparam("b_id")).values(last_seen=newer),
                   [{"b_id": k, "b_at": v} for k, v in seen.items()])
 
 

@@ -8,10 +8,15 @@ goes through `submit(ctx, kind, payload)`:
   an event id at most once;
 - when the primary is out of reach (or older events still wait), the event is appended to
   DATA/outbox.db (SQLite, synchronous=FULL: on disk before the request is answered), and the
-  `Replayer` thread applies the queue in order when the primary is back, in batches, each event
-  in its own savepoint. An event applied before the link died but not yet removed here is
-  skipped by its id: nothing lost, nothing counted twice. An event the primary refuses on replay
-  (its machine was removed meanwhile, ...) is kept in `sites_outbox_applied` with the reason.
+  `Replayer` thread applies the queue in order when the primary is back, one transaction per
+  batch (`drain`): the batch's ids marked in one insert that also tells which were applied
+  already, boot events merged into one insert, agent reports through their kind's batch handler
+  (machines loaded at once, one UPDATE per machine), other kinds one by one, each step in a
+  savepoint (`_plan` says what order is kept). An event applied before the link died but not yet
+  removed here is skipped by its id: nothing lost, nothing counted twice. An event the primary
+  refuses on replay (its machine was removed meanwhile, ...) is kept in `sites_outbox_applied`
+  with the reason; a failed merged or batched step is retried event by event, so one bad event
+  refuses only itself.
 
 A part registers how to apply its kind with `@handler("kind")`; the handler calls the part's own
 functions, whose `ctx.db.session()` joins the replay's transaction (`Database.joined`).
@@ -43,6 +48,11 @@ log = logging.getLogger("netslate.outbox")
 HANDLERS: dict[str, Callable[[Any, dict], Any]] = {}
 # Kinds whose queued payloads merge into one handler call on replay: {"events": [...]} lists.
 MERGEABLE: set[str] = set()
+# Kinds with a handler that applies many queued payloads at once (in order) and answers, per
+# payload, None (applied) or why it was refused: `fn(ctx, payloads) -> list[str | None]`.
+BATCH_HANDLERS: dict[str, Callable[[Any, list[dict]], list]] = {}
+MERGE_MAX = 5000  # boot events per merged insert
+BATCH_MAX = 2000  # payloads per batch-handler call
 # The modules that register handlers (imported by name before a replay, like store.registry's models).
 HANDLER_MODULES = ("netslate.boot.events", "netslate.inventory.store", "netslate.fleet.reports",
                    "netslate.desktops.allocation")
@@ -117,6 +127,18 @@ def handler(kind: str, mergeable: bool = False):
         HANDLERS[kind] = fn
         if mergeable:
             MERGEABLE.add(kind)
+        return fn
+
+    return deco
+
+
+def batch_handler(kind: str):
+    """Register how to apply many queued events of `kind` at once on replay (beside its `handler`,
+    which stays the one-event path and the fallback). Kinds with a batch handler or `mergeable`
+    must commute with one another (see `_plan`)."""
+
+    def deco(fn):
+        BATCH_HANDLERS[kind] = fn
         return fn
 
     return deco
@@ -215,18 +237,48 @@ def _mark_applied_many(s, rows: list[tuple[int, str, str, float, dict]]) -> set[
     return {r[0] for r in s.execute(stmt.returning(OutboxApplied.event_id))}
 
 
-def _groups(rows: list, new: set[str]) -> list[tuple[str, list[str], dict]]:
-    """(kind, event ids, payload) to apply in order: runs of a mergeable kind become one payload."""
-    out: list[tuple[str, list[str], dict]] = []
+def _plan(rows: list, new: set[str]) -> list[tuple[str, str, list[tuple[str, dict]]]]:
+    """The steps that apply a batch's new events: (mode, kind, [(event id, payload), ...]).
+
+    Order: a kind that is neither mergeable nor batched (a discovery, facts, a desktop session
+    event) is a barrier, applied alone in its place. Between two barriers the events are grouped
+    by kind, in order of each kind's first event, and keep their queue order inside the kind.
+    That regrouping is safe because the kinds it moves past one another touch different rows,
+    except machines.last_seen, which both boot events and reports only ever move forward. So a
+    machine's reports are applied in queue order, its boot events are inserted in queue order,
+    and whatever follows a barrier sees what preceded it."""
+    steps: list[tuple[str, str, list[tuple[str, dict]]]] = []
+    segment: dict[str, list[tuple[str, dict]]] = {}
+
+    def flush():
+        for kind, items in segment.items():
+            if kind in MERGEABLE:
+                chunk: list[tuple[str, dict]] = []
+                size = 0
+                for item in items:
+                    n = len(item[1]["events"])
+                    if chunk and size + n > MERGE_MAX:
+                        steps.append(("merged", kind, chunk))
+                        chunk, size = [], 0
+                    chunk.append(item)
+                    size += n
+                if chunk:
+                    steps.append(("merged", kind, chunk))
+            else:
+                for k in range(0, len(items), BATCH_MAX):
+                    steps.append(("batch", kind, items[k:k + BATCH_MAX]))
+        segment.clear()
+
     for _seq, eid, kind, _at, payload in rows:
         if eid not in new:
             continue
-        if kind in MERGEABLE and out and out[-1][0] == kind and len(out[-1][2]["events"]) < 5000:
-            out[-1][1].append(eid)
-            out[-1][2]["events"].extend(payload["events"])
+        if kind in MERGEABLE or kind in BATCH_HANDLERS:
+            segment.setdefault(kind, []).append((eid, payload))
         else:
-            out.append((kind, [eid], {"events": list(payload["events"])} if kind in MERGEABLE else payload))
-    return out
+            flush()
+            steps.append(("one", kind, [(eid, payload)]))
+    flush()
+    return steps
 
 
 def _mark_applied(s, event_id: str, kind: str, queued_at: float | None) -> bool:
@@ -268,9 +320,82 @@ def submit(ctx, kind: str, payload: dict) -> Any:
         _TELEMETRY.reset(token)
 
 
-def drain(ctx, batch: int = 1000, budget: float = 30.0) -> dict:
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+
+
+def _refuse(s, kind: str, refused: dict[str, list[str]]) -> None:
+    """Keep why the primary refused these events (reason → event ids), beside their applied mark."""
+    for reason, eids in refused.items():
+        for k in range(0, len(eids), 1000):
+            s.execute(OutboxApplied.__table__.update().where(OutboxApplied.event_id.in_(eids[k:k + 1000]))
+                      .values(outcome=f"refused: {reason[:500]}"))
+        log.warning("outbox: %d %s event(s) refused by the primary: %s", len(eids), kind, reason)
+
+
+def _attempt(ctx, s, fn):
+    """Run `fn()` in a savepoint of the replay's transaction (the parts' own sessions join it): on a
+    refusal nothing of it stays. A lost primary is raised; any other error is returned."""
+    nested = s.begin_nested()
+    try:
+        with ctx.db.joined(s):
+            result = fn()
+        if nested.is_active:
+            nested.commit()
+        return result, None
+    except Exception as exc:
+        if nested.is_active:
+            nested.rollback()
+        if _is_disconnect(exc) or isinstance(exc, CentralUnreachable):
+            raise
+        return None, exc
+
+
+def _apply_step(ctx, s, mode: str, kind: str, items: list[tuple[str, dict]], out: dict) -> None:
+    refused: dict[str, list[str]] = {}
+    if mode == "merged":
+        merged = {"events": [e for _eid, p in items for e in p["events"]]}
+        _res, err = _attempt(ctx, s, lambda: HANDLERS[kind](ctx, merged))
+        if err is None:
+            out["applied"] += len(items)
+            return
+        if len(items) == 1:
+            refused[_reason(err)] = [items[0][0]]
+            out["refused"] += 1
+            _refuse(s, kind, refused)
+            return
+        mode = "one"  # one bad payload must not take the others with it: each on its own
+    elif mode == "batch":
+        outcomes, err = _attempt(ctx, s, lambda: BATCH_HANDLERS[kind](ctx, [p for _eid, p in items]))
+        if err is None:
+            for (eid, _p), why in zip(items, outcomes):
+                if why is None:
+                    out["applied"] += 1
+                else:
+                    refused.setdefault(why, []).append(eid)
+                    out["refused"] += 1
+            _refuse(s, kind, refused)
+            return
+        log.warning("outbox: batch of %d %s event(s) failed (%s); applying them one by one", len(items), kind, _reason(err))
+        mode = "one"
+    for eid, payload in items:
+        _res, err = _attempt(ctx, s, lambda payload=payload: HANDLERS[kind](ctx, payload))
+        if err is None:
+            out["applied"] += 1
+        else:
+            refused.setdefault(_reason(err), []).append(eid)
+            out["refused"] += 1
+    _refuse(s, kind, refused)
+
+
+def drain(ctx, batch: int = 2000, budget: float = 30.0) -> dict:
     """Apply queued events to the primary in order until the outbox is empty, the primary goes
-    away or `budget` seconds pass. Returns {"applied", "duplicates", "refused", "left"}."""
+    away or `budget` seconds pass. Returns {"applied", "duplicates", "refused", "left"}.
+
+    One transaction per batch of `batch` events: their ids marked applied in one multi-row insert
+    (which also answers which ids the primary had already: those are skipped), then the steps of
+    `_plan`: merged boot-event inserts, batch handlers (reports), and the other kinds one by one,
+    each in a savepoint. The batch leaves the outbox only after its transaction committed."""
     db, box = ctx.db, ctx.outbox
     out = {"applied": 0, "duplicates": 0, "refused": 0, "left": box.pending() if box else 0}
     if box is None:
@@ -287,30 +412,25 @@ def drain(ctx, batch: int = 1000, budget: float = 30.0) -> dict:
             if missing:
                 log.error("outbox: no handler for %s yet; replay waits", ", ".join(missing))
                 break
+            counts = {"applied": 0, "duplicates": 0, "refused": 0}
             try:
                 with db.session() as s:
                     if s.get_bind() is db.read_engine:
                         break  # the primary is away
                     new = _mark_applied_many(s, rows)
-                    out["duplicates"] += len(rows) - len(new)
-                    for kind, eids, payload in _groups(rows, new):
-                        try:
-                            # every ctx.db.session() the handler opens is a savepoint of `s`:
-                            # a refused event leaves nothing behind
-                            with db.joined(s):
-                                HANDLERS[kind](ctx, payload)
-                            out["applied"] += len(eids)
-                        except Exception as exc:
-                            if _is_disconnect(exc) or isinstance(exc, CentralUnreachable):
-                                raise
-                            out["refused"] += len(eids)
-                            reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-                            s.execute(OutboxApplied.__table__.update().where(OutboxApplied.event_id.in_(eids))
-                                      .values(outcome=f"refused: {reason}"))
-                            log.warning("outbox: %d %s event(s) refused by the primary: %s", len(eids), kind, reason)
+                    counts["duplicates"] = len(rows) - len(new)
+                    for mode, kind, items in _plan(rows, new):
+                        _apply_step(ctx, s, mode, kind, items, counts)
             except CentralUnreachable:
                 break
+            except Exception as exc:
+                if _is_disconnect(exc):
+                    db._mark_down(exc)
+                    break
+                raise
             box.remove_through(rows[-1][0])
+            for k, v in counts.items():
+                out[k] += v
     finally:
         _TELEMETRY.reset(token)
     out["left"] = box.pending()
