@@ -11,6 +11,7 @@ network namespaces (netslate.sites.lab), real `netslate serve` processes. Three 
    rules, `wrk` inside each namespace (goal: within 10 %).
 
     uv run python bench/sites.py [--publishes 100] [--events 10000] [--machines 2000] [--seconds 10]
+                                 [--only storm,outbox,boot]
 
 Records bench/results/sites.json (with the machine) and prints it. Needs root (namespaces), the
 PostgreSQL server binaries and wrk (scripts/install-deps.sh).
@@ -19,6 +20,7 @@ PostgreSQL server binaries and wrk (scripts/install-deps.sh).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import statistics
@@ -158,7 +160,7 @@ def outbox_drain(lab: SitesLab, data: Path, n_events: int, machine_ids: list[int
         up = time.monotonic() - t0
         out = {"applied": 0, "duplicates": 0, "refused": 0}
         while ctx.outbox.pending():
-            r = outbox.drain(ctx, batch=1000, budget=60)
+            r = outbox.drain(ctx, budget=60)  # what the Replayer runs (its default batch)
             for k in out:
                 out[k] += r[k]
         return up, time.monotonic() - t0, out
@@ -166,7 +168,8 @@ def outbox_drain(lab: SitesLab, data: Path, n_events: int, machine_ids: list[int
     branch.close()
     return {"events": n_events, "queue_s": round(queue_s, 2), "outbox_bytes": size,
             "outbox_bytes_per_event": round(size / n_events, 1), "primary_reachable_after_s": round(up_s, 2),
-            "restore_to_drained_s": round(drained_s, 2), **counts}
+            "restore_to_drained_s": round(drained_s, 2), "events_per_s": round(n_events / max(drained_s - up_s, 1e-6)),
+            "batch": inspect.signature(outbox.drain).parameters["batch"].default, **counts}
 
 
 def wait_http(worker: NsWorker, url: str, timeout: float = 120) -> None:
@@ -202,6 +205,53 @@ def wrk(lab: SitesLab, ns: str, url: str, n: int, tmp: Path, seconds: int, conne
             "errors": r["socket_errors"], "non_2xx": r["non2xx"]}
 
 
+def boot_scripts(lab: SitesLab, central: NsWorker, tmp: Path, args) -> dict:
+    """Boot-script throughput: the single server at central (primary on its loopback) against the
+    branch server (standby), wrk inside each namespace."""
+    env = {"NETSLATE_CENTRAL_CONNECT_TIMEOUT": "2"}
+    lab.netslate(lab.central, "serve", "--listen", f"{CENTRAL_ADDR}:8080", "--data-dir", str(tmp / "central"),
+                 "--database-url", lab.primary_url_central, "--log-level", "warning", log=tmp / "central.log", env=env)
+    lab.netslate(lab.branch, "serve", "--listen", f"{BRANCH_ADDR}:8080", "--data-dir", str(tmp / "branch"),
+                 "--db-read", lab.standby_url_branch, "--db-write", lab.primary_url_branch, "--site", "branch",
+                 "--server-name", "branch1", "--log-level", "warning", log=tmp / "branch.log", env=env)
+    bworker = NsWorker(lab.branch)
+    wait_http(central, f"http://{CENTRAL_ADDR}:8080")
+    wait_http(bworker, f"http://{BRANCH_ADDR}:8080")
+    bworker.close()
+    wrk(lab, lab.central, f"http://{CENTRAL_ADDR}:8080", args.machines, tmp, 2, args.connections)  # warm-up
+    wrk(lab, lab.branch, f"http://{BRANCH_ADDR}:8080", args.machines, tmp, 2, args.connections)
+    # alternate short rounds (single, branch, single, branch, ...): on a shared, loaded machine
+    # the load drifts over a run; alternating spreads that drift over both sides alike
+    rounds = max(1, args.seconds // 5)
+    single_runs, branch_runs = [], []
+    for _ in range(rounds):
+        single_runs.append(wrk(lab, lab.central, f"http://{CENTRAL_ADDR}:8080", args.machines, tmp, 5, args.connections))
+        branch_runs.append(wrk(lab, lab.branch, f"http://{BRANCH_ADDR}:8080", args.machines, tmp, 5, args.connections))
+
+    def total(runs):
+        out = {"rounds": len(runs), "requests": sum(r["requests"] for r in runs),
+               "req_per_s": round(sum(r["req_per_s"] for r in runs) / len(runs), 1),
+               "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+               "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
+               "non_2xx": sum(r["non_2xx"] for r in runs)}
+        return out
+    single, branch = total(single_runs), total(branch_runs)
+    return {"single_server": single, "branch_on_standby": branch,
+            "branch_vs_single": round(branch["req_per_s"] / single["req_per_s"], 3),
+            "per_round_ratio": [round(b["req_per_s"] / a["req_per_s"], 3) for a, b in zip(single_runs, branch_runs)]}
+
+
+def _goals(result: dict) -> dict:
+    goals = {}
+    if "publish_storm" in result:
+        goals["replication_lag_p99_below_1s"] = result["publish_storm"]["lag_p99_s"] < 1.0
+    if "outbox" in result:
+        goals["outbox_10k_drained_below_10s"] = result["outbox"]["restore_to_drained_s"] < 10.0
+    if "boot_scripts" in result:
+        goals["branch_boot_throughput_within_10pct"] = result["boot_scripts"]["branch_vs_single"] >= 0.9
+    return goals
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--publishes", type=int, default=100)
@@ -209,8 +259,10 @@ def main() -> None:
     ap.add_argument("--machines", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--only", default="storm,outbox,boot", help="which figures, comma-separated: storm, outbox, boot")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     if os.geteuid() != 0 or not shutil.which("wrk"):
         sys.exit("needs root (network namespaces) and wrk (scripts/install-deps.sh)")
     tmp = Path(tempfile.mkdtemp(prefix="netslate-bench-sites-"))
@@ -221,7 +273,8 @@ def main() -> None:
         cctx = Context(tmp / "central", lab.primary_url_central)
         result["setup"] = central.call(setup_central, cctx, tmp / "files", args.machines)
         lab.wait_replayed()
-        result["publish_storm"] = publish_storm(lab, central, cctx, args.publishes)
+        if "storm" in parts:
+            result["publish_storm"] = publish_storm(lab, central, cctx, args.publishes)
 
         from sqlalchemy import select
 
@@ -231,49 +284,16 @@ def main() -> None:
             with cctx.db.session() as s:
                 return list(s.scalars(select(Machine.id).order_by(Machine.id)))
         machine_ids = central.call(ids)
-        result["outbox"] = outbox_drain(lab, tmp / "branch-ctx", args.events, machine_ids)
-
-        # boot scripts: single server at central (primary on its loopback) vs the branch server (standby)
-        env = {"NETSLATE_CENTRAL_CONNECT_TIMEOUT": "2"}
-        lab.netslate(lab.central, "serve", "--listen", f"{CENTRAL_ADDR}:8080", "--data-dir", str(tmp / "central"),
-                     "--database-url", lab.primary_url_central, "--log-level", "warning", log=tmp / "central.log", env=env)
-        lab.netslate(lab.branch, "serve", "--listen", f"{BRANCH_ADDR}:8080", "--data-dir", str(tmp / "branch"),
-                     "--db-read", lab.standby_url_branch, "--db-write", lab.primary_url_branch, "--site", "branch",
-                     "--server-name", "branch1", "--log-level", "warning", log=tmp / "branch.log", env=env)
-        bworker = NsWorker(lab.branch)
-        wait_http(central, f"http://{CENTRAL_ADDR}:8080")
-        wait_http(bworker, f"http://{BRANCH_ADDR}:8080")
-        bworker.close()
-        wrk(lab, lab.central, f"http://{CENTRAL_ADDR}:8080", args.machines, tmp, 2, args.connections)  # warm-up
-        wrk(lab, lab.branch, f"http://{BRANCH_ADDR}:8080", args.machines, tmp, 2, args.connections)
-        # alternate short rounds (single, branch, single, branch, ...): on a shared, loaded machine
-        # the load drifts over a run; alternating spreads that drift over both sides alike
-        rounds = max(1, args.seconds // 5)
-        single_runs, branch_runs = [], []
-        for _ in range(rounds):
-            single_runs.append(wrk(lab, lab.central, f"http://{CENTRAL_ADDR}:8080", args.machines, tmp, 5, args.connections))
-            branch_runs.append(wrk(lab, lab.branch, f"http://{BRANCH_ADDR}:8080", args.machines, tmp, 5, args.connections))
-
-        def total(runs):
-            out = {"rounds": len(runs), "requests": sum(r["requests"] for r in runs),
-                   "req_per_s": round(sum(r["req_per_s"] for r in runs) / len(runs), 1),
-                   "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
-                   "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
-                   "non_2xx": sum(r["non_2xx"] for r in runs)}
-            return out
-        single, branch = total(single_runs), total(branch_runs)
-        result["boot_scripts"] = {"single_server": single, "branch_on_standby": branch,
-                                  "branch_vs_single": round(branch["req_per_s"] / single["req_per_s"], 3),
-                                  "per_round_ratio": [round(b["req_per_s"] / a["req_per_s"], 3) for a, b in zip(single_runs, branch_runs)]}
-        result["goals"] = {
-            "replication_lag_p99_below_1s": result["publish_storm"]["lag_p99_s"] < 1.0,
-            "outbox_10k_drained_below_10s": result["outbox"]["restore_to_drained_s"] < 10.0,
-            "branch_boot_throughput_within_10pct": result["boot_scripts"]["branch_vs_single"] >= 0.9,
-        }
+        if "outbox" in parts:
+            result["outbox"] = outbox_drain(lab, tmp / "branch-ctx", args.events, machine_ids)
+        if "boot" in parts:
+            result["boot_scripts"] = boot_scripts(lab, central, tmp, args)
+        result["goals"] = _goals(result)
     finally:
         central.close()
         lab.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    result["only"] = sorted(parts)
     if args.no_record:
         import json
 
