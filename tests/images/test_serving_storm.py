@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "boot_storm.py"
 
 def test_small_storm_boots_every_machine(tmp_path):
     out = subprocess.run([sys.executable, str(BENCH), "--n", "16", "--image-mb", "2", "--procs", "2", "--rounds", "4",
-                          "--timeout", "240", "--no-record", "--json", "--work", str(tmp_path / "w")],
+                          "--timeout", "240", "--scenarios", "one,srv2,cache", "--no-record", "--json", "--work", str(tmp_path / "w")],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
     result = json.loads(out.stdout)
