@@ -78,7 +78,7 @@ def world(tmp_path):
     branch = start_server(branch_ctx, {"site": "b", "mirror_from": central.url, "mirror_interval": 3600})
     mirror = branch.app.state.parts.mirror
     w = SimpleNamespace(ctx=ctx, central=central, branch=branch, branch_ctx=branch_ctx, mirror=mirror, tmp=tmp_path,
-                        root_b64=base64.b64encode(root.public_bytes).decode())
+                        root_b64=base64.b64encode(root.public_bytes).decode(), site_b=(cert, pem, root.public_bytes))
     yield w
     branch.stop()
     central.stop()
@@ -270,3 +270,56 @@ def test_mirror_cli_local_and_remote(world):
     # central is not a mirror: sync says so in one line, exit 2
     r = run_cli("mirror", "sync", data_dir=w.ctx.data_dir)
     assert r.code == 2 and "not a chunk mirror" in r.stderr and "Traceback" not in r.stderr
+
+
+def _own_branch(w, name: str, upstream: str):
+    """A branch server over its own database (nothing in its catalog): e.g. a standby still behind."""
+    write_site_files(w.tmp / name / "keys", *w.site_b)
+    own = Context(w.tmp / name).init()
+    return own, start_server(own, {"site": "b", "mirror_from": upstream, "mirror_interval": 3600})
+
+
+def test_manifests_the_catalog_lacks_come_from_upstream_verified(world):
+    w = world
+    own, srv = _own_branch(w, "branch2", w.central.url)
+    try:
+        with pytest.raises(Exception):
+            own.library.resolve("os", "stable")  # its catalog knows nothing
+        out = _pull(w, srv.url, "os", "stable", tag="-own")  # manifest + tag statement, packs: from central, verified
+        assert out.read_bytes() == (w.tmp / "f2" / "rootfs.img").read_bytes()
+        r = httpx.get(f"{srv.url}/images/other/1/kernel", timeout=60)
+        assert r.status_code == 200 and r.content == (w.tmp / "f3" / "vmlinuz").read_bytes()
+        assert (own.data_dir / "mirror" / "manifests" / "os" / "2.json").exists()
+        assert httpx.get(f"{srv.url}/images/nosuch/1/manifest", timeout=30).status_code == 404
+        w.central.stop()
+        # upstream gone: what it kept answers numbered refs; what it never saw fails at once
+        r = httpx.get(f"{srv.url}/images/other/1/kernel", timeout=60)
+        assert r.status_code == 200 and r.content == (w.tmp / "f3" / "vmlinuz").read_bytes()
+        out = _pull(w, srv.url, "os", "2", tag="-own-offline")
+        assert out.read_bytes() == (w.tmp / "f2" / "rootfs.img").read_bytes()
+        r = httpx.get(f"{srv.url}/images/os/1/manifest", timeout=60)
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"]
+    finally:
+        srv.stop()
+
+
+def test_an_upstream_signing_with_another_key_is_refused(world):
+    w = world
+    rogue = Context(w.tmp / "rogue-up").init()  # its own root key and database
+    rogue.library.import_files("os", **_files(w.tmp / "f6", 6), tag="stable")
+    rogue_srv = start_server(rogue)
+    own, srv = _own_branch(w, "branch3", rogue_srv.url)
+    try:
+        for path in ("/images/os/1/manifest", "/images/os/stable/manifest", "/images/os/1/rootfs"):
+            r = httpx.get(srv.url + path, timeout=60)
+            assert r.status_code == 502 and "refused" in r.json()["detail"], (path, r.text)
+        with pytest.raises(Exception):
+            _pull(w, srv.url, "os", "1", tag="-rogue")
+        ids = _chunk_ids(rogue, "os", 1)
+        assert httpx.get(f"{srv.url}/chunks/{ids[0]}", timeout=30).status_code == 404
+        assert not any(own.chunks.has(c) for c in ids)
+        assert not (own.data_dir / "mirror" / "manifests").exists()
+        assert srv.app.state.parts.mirror.counters["manifests_refused"] >= 3
+    finally:
+        srv.stop()
+        rogue_srv.stop()

@@ -39,11 +39,12 @@ from typing import Callable, Iterable
 from netslate.discovery import store as discovery
 from netslate.errors import NotFound, Unavailable, UserError
 from netslate.fsutil import atomic_write
-from netslate.images.pull import PullError, _Http, pack_path, pack_plan
+from netslate.images.pull import MAX_MANIFEST_BYTES, PullError, _Http, pack_path, pack_plan
+from netslate.images.versioning import Resolved
 from netslate.inventory import store as inventory
 from netslate.onmachine import sitecert
 from netslate.onmachine.envelope import SignatureError, payload_digest
-from netslate.onmachine.manifest import MAX_CHUNK_BYTES, ManifestError, check_chunk_list
+from netslate.onmachine.manifest import MAX_CHUNK_BYTES, ManifestError, check_chunk_list, valid_image_name, valid_ref
 
 try:
     import zstandard as _zstd
@@ -245,6 +246,66 @@ class Mirror:
                     except MirrorRefused as exc:
                         log.warning("%s", exc)
             self._index_at = time.monotonic()
+
+    # ------------------------------------------------------------ manifests the catalog lacks
+
+    def _manifest_file(self, name: str, version: int) -> Path:
+        return self.dir / "manifests" / name / f"{int(version)}.json"
+
+    def remote_document(self, name: str, ref: str) -> dict:
+        """GET /images/NAME/REF/manifest from upstream, for a version this branch's catalog does not
+        hold (yet: standby lag; or a mirror over its own database): the manifest is verified against
+        the pinned root and kept in DATA/mirror/manifests, and a tag statement must name it. With
+        upstream unreachable, a kept manifest still answers a numbered ref."""
+        if not valid_image_name(name) or not valid_ref(ref):
+            raise NotFound(f"no image {name!r} version {ref!r}")
+        try:
+            status, _h, body = self._get(f"/images/{name}/{ref}/manifest", limit=MAX_MANIFEST_BYTES)
+        except Unavailable:
+            kept = self._manifest_file(name, int(ref)) if ref.isdigit() else None
+            if kept is None or not kept.exists():
+                raise
+            env = json.loads(kept.read_text())
+            self.verify(Resolved(name, int(ref), payload_digest(env.get("payload") or {}), env))
+            return {"manifest": env, "digest": payload_digest(env["payload"]), "tag": None}
+        if status == 404:
+            raise NotFound(f"image {name!r} has no version or tag {ref!r} (here or at {self.upstream})")
+        if status != 200:
+            raise Unavailable(f"mirror: upstream {self.upstream} answered HTTP {status} for {name}@{ref}'s manifest")
+        try:
+            doc = json.loads(body)
+            env = doc["manifest"]
+            payload = env["payload"]
+            version = int(payload["version"])
+        except (ValueError, KeyError, TypeError):
+            self._count("manifests_refused")
+            raise MirrorRefused(f"mirror: manifest of {name}@{ref} from {self.upstream} refused: malformed") from None
+        digest = payload_digest(payload)
+        if (ref.isdigit() and version != int(ref)) or doc.get("digest") != digest:
+            self._count("manifests_refused")
+            raise MirrorRefused(f"mirror: manifest of {name}@{ref} from {self.upstream} refused: it is not the version asked for")
+        resolved = Resolved(name, version, digest, env, None if ref.isdigit() or ref == "latest" else ref)
+        self.verify(resolved)  # signature under the pinned root, digest, chunk lists
+        if resolved.tag:
+            try:
+                tag = sitecert.open_signed(doc.get("tag"), self.ctx.signing_key.public_bytes,
+                                           revocations=self.ctx.latest_revocations())
+            except (SignatureError, AttributeError) as exc:
+                self._count("manifests_refused")
+                raise MirrorRefused(f"mirror: tag statement of {name}:{ref} from {self.upstream} refused: {exc}") from None
+            if tag.get("name") != name or tag.get("tag") != ref or tag.get("manifest_digest") != digest:
+                self._count("manifests_refused")
+                raise MirrorRefused(f"mirror: tag statement of {name}:{ref} from {self.upstream} does not name its manifest")
+        kept = self._manifest_file(name, version)
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(kept, json.dumps(env, sort_keys=True).encode(), mode=0o600)
+        return doc
+
+    def remote_resolved(self, name: str, ref: str) -> Resolved:
+        doc = self.remote_document(name, ref)
+        env = doc["manifest"]
+        return Resolved(name, int(env["payload"]["version"]), doc["digest"], env)
 
     # ------------------------------------------------------------ fetching
 

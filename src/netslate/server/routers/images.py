@@ -15,6 +15,7 @@ from netslate.images.chunkstore import CHUNK_ID
 from netslate.images.frontend import FILES_PREFIX, FRONT_HEADER
 from netslate.images.frontend_files import ServedFiles
 from netslate.images.pull import pack_plan
+from netslate.errors import NotFound
 from netslate.names import check_name
 from netslate.server import auth
 from netslate.services.images import ChunkStored, LocalImages
@@ -48,6 +49,29 @@ def _mirrored(request: Request, resolved, ids) -> None:
     mirror = request.app.state.parts.mirror
     if mirror is not None and mirror.serving:
         mirror.ensure(resolved, ids)
+
+
+def _manifest_document(request: Request, name: str, ref: str) -> dict:
+    try:
+        return _lib(request).manifest_document(name, ref)
+    except NotFound:
+        mirror = request.app.state.parts.mirror
+        if mirror is None or not mirror.serving:
+            raise
+        return mirror.remote_document(name, ref)  # a mirror: not in this branch's catalog (yet), ask upstream
+
+
+def _artifact_record(request: Request, name: str, ref: str, artifact: str):
+    try:
+        return _lib(request).artifact_record(name, ref, artifact)
+    except NotFound:
+        mirror = request.app.state.parts.mirror
+        if mirror is None or not mirror.serving:
+            raise
+        resolved = mirror.remote_resolved(name, ref)
+        if artifact not in resolved.artifacts:
+            raise
+        return resolved, resolved.artifacts[artifact]
 
 
 def _accel(rel: str, headers: dict) -> Response:
@@ -91,7 +115,7 @@ async def upload_chunk(chunk_id: str, request: Request, lease: str | None = None
 @serving.get("/images/{name}/{ref}/manifest")
 def get_manifest(name: str, ref: str, request: Request):
     check_name(name, "image name")
-    doc = _lib(request).manifest_document(name, ref)
+    doc = _manifest_document(request, name, ref)
     headers = {"Cache-Control": "no-cache"} if not ref.isdigit() else {"Cache-Control": IMMUTABLE, "ETag": f'"{doc["digest"]}"'}
     return JSONResponse(doc, headers=headers)
 
@@ -111,7 +135,7 @@ def get_artifact(name: str, ref: str, artifact: str, request: Request):
     if artifact not in mf.ARTIFACTS:
         raise HTTPException(404, f"unknown artifact {artifact!r}")
     lib = _lib(request)
-    resolved, record = lib.artifact_record(name, ref, artifact)
+    resolved, record = _artifact_record(request, name, ref, artifact)
     size = record["size"]
     headers = {
         "Accept-Ranges": "bytes",
@@ -211,7 +235,7 @@ def get_pack_by_manifest(name: str, version: str, artifact: str, digest: str, in
     check_name(name, "image name")
     if not version.isdigit() or not index.isdigit() or not _HEX64.match(digest) or artifact not in mf.ARTIFACTS:
         raise HTTPException(404, "no such pack")
-    resolved, record = _lib(request).artifact_record(name, version, artifact)
+    resolved, record = _artifact_record(request, name, version, artifact)
     if resolved.manifest_digest != f"sha256:{digest}":
         raise HTTPException(404, "no such pack: the version has another manifest")
     key = (digest, artifact)
