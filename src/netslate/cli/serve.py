@@ -64,7 +64,7 @@ def serve(
     import uvicorn
 
     from netslate.server.app import create_app
-    from netslate.server.auth import ensure_admin_token
+    from netslate.server.auth import bootstrap_admin_token
 
     st = state(ctx)
     st.data_dir = data_dir or st.data_dir
@@ -88,9 +88,14 @@ def serve(
         if workers > 1:
             raise UserError("--tls-listen runs with --workers 1")
     context = st.own_context()  # the server is this machine, even when NETSLATE_SERVER is set
-    path, created = ensure_admin_token(context)
+    made = bootstrap_admin_token(context, server_name)
+    path, created = made["path"], made["created"]
     if created:
-        err_console.print(f"created admin token in {path} (mode 0600)", soft_wrap=True)
+        err_console.print(f"created admin token {made['name']!r} in {path} (mode 0600)", soft_wrap=True)
+        if made["taken"]:
+            err_console.print(f"left token(s) {', '.join(made['taken'])} as they are (another server's over this database, "
+                              "or this data directory's earlier file): `netslate token remove NAME` revokes one nobody uses",
+                              soft_wrap=True)
     else:
         err_console.print(f"admin token: {path}", soft_wrap=True)
     err_console.print(f"signing key {context.signing_key.fingerprint}", soft_wrap=True)

@@ -1,9 +1,12 @@
-"""API tokens with roles. Stored only as SHA-256; the first start writes an admin token file (0600)."""
+"""API tokens with roles. Stored only as SHA-256; a server's first start writes its admin token file (0600)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import secrets
+import socket
 
 from sqlalchemy import select
 
@@ -51,18 +54,44 @@ def remove_token(ctx, name: str, actor: str | None = None) -> None:
         audit.record(s, actor or audit.default_actor(), "token.remove", f"token:{name}")
 
 
-def ensure_admin_token(ctx) -> tuple[str, bool]:
-    """Return (path of the admin token file, created now?). Creates it on the first start only."""
+def ensure_admin_token(ctx, server_name: str | None = None) -> tuple[str, bool]:
+    """Return (path of this data directory's admin token file, created now?). See `bootstrap_admin_token`."""
+    made = bootstrap_admin_token(ctx, server_name)
+    return made["path"], made["created"]
+
+
+def bootstrap_admin_token(ctx, server_name: str | None = None) -> dict:
+    """A server's admin token file (DATA/admin.token, 0600), made at its first start.
+
+    Several servers may share one database (a second central server, a branch): starting one never
+    removes or replaces a token. The first bootstrap token of a database is named `admin`; a later
+    one (another server, or a data directory whose file was deleted) is `admin.SERVER` (`--server-name`,
+    else the short hostname), `admin.SERVER-2`, ... whichever is free. A token of a lost file
+    stays valid until `netslate token remove NAME`.
+
+    Returns {"path", "created", "name" (None when the file existed), "taken": names tried that were in use}."""
     path = ctx.data_dir / ADMIN_TOKEN_FILE
     if path.exists():
-        return str(path), False
-    with ctx.db.session() as s:
-        existing = s.scalar(select(ApiToken).where(ApiToken.name == "admin"))
-        if existing is not None:
-            s.delete(existing)  # the file was removed: issue a fresh admin token
-    token = create_token(ctx, "admin", "admin", actor="local:first-start")
-    atomic_write(path, (token + "\n").encode(), mode=0o600)
-    return str(path), True
+        return {"path": str(path), "created": False, "name": None, "taken": []}
+    label = _label(server_name)
+    taken: list[str] = []
+    for name in ["admin", f"admin.{label}"] + [f"admin.{label}-{n}" for n in range(2, 100)]:
+        try:
+            token = create_token(ctx, name, "admin", actor="local:first-start")
+        except Conflict:  # in use (or another server took it just now): the next name
+            taken.append(name)
+            continue
+        atomic_write(path, (token + "\n").encode(), mode=0o600)
+        return {"path": str(path), "created": True, "name": name, "taken": taken}
+    raise UserError(f"no free admin token name for server {label!r} (admin.{label} ... -99 are taken): "
+                    "remove unused ones with `netslate token remove NAME`")
+
+
+def _label(server_name: str | None) -> str:
+    """A token-name-safe label for this server: its name, else its short hostname."""
+    raw = server_name or os.environ.get("NETSLATE_SERVER_NAME") or socket.gethostname().split(".")[0] or "server"
+    label = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-_")[:48] or "server"
+    return label if label[0].isalnum() else "s" + label
 
 
 def role_for(ctx, token: str | None) -> tuple[str, str] | None:

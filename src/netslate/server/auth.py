@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from netslate.identity.tokens import create_token, ensure_admin_token, list_tokens, remove_token  # noqa: F401  (used by tests and serve)
+from netslate.identity.tokens import bootstrap_admin_token, create_token, ensure_admin_token, list_tokens, remove_token  # noqa: F401  (used by tests and serve)
 from netslate.identity import sessions
 from netslate.identity.caller import local_principal  # noqa: F401  (lives there: the local CLI must not load FastAPI)
 from netslate.identity.tokens import role_for
