@@ -228,3 +228,25 @@ def test_bad_input_is_one_line_400(world):
     r = world.post("/api/v1/enrollment-policies", {"kind": "subnet", "value": "10.0.0.0/8"})
     assert r.status_code == 401  # admin operations need a token
     assert enrollment_store.POLICY_KINDS == ("ek", "serial", "subnet")
+
+
+def test_agent_stops_reporting_waits_for_approval_once_approved(world, swtpm_factory, tmp_path, monkeypatch):
+    """The pending line of the first try leaves the agent's problems when a later try enrolls."""
+    tpm = swtpm_factory()
+    monkeypatch.setenv("NETSLATE_TPM_TCTI", tpm.tcti)
+    root = tmp_path / "root"
+    root.mkdir()
+    agent = runner.Agent(runner.Options(root=root, lkg_dir="/var/lib/netslate/lkg", servers=[world.url], timeout=30))
+    agent.url = world.url
+    agent.facts = machine_facts("52:54:00:13:00:09", str(uuidlib.uuid4()))
+    agent._enroll()
+    assert agent.enroller.state == "pending"
+    assert [p for p in agent.problems if "waits for approval" in p], agent.problems
+    pending = [row["machine_id"] for row in world.get("/api/v1/enrollments") if row["status"] == "pending"]
+    assert len(pending) == 1
+    assert world.admin_post(f"/api/v1/machines/{pending[0]}/enrollment/approve").status_code == 200
+    assert not agent.enroller.due()  # pending: the next try waits PENDING_RETRY; pretend it has passed
+    agent.enroller.last_try -= agent_enroll.PENDING_RETRY + 1
+    agent._enroll()
+    assert agent.enroller.state == "enrolled"
+    assert not [p for p in agent.problems if "enrollment" in p], agent.problems

@@ -78,6 +78,7 @@ class Agent:
         self.problems: list[str] = list(self.boot.problems)
         self.last_report = 0.0
         self.enroller = enroll.Enroller(self.root, self.lkg_dir, self.o.timeout)  # TPM (or token) → credential
+        self._enroll_problem: str | None = None  # the enrollment's current problem line, replaced each step
         # Site-scoped signing (issue 15 §3): the newest root-signed revocation list seen (kept with the
         # lkg in cache mode, where the initramfs reads it too) and the site of the last verified bundle.
         self.revocations_file = self.store_dir / bundle.REVOCATIONS_FILE
@@ -296,6 +297,10 @@ class Agent:
         """Obtain or renew the machine credential when due (agent/enroll.py); a problem goes into the report."""
         if self.url and self.enroller.due():
             problem = self.enroller.step(self.url, self.facts)
+            # one enrollment line at a time: a machine approved since no longer reports it waits
+            if self._enroll_problem in self.problems:
+                self.problems.remove(self._enroll_problem)
+            self._enroll_problem = problem
             if problem:
                 self.problems.append(problem)
 
