@@ -243,10 +243,16 @@ def test_wan_outage_branch_serves_everything_mirrored(world):
     r = httpx.get(f"{w.branch.url}/images/other/1/kernel", timeout=60)
     assert r.status_code == 503 and "unreachable" in r.json()["detail"]
     # a pass during the outage records the error per version, status still answers
+    w.ctx.library.set_tag("other", 1, "beta")  # a version the branch does not have yet
     r = _api(w.branch, "POST", "/api/v1/mirror/sync")
-    assert r.status_code == 200
+    assert r.status_code == 200 and any("other@1" in e and "unreachable" in e for e in r.json()["errors"]), r.text
     st = _status(w.branch)
-    assert all(v["complete"] for v in st["versions"])
+    by = {(v["name"], v["version"]): v for v in st["versions"]}
+    assert by[("other", 1)]["complete"] is False and "unreachable" in by[("other", 1)]["last_error"]
+    assert all(v["complete"] for k, v in by.items() if k != ("other", 1))
+    # the outage is what the mirror is for: /healthz stays 200, the mirror's check counts the errors
+    h = httpx.get(w.branch.url + "/healthz", timeout=30)
+    assert h.status_code == 200 and h.json()["checks"]["chunk-mirror"]["errors"] >= 1, h.text
 
 
 def test_mirror_cli_local_and_remote(world):

@@ -589,10 +589,12 @@ class Mirror:
             self._thread.join(timeout=self.timeout * 2 + 5)
 
     def health(self) -> dict:
+        """ok while the prefetch loop runs: an upstream out of reach (a WAN outage) is what the mirror
+        is for, so it shows as `errors` of the last pass, not as an unhealthy server (/healthz 503)."""
         state = self._state().get("pass", {})
         errors = state.get("errors") or []
-        return {"ok": not errors, "upstream": self.upstream, "last_pass": state.get("finished_at"),
-                "errors": len(errors), **self.counters}
+        return {"ok": self._thread is not None and self._thread.is_alive(), "upstream": self.upstream,
+                "last_pass": state.get("finished_at"), "errors": len(errors), **self.counters}
 
 
 # ---------------------------------------------------------------- status (server or not)
