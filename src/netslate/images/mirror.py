@@ -184,6 +184,7 @@ class Mirror:
         self._inflight: dict[str, threading.Event] = {}
         self._verified: dict[str, dict[str, int]] = {}  # manifest digest → {chunk id: size}
         self._index: dict[str, int] = {}  # chunk id → size, over every verified manifest
+        self._complete: set[str] = set()  # manifest digests a pass found whole here (gc spares a version's chunks)
         self._index_at = -INDEX_REFRESH_SECONDS
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -407,6 +408,8 @@ class Mirror:
     def ensure(self, resolved, ids: Iterable[str]) -> None:
         """Make the given chunks of a catalog version present (the serving routes call this before
         reading chunks). Nothing to do when they are; else verify the manifest and fetch the rest."""
+        if resolved.manifest_digest in self._complete:
+            return
         store = self.ctx.chunks
         ids = [c for c in ids if not store.has(c)]
         if not ids:
@@ -506,6 +509,7 @@ class Mirror:
             missing = sum(1 for c in sizes if not store.has(c))
             result = {"error": None, "missing": missing}
             if missing == 0:
+                self._complete.add(resolved.manifest_digest)
                 self._save_version(key, last_sync=now_iso(), last_error=None, digest=resolved.manifest_digest)
             else:
                 result["error"] = f"{missing} chunks still missing (stopped)"
