@@ -90,7 +90,7 @@ def _report_events(ctx, payloads: list[dict]) -> list[str | None]:
     """Many queued reports in one go (the outbox replay after a WAN cut): their machines loaded in
     one query, the enrolment check in one query, every report merged onto its machine in queue
     order (the same `_store` as one report: history, state, facts, audit rows), then one UPDATE per
-    machine with its final row and the audit rows in one multi-row insert when the session flushes.
+    machine with its final row (one executemany) and the audit rows in one multi-row insert.
     Nothing is coalesced away: a machine's row ends exactly as the reports one by one would leave
     it. Answers, per payload in order, None (applied) or why it was refused."""
     out: list[str | None] = [None] * len(payloads)
@@ -103,10 +103,11 @@ def _report_events(ctx, payloads: list[dict]) -> list[str | None]:
             out[i] = f"bad report: {exc}"
     ids = {int(p["machine_id"]) for p in payloads}
     with ctx.db.session() as s:
-        machines = {m.id: m for m in s.scalars(select(Machine).where(Machine.id.in_(ids)))}
+        machines = inventory.report_rows(s, ids)
         unauth = {int(p["machine_id"]) for p in payloads if not p["authenticated"]}
         unauth = {mid for mid in unauth if mid in machines and not machines[mid].credential_sha256}
         enrolled = credentials.enrolled_among(s, unauth) if unauth else set()
+        touched: dict = {}
         with s.no_autoflush:
             for i, (p, rep) in enumerate(zip(payloads, reps)):
                 if rep is None:
@@ -120,6 +121,8 @@ def _report_events(ctx, payloads: list[dict]) -> list[str | None]:
                     continue
                 _store(s, m, rep, p["body"], dt.datetime.fromisoformat(p["at"]), p["authenticated"], p.get("remote"),
                        newest_seen=True)
+                touched[m.id] = m
+        inventory.record_reports(s, touched.values())
     return out
 
 
@@ -145,9 +148,9 @@ def ingest(ctx, ident: str, body, credential: str | None, remote: str | None,
 ENROLLED_NEEDS_CREDENTIAL = "this machine is enrolled: its report needs its credential (Authorization: Bearer nsm_...)"
 
 
-def _store(s: Session, m: Machine, rep: dict, body, now: dt.datetime, authenticated: bool, remote: str | None,
+def _store(s: Session, m, rep: dict, body, now: dt.datetime, authenticated: bool, remote: str | None,
            newest_seen: bool = False) -> dict:
-    """One checked report onto its machine row (in memory until the session flushes) and its audit
+    """One checked report onto its machine row (a Machine, or a row of `inventory.report_rows`) and its audit
     row. `newest_seen`: last_seen never moves back (a replayed batch, where boot events of the same
     batch may already have set a newer one)."""
     facts = body.get("facts") if isinstance(body.get("facts"), dict) else None

@@ -39,7 +39,9 @@ from netslate.inventory.store import (
     mark_seen,
     place,
     record_report,
+    record_reports,
     remove_machine,
+    report_rows,
     resolve,
     TRUST_LEVELS,
     set_credential,
@@ -51,5 +53,5 @@ __all__ = [
     "FORMS", "GENERATION_SQL", "add_machine", "approve_machine", "by_mac", "by_uuid", "count_pending", "check_hostname", "check_label",
     "discover_machine", "fill_facts", "find", "forms", "generation", "identify", "label_machine", "list_machines",
     "machine_dict", "machine_id", "machine_ids", "mark_seen", "normalize_group", "normalize_mac", "normalize_text",
-    "normalize_uuid", "place", "record_report", "remove_machine", "resolve", "set_credential", "set_trust", "show_machine", "TRUST_LEVELS",
+    "normalize_uuid", "place", "record_report", "record_reports", "remove_machine", "report_rows", "resolve", "set_credential", "set_trust", "show_machine", "TRUST_LEVELS",
 ]

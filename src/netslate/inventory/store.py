@@ -12,6 +12,7 @@ remove) move the inventory generation, which the boot engine's cache fingerprint
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, case, func, select, update
@@ -405,10 +406,32 @@ def set_trust(s: Session, ident: str | int | Machine, trust: str) -> str:
     return old
 
 
+_REPORTED = ("status", "state", "last_seen", "ip_address")
+
+
+def report_rows(s: Session, ids) -> dict[int, SimpleNamespace]:
+    """The machine columns an agent report reads and writes, for many machines in one query (the
+    outbox replay): id → a plain row that `record_report` can change; `record_reports` writes them."""
+    t = Machine.__table__
+    rows = s.execute(select(t.c.id, t.c.credential_sha256, *(t.c[c] for c in _REPORTED)).where(t.c.id.in_(list(ids))))
+    return {r.id: SimpleNamespace(**r._asdict()) for r in rows}
+
+
+def record_reports(s: Session, rows) -> None:
+    """Write rows of `report_rows` back, one UPDATE per machine sent as one executemany (in the
+    caller's transaction)."""
+    rows = list(rows)
+    if rows:
+        t = Machine.__table__
+        s.execute(update(t).where(t.c.id == bindparam("b_id")).values(**{c: bindparam(f"b_{c}", type_=t.c[c].type) for c in _REPORTED}),
+                  [{"b_id": r.id, **{f"b_{c}": getattr(r, c) for c in _REPORTED}} for r in rows])
+
+
 def record_report(s: Session, m: Machine, status: dict, state: str | None = None, seen: dt.datetime | None = None,
                   address: str | None = None) -> None:
     """What an agent's report changes on its machine row (in the caller's transaction): the status
-    document, and for a current report the state, last-seen time and address."""
+    document, and for a current report the state, last-seen time and address. `m` is a Machine, or
+    a row of `report_rows` (then `record_reports` writes it)."""
     m.status = dict(status)
     if state is not None:
         m.state = state

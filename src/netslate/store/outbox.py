@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -227,14 +227,23 @@ def _json_default(value):
     raise TypeError(f"cannot queue {type(value).__name__}")
 
 
+_MARK_MANY = text(
+    "INSERT INTO sites_outbox_applied (event_id, kind, origin, queued_at, applied_at, outcome) "
+    "SELECT e, k, :origin, q, :now, 'applied' "
+    "FROM unnest(CAST(:ids AS varchar[]), CAST(:kinds AS varchar[]), CAST(:queued AS timestamp[])) AS t(e, k, q) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+
+
 def _mark_applied_many(s, rows: list[tuple[int, str, str, float, dict]]) -> set[str]:
-    """Insert the ids of a batch in one statement; returns the ids that were new."""
-    origin, now = _origin(), utcnow()
-    values = [{"event_id": eid, "kind": kind, "origin": origin, "applied_at": now, "outcome": "applied",
-               "queued_at": dt.datetime.fromtimestamp(at, dt.timezone.utc).replace(tzinfo=None) if at else None}
-              for _seq, eid, kind, at, _p in rows]
-    stmt = pg_insert(OutboxApplied.__table__).values(values).on_conflict_do_nothing(index_elements=["event_id"])
-    return {r[0] for r in s.execute(stmt.returning(OutboxApplied.event_id))}
+    """Mark a batch's ids applied in one statement (three arrays, whatever the batch size: no
+    multi-row VALUES to build); returns the ids that were new, i.e. not applied before."""
+    ids, kinds, queued = [], [], []
+    for _seq, eid, kind, at, _p in rows:
+        ids.append(eid)
+        kinds.append(kind)
+        queued.append(dt.datetime.fromtimestamp(at, dt.timezone.utc).replace(tzinfo=None) if at else None)
+    res = s.execute(_MARK_MANY, {"origin": _origin(), "now": utcnow(), "ids": ids, "kinds": kinds, "queued": queued})
+    return {r[0] for r in res}
 
 
 def _plan(rows: list, new: set[str]) -> list[tuple[str, str, list[tuple[str, dict]]]]:
