@@ -161,12 +161,17 @@ def test_secure_boot_full_mode_reaches_configured(world):
 
 
 def test_secure_boot_proxy_mode_reaches_configured(world):
+    """Proxy mode: the site's DHCP server gives the address and only `next-server` = the netslate
+    server (no boot file name); netslate's proxyDHCP gives shimx64.efi. Debian 12's GRUB (2.06) reads
+    its files from the DHCP ACK's next-server, not from the proxy offer: without that one setting
+    it asks the site's DHCP server for grub/grub.cfg and stops at its banner (docs/secure-boot.md)."""
     lab, tmp, data = world["lab"], world["tmp"], world["data"]
     plain = lab.add_host()
     leases = tmp / "plain.leases"
     log = open(tmp / "plain-dnsmasq.log", "w")
     dhcpd = plain.popen(["dnsmasq", "--keep-in-foreground", "--port=0", "--interface=eth0", "--bind-interfaces",
                          f"--dhcp-range={lab.host_ip(50)},{lab.host_ip(60)},1h", f"--dhcp-leasefile={leases}",
+                         f"--dhcp-boot=,,{lab.address}",  # next-server only: no file name, no option 66/67
                          f"--pid-file={tmp}/plain.pid", "--log-facility=-", "--log-dhcp"],
                         stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -179,6 +184,9 @@ def test_secure_boot_proxy_mode_reaches_configured(world):
     assert dhcpd.poll() is not None  # no DHCP server left running
     _assert_secure_boot_chain(con, int(m["version"]))
     assert MAC_RAM in leases.read_text()  # the address came from the site's DHCP server
+    site = (tmp / "plain-dnsmasq.log").read_text()
+    assert "DHCPACK(eth0)" in site and "bootfile name" not in site  # the site server named no boot file
+    assert f"Server IP address is {lab.address}" in con and "NBP filename is shimx64.efi" in con  # from the proxy
     station = re.search(r"Station IP address is (\S+)", con).group(1)
     assert station in {lab.host_ip(i) for i in range(50, 61)}, station  # the plain server's range, not netslate's
     _assert_explain_grub(world)
