@@ -2,12 +2,14 @@
 netboot GRUB (grubnetx64) → Debian's signed kernel + the netslate initramfs.
 
 What Debian's netboot GRUB does (read from the binary, grub-efi-amd64-signed 2.06-13+deb12u2):
-its prefix is `/grub` on the TFTP server it was loaded from, its embedded config sources
+its prefix is `/grub` on the DHCP ACK's next-server (see below), its embedded config sources
 `$prefix/x86_64-efi/grub.cfg` if it exists, else `$prefix/grub.cfg`. It carries the `tftp`, `efinet`,
 `smbios`, `regexp`, `linux`, `configfile` modules but **no `http` module**, and under Secure Boot it
 cannot load modules from the network. So everything after shim comes over TFTP: the per-machine
 configuration files and the kernel + initrd (staged by secureboot.py under `images/NAME/VERSION/`,
-the same paths as the HTTP artifact URLs).
+the same paths as the HTTP artifact URLs). Its TFTP server is the DHCP ACK's next-server (siaddr):
+this GRUB has no proxyDHCP support, so in proxy mode the site's DHCP server must name the netslate
+server as next-server (shim and the firmware do follow the proxy offer; seen in the VM test).
 
 Files (paths relative to the TFTP root):
 
