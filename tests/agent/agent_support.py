@@ -68,13 +68,15 @@ class Hostile:
     """A tiny raw-socket HTTP server that misbehaves on purpose.
 
     mode: garbage (200 + random bytes), hang (headers, half a body, then silence), trickle (one byte
-    per 0.5 s forever), replay (serves `self.body` verbatim as JSON — e.g. an old signed bundle;
-    /api/v1/locate answers normally so the agent picks this server).
+    per 0.5 s forever), replay (serves `self.body` verbatim as JSON — e.g. an old signed bundle).
+    /api/v1/locate answers with `locate` (a signed answer recorded from the real server, as a man
+    in the middle would replay it) so that an agent pinning the key picks this server.
     """
 
-    def __init__(self, mode: str, body: bytes = b""):
+    def __init__(self, mode: str, body: bytes = b"", locate: bytes = b'{"servers": [], "ttl": 60}'):
         self.mode = mode
         self.body = body
+        self.locate = locate
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -107,7 +109,7 @@ class Hostile:
             self.requests.append(line)
             path = line.split(" ")[1] if " " in line else "/"
             if path.startswith("/api/v1/locate") or path.startswith("/api/v1/fleet/identify"):
-                body = b'{"servers": [], "ttl": 60}' if "locate" in path else b'{"id": 1, "name": "m1"}'
+                body = self.locate if "locate" in path else b'{"id": 1, "name": "m1"}'
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
                 return
             if "/report" in path:

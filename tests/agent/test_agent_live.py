@@ -21,6 +21,11 @@ from agent_support import DOC, MAC, Hostile, agent_for, make_root, publish, serv
 pytestmark = pytest.mark.timeout(120)
 
 
+def _signed_locate(url: str) -> bytes:
+    """The real server's signed locate answer, for a hostile server to replay."""
+    return httpx.get(f"{url}/api/v1/locate?signed=true", timeout=10).content
+
+
 def _status(url: str, ident: str = "1") -> dict:
     return httpx.get(f"{url}/api/v1/machines/{ident}", timeout=10).json()["fleet"]
 
@@ -63,11 +68,15 @@ def test_wrong_key_refused_nothing_applied(ctx, world, live_server, tmp_path):
     other = SigningKey(Ed25519PrivateKey.generate())
     out = agent_for(root, live_server.url, other.public_b64).run_once().report
     assert out["config_source"] == "none" and out["generation"] is None
-    assert any("bad signature" in p for p in out["problems"])
+    # the locate answer is refused already (signed by the server's key, not the pinned one)
+    assert any("locate answer refused: signed by key" in p and "trusted key" in p for p in out["problems"]), out["problems"]
     assert any("image's defaults" in p for p in out["problems"])
     assert not (root / "etc/hostname").exists() and not (root / "netslate/lkg/bundle.json").exists()
-    f = _status(live_server.url)
-    assert f["state"] == "degraded" and "image_defaults" in f["flags"]
+    # a server whose answers it cannot verify gets nothing from it: the report waits in the queue,
+    # for the next verified server (issue 15 §3: locate answers are signed too)
+    queued = [json.loads(p.read_text()) for p in sorted((root / "netslate/lkg/queue").iterdir())]
+    assert len(queued) == 1 and queued[0]["config_source"] == "none", queued
+    assert _status(live_server.url)["state"] == "discovered"
 
 
 def test_replayed_older_generation_refused(ctx, world, live_server, tmp_path):
@@ -79,7 +88,7 @@ def test_replayed_older_generation_refused(ctx, world, live_server, tmp_path):
     assert old_env["payload"]["generation"] == world["generation"]
     gen2 = publish(ctx, DOC | {"files": [{"path": "/etc/motd", "content": "gen2\n"}]}, "gen2")
     assert agent_for(root, live_server.url, key).run_once().report["generation"] == gen2
-    mitm = Hostile("replay", json.dumps(old_env).encode())
+    mitm = Hostile("replay", json.dumps(old_env).encode(), locate=_signed_locate(live_server.url))
     try:
         out = agent_for(root, mitm.url, key).run_once().report
     finally:
@@ -129,7 +138,7 @@ def test_server_down_lkg_then_queued_reports_delivered(ctx, world, tmp_path):
 def test_hostile_server_survived(ctx, world, live_server, tmp_path, mode):
     root = make_root(tmp_path)
     key = ctx.signing_key.public_b64
-    bad = Hostile(mode)
+    bad = Hostile(mode, locate=_signed_locate(live_server.url))
     try:
         t0 = time.monotonic()
         out = agent_for(root, bad.url, key, timeout=1.5).run_once().report

@@ -116,7 +116,7 @@ class Agent:
         if found.url is None:
             if exclude:
                 return None  # every server that answered gave an unusable bundle; already reported
-            tried = ", ".join(t["url"] for t in found.tried) or "no candidates (no netslate.server=, no cache, no SRV answer)"
+            tried = ", ".join(f"{t['url']}: {t['error']}" for t in found.tried) or "no candidates (no netslate.server=, no cache, no SRV answer)"
             self.problems.append(f"no server answered ({tried})")
             return None
         try:
