@@ -16,7 +16,8 @@ from netslate.onmachine import srv as srv_order
 SERVICE = "_netslate._tcp"
 # SRV priority = tier * TIER_STEP + the server's own priority (0..TIER_STEP-1).
 SAME_SITE_TIER = 0
-OTHER_SITE_TIER = 1
+OTHER_SITE_TIER = 1  # central: servers over the writable database (every other server, without branches)
+BRANCH_TIER = 2  # another site's branch server (on a read-only standby): after central (issue 15 §4)
 TIER_STEP = 10
 MAX_SERVER_PRIORITY = TIER_STEP - 1
 DNS_TTL = 30  # seconds; short so a server that stops heartbeating drops out of caches quickly
@@ -126,6 +127,7 @@ class ServerInfo:
     port: int
     priority: int = 0
     weight: int = 100
+    branch: bool = False  # a branch server (reads a standby of the central database)
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class View:
         self._map = SubnetMap(self.subnets)
         # Only servers that have something publishable to say.
         self.servers = [
-            ServerInfo(s.name, s.site, tuple(publishable(s.addresses)), s.port, s.priority, s.weight)
+            ServerInfo(s.name, s.site, tuple(publishable(s.addresses)), s.port, s.priority, s.weight, s.branch)
             for s in sorted(self.servers, key=lambda s: s.name)
         ]
         self.servers = [s for s in self.servers if s.addresses]
@@ -228,13 +230,18 @@ class View:
     def entries(self, client_site: str | None) -> list[SrvEntry]:
         """Every live server with the priority it gets for a client in `client_site`, sorted by
         (priority, name). Same-site servers get tier 0; everything else (or every server, when the
-        client's site is unknown) tier 1, as AD does for clients in unknown subnets."""
+        client's site is unknown) tier 1, as AD does for clients in unknown subnets; except another
+        site's branch servers, which get tier 2: a branch's machines try their branch, then
+        central, then other branches (RFC 2782: lower priority first)."""
         cached = self._entries.get(client_site)
         if cached is not None:
             return list(cached)
         out = []
         for s in self.servers:
-            tier = SAME_SITE_TIER if client_site is not None and s.site == client_site else OTHER_SITE_TIER
+            if client_site is not None and s.site == client_site:
+                tier = SAME_SITE_TIER
+            else:
+                tier = BRANCH_TIER if s.branch else OTHER_SITE_TIER
             prio = tier * TIER_STEP + min(max(s.priority, 0), MAX_SERVER_PRIORITY)
             out.append(SrvEntry(s, prio, max(0, min(s.weight, 65535))))
         out.sort(key=lambda e: (e.priority, e.server.name))

@@ -16,6 +16,7 @@ from netslate.discovery.models import DiscoveryServer, Site, SiteSubnet
 from netslate.errors import Conflict, NotFound, UserError
 from netslate.names import check_name
 from netslate.store.db import utcnow
+from netslate.store.outbox import ServerStatus
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between a server's heartbeats
 STALE_AFTER = 45.0  # a server silent for longer is left out of DNS, locate and exports
@@ -195,13 +196,17 @@ def remove_server(ctx, name: str, actor: str | None = None) -> None:
 
 
 def load_view(ctx, stale_after: float = STALE_AFTER) -> core.View:
-    """A snapshot for answering: all sites and subnets, and servers that heartbeat recently."""
+    """A snapshot for answering: all sites and subnets, and servers that heartbeat recently (each
+    marked branch when it reported its standby's state recently: `core.View.entries` ranks other
+    sites' branch servers after central's)."""
     with ctx.db.read_session() as s:
         cutoff = utcnow() - dt.timedelta(seconds=stale_after)
         sites = list(s.scalars(select(Site.name).order_by(Site.name)).all())
         subnets = [(cidr, site) for cidr, site in s.execute(select(SiteSubnet.cidr, Site.name).join(Site)).all()]
+        # branch servers: those that report their standby's state at central (issue 15, every 5 s)
+        branches = set(s.scalars(select(ServerStatus.name).where(ServerStatus.updated_at >= cutoff)))
         servers = [
-            core.ServerInfo(r.name, r.site, tuple(r.addresses or ()), r.port, r.priority, r.weight)
+            core.ServerInfo(r.name, r.site, tuple(r.addresses or ()), r.port, r.priority, r.weight, r.name in branches)
             for r in s.scalars(select(DiscoveryServer).where(DiscoveryServer.last_heartbeat >= cutoff)).all()
         ]
     return core.View(sites=sites, subnets=subnets, servers=servers)
