@@ -107,6 +107,9 @@ def _assert_secure_boot_chain(con: str, version: int):
     # the netslate initramfs under lockdown: no module refused, the image verified and booted
     assert "unsigned module loading is restricted" not in con
     assert "module verification failed" not in con
+    # modules the initramfs insmods (Debian-signed, =m in Debian's config) loaded under lockdown:
+    assert "squashfs: version 4.0" in con and "loop: module loaded" in con  # squashfs.ko, loop.ko
+    assert re.search(r"netslate: network: eth0 \d", con)  # virtio_net.ko: the NIC came up
     assert f"netslate: rootfs fleet@{version}" in con
 
 
