@@ -8,11 +8,14 @@ import datetime as dt
 import dns.message
 import dns.rdatatype
 import httpx
+import pytest
 
 from netslate.discovery import store
 from netslate.discovery.dns import Responder
 from netslate.store.db import utcnow
 from netslate.store.outbox import ServerStatus
+
+pytestmark = pytest.mark.xdist_group("sites")  # the second test builds a SitesLab (namespaces, PostgreSQL)
 
 DOMAIN = "sites.example"
 
@@ -70,3 +73,49 @@ def test_branch_first_central_second_other_branches_last(ctx, live_server):
     # one whose status alone is stale (it runs on the primary now: promoted) ranks as central
     _branch(ctx, "s2", age=600)
     assert _locate(live_server.url, "10.1.7.7") == [("s1", 0), ("c1", 10), ("s2", 10), ("c2", 11)]
+
+
+def _central_world(ctx):
+    ctx.init()
+    _world(ctx)
+
+
+def _branch_view_during_cut(ctx, lab_cut):
+    import time
+
+    from sqlalchemy import func, select
+
+    from netslate.discovery import core
+    from netslate.discovery.models import DiscoveryServer
+
+    ctx.init()
+    lab_cut()
+    assert ctx.db.probe_primary() is False and ctx.db.down_since is not None
+    time.sleep(3)
+    with ctx.db.read_session() as s:  # the standby: every heartbeat it has is older than 2 s now
+        newest = s.scalar(select(func.max(DiscoveryServer.last_heartbeat)))
+    assert (utcnow() - newest).total_seconds() > 2
+    view = store.load_view(ctx, stale_after=2)
+    return sorted(s.name for s in view.servers), [e["name"] for e in core.locate_answer(view, "10.1.7.7")["servers"]][:1]
+
+
+def test_a_branch_cut_off_from_central_still_lists_servers(tmp_path):
+    """During a WAN cut the branch's standby stops receiving heartbeats; liveness is judged as of
+    the standby's last replayed transaction, so the branch keeps answering with itself first."""
+    from netslate.context import Context
+    from netslate.sites.lab import NsWorker, SitesLab
+
+    lab = SitesLab().start()
+    central, branch = NsWorker(lab.central), NsWorker(lab.branch)
+    try:
+        central.call(_central_world, Context(tmp_path / "central", lab.primary_url_central))
+        lab.wait_replayed()
+        bctx = Context(tmp_path / "branch", lab.primary_url_branch, lab.standby_url_branch)
+        names, first = branch.call(_branch_view_during_cut, bctx, lab.cut)
+        assert names == ["c1", "c2", "s1", "s2"]
+        assert first == ["s1"]
+    finally:
+        lab.restore()
+        central.close()
+        branch.close()
+        lab.stop()

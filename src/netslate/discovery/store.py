@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from netslate import audit
 from netslate.discovery import core
@@ -200,7 +200,7 @@ def load_view(ctx, stale_after: float = STALE_AFTER) -> core.View:
     marked branch when it reported its standby's state recently: `core.View.entries` ranks other
     sites' branch servers after central's)."""
     with ctx.db.read_session() as s:
-        cutoff = utcnow() - dt.timedelta(seconds=stale_after)
+        cutoff = _data_now(ctx, s) - dt.timedelta(seconds=stale_after)
         sites = list(s.scalars(select(Site.name).order_by(Site.name)).all())
         subnets = [(cidr, site) for cidr, site in s.execute(select(SiteSubnet.cidr, Site.name).join(Site)).all()]
         # branch servers: those that report their standby's state at central (issue 15, every 5 s)
@@ -210,6 +210,20 @@ def load_view(ctx, stale_after: float = STALE_AFTER) -> core.View:
             for r in s.scalars(select(DiscoveryServer).where(DiscoveryServer.last_heartbeat >= cutoff)).all()
         ]
     return core.View(sites=sites, subnets=subnets, servers=servers)
+
+
+def _data_now(ctx, s) -> dt.datetime:
+    """Now; on a branch server cut off from the central primary, the time its standby's data
+    stopped (its last replayed transaction): servers are as live as the standby can know. Without
+    this, after STALE_AFTER seconds of a WAN cut every row on the standby looks stale and the
+    branch's DNS and locate answers would list no server at all, its own included."""
+    now = utcnow()
+    if ctx.db.down_since is None or s.get_bind().dialect.name != "postgresql":
+        return now
+    ts = s.execute(text("SELECT pg_last_xact_replay_timestamp()")).scalar()
+    if ts is None:
+        return now
+    return min(now, ts.astimezone(dt.timezone.utc).replace(tzinfo=None))
 
 
 def default_addresses(listen_host: str) -> list[str]:
