@@ -190,6 +190,8 @@ def test_secure_boot_proxy_mode_reaches_configured(world):
     site = (tmp / "plain-dnsmasq.log").read_text()
     assert "DHCPACK(eth0)" in site and "bootfile name" not in site  # the site server named no boot file
     assert f"Server IP address is {lab.address}" in con and "NBP filename is shimx64.efi" in con  # from the proxy
+    # the server says at start what proxy mode needs on this path
+    assert "Debian's GRUB reads its files from the site DHCP server's next-server" in (tmp / "serve-proxy-1.log").read_text()
     station = re.search(r"Station IP address is (\S+)", con).group(1)
     assert station in {lab.host_ip(i) for i in range(50, 61)}, station  # the plain server's range, not netslate's
     _assert_explain_grub(world)

@@ -14,7 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from netslate.boot.dnsmasq_config import DhcpConfigError, DhcpSettings, Paths, render_config, render_hosts
+from netslate.boot.dnsmasq_config import (SECURE_BOOT_BINARY, DhcpConfigError, DhcpSettings, Paths, render_config,
+                                         render_hosts)
 from netslate.fsutil import atomic_write
 
 log = logging.getLogger("netslate.dnsmasq")
@@ -103,6 +104,10 @@ class DnsmasqSupervisor:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "DnsmasqSupervisor":
         self.write_files()
+        if self.settings.mode == "proxy" and self.settings.efi_binary == SECURE_BOOT_BINARY:
+            log.warning("proxy mode with %s: Debian's GRUB reads its files from the site DHCP server's "
+                        "next-server, not from this proxy; set next-server to this server there (docs/secure-boot.md)",
+                        SECURE_BOOT_BINARY)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="dnsmasq-supervisor", daemon=True)
         self._thread.start()
