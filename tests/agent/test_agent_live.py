@@ -261,8 +261,12 @@ def test_full_lkg_disk_is_reported_not_fatal(ctx, world, live_server, tmp_path):
 def test_enrolled_machine_gets_secrets_and_reports_authenticated(ctx, world, live_server, tmp_path):
     publish(ctx, DOC | {"secrets": {"wifi_psk": "hunter2-secret"}}, "secret")
     bare = make_root(tmp_path, "bare")
-    out = agent_for(bare, live_server.url, ctx.signing_key.public_b64).run_once().report
+    a = agent_for(bare, live_server.url, ctx.signing_key.public_b64)
+    out = a.run_once().report
     assert out["config_source"] == "server" and not (bare / "run/netslate/secrets/wifi_psk").exists()
+    # no TPM, no enrollment token: nothing to enroll with, so the machine stays at trust none (issue 13)
+    assert a.enroller.method == "token" and a.enroller.state == "none" and a.credential() is None
+    assert httpx.get(f"{live_server.url}/api/v1/machines/1", timeout=10).json()["trust"] == "none"
     cred = credentials.enroll(ctx, "m1", "test")["credential"]
     root = make_root(tmp_path)
     (root / "netslate/lkg").mkdir(parents=True)
