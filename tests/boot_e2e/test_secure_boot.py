@@ -7,7 +7,8 @@ image with the netslate initramfs, one namespace):
    really is on;
 2. full mode, efi_binary shimx64.efi: shim → GRUB → Debian's signed kernel (locked down) → netslate
    initramfs → the image, the agent reports: configured; `boot explain` names the GRUB path;
-3. proxy mode next to a plain DHCP server (dnsmasq, no boot options): the same chain, configured.
+3. proxy mode next to a plain DHCP server (dnsmasq: addresses and next-server only, no boot file):
+   the same chain, configured.
 
 Each step's console is kept as console-<step>.log in the test's directory.
 """
@@ -136,7 +137,7 @@ def test_unsigned_boot_file_is_refused(world):
         finally:
             con = _keep_console(world, "refused")
             vm.stop()
-    print(f"\nrefused: power-on → Access Denied: {time.monotonic() - t0:.0f}s")
+    print(f"\nrefused: server start + power-on → Access Denied: {time.monotonic() - t0:.0f}s")
     assert "NBP file downloaded successfully" in con
     after = con.split("NBP filename is snponly.efi", 1)[1]
     assert "iPXE" not in after  # iPXE never printed its banner: it never ran
@@ -167,7 +168,7 @@ def test_secure_boot_proxy_mode_reaches_configured(world):
     """Proxy mode: the site's DHCP server gives the address and only `next-server` = the netslate
     server (no boot file name); netslate's proxyDHCP gives shimx64.efi. Debian 12's GRUB (2.06) reads
     its files from the DHCP ACK's next-server, not from the proxy offer: without that one setting
-    it asks the site's DHCP server for grub/grub.cfg and stops at its banner (docs/secure-boot.md)."""
+    it asks the site's DHCP server for grub/grub.cfg and drops to its `grub>` prompt (docs/secure-boot.md)."""
     lab, tmp, data = world["lab"], world["tmp"], world["data"]
     plain = lab.add_host()
     leases = tmp / "plain.leases"
