@@ -27,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from netslate.boot import grub, ipxe
+from netslate.boot import grub, ipxe, tftp
 from netslate.boot.decide import BootSnapshot, Decision, ScriptSettings, decide, image_boot
 from netslate.errors import UserError
 from netslate.fsutil import atomic_write
@@ -158,29 +158,7 @@ def install_loaders(root: Path) -> list[str]:
 
 def write_grub(root: Path, files: dict[str, str]) -> list[str]:
     """Write {grub/...: text}; remove generated grub/ files no longer wanted. Returns paths changed."""
-    gdir = Path(root) / "grub"
-    gdir.mkdir(parents=True, exist_ok=True)
-    changed, wanted = [], set()
-    for rel, text in files.items():
-        parts = rel.split("/")
-        if len(parts) != 2 or parts[0] != "grub" or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
-            raise UserError(f"refusing GRUB file outside grub/: {rel!r:.80}")
-        wanted.add(parts[1])
-        data = text.encode()
-        if not _same(gdir / parts[1], data):
-            atomic_write(gdir / parts[1], data)
-            changed.append(rel)
-    for p in gdir.iterdir():
-        if p.name in wanted or not p.is_file() or p.name.startswith(".tmp-"):
-            continue
-        try:
-            head = p.read_bytes()[:64].decode("utf-8", "replace")
-        except OSError:
-            continue
-        if head.startswith(grub.GENERATED_MARK):  # never an operator's own file
-            p.unlink()
-            changed.append(f"grub/{p.name}")
-    return changed
+    return tftp.write_generated(root, "grub", files, grub.GENERATED_MARK)
 
 
 def _artifact_parts(path: str) -> tuple[str, str, str]:

@@ -65,29 +65,35 @@ def install_binaries(root: Path, boot_url: str | None = None) -> list[str]:
 def write_pxelinux(root: Path, files: dict[str, str]) -> list[str]:
     """Write {relative path: text} under root/pxelinux.cfg; remove generated files no longer wanted.
     Refuses any path outside pxelinux.cfg/. Returns the paths written or removed."""
-    cfg = root / "pxelinux.cfg"
-    cfg.mkdir(parents=True, exist_ok=True)
-    changed = []
-    wanted = set()
+    return write_generated(root, "pxelinux.cfg", files, GENERATED_MARK)
+
+
+def write_generated(root: Path, subdir: str, files: dict[str, str], mark: str) -> list[str]:
+    """Write {"SUBDIR/NAME": text} under root/SUBDIR (only when changed, atomically); remove files
+    there that netslate generated (they start with `mark`) and no longer wants, never an operator's
+    own. Refuses any path outside SUBDIR/. Returns the paths written or removed."""
+    folder = Path(root) / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    changed, wanted = [], set()
     for rel, text in files.items():
         parts = rel.split("/")
-        if len(parts) != 2 or parts[0] != "pxelinux.cfg" or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
-            raise UserError(f"refusing pxelinux file outside pxelinux.cfg/: {rel!r:.80}")
+        if len(parts) != 2 or parts[0] != subdir or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
+            raise UserError(f"refusing file outside {subdir}/: {rel!r:.80}")
         wanted.add(parts[1])
         data = text.encode()
-        if not _same(cfg / parts[1], data):
-            atomic_write(cfg / parts[1], data)
+        if not _same(folder / parts[1], data):
+            atomic_write(folder / parts[1], data)
             changed.append(rel)
-    for p in cfg.iterdir():
+    for p in folder.iterdir():
         if p.name in wanted or not p.is_file() or p.name.startswith(".tmp-"):
             continue
         try:
             head = p.read_bytes()[:64].decode("utf-8", "replace")
         except OSError:
             continue
-        if head.startswith(GENERATED_MARK):  # never delete a file an operator put there
+        if head.startswith(mark):
             p.unlink()
-            changed.append(f"pxelinux.cfg/{p.name}")
+            changed.append(f"{subdir}/{p.name}")
     return changed
 
 
