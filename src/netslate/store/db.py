@@ -120,7 +120,7 @@ class ConstraintConflict(Conflict, sa_exc.IntegrityError):
         return self.message
 
 
-_REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.MULTILINE)
+_REVISION_LINE = re.compile(r"(revision|down_revision)\s*(?::[^=]*)?=\s*(.+?)\s*")  # one whole line
 _QUOTED = re.compile(r"['\"]([^'\"]+)['\"]")
 
 
@@ -131,8 +131,9 @@ def _file_heads() -> set[str]:
     revisions: set[str] = set()
     parents: set[str] = set()
     for f in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for key, value in _REVISION_LINE.findall(f.read_text()):
-            (revisions if key == "revision" else parents).update(_QUOTED.findall(value))
+        for line in f.read_text().splitlines():
+            if m := _REVISION_LINE.fullmatch(line):
+                (revisions if m[1] == "revision" else parents).update(_QUOTED.findall(m[2]))
     return revisions - parents
 
 
