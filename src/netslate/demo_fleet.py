@@ -170,8 +170,9 @@ class Fleet:
                 # the NETSLATE disk boots after the NIC: the firmware's fallback when PXE fails
                 extra += ["-drive", f"file={self.disk},if=none,id=d0,format=qcow2",
                           "-device", "virtio-blk-pci,drive=d0,bootindex=2"]
+            # qmp: tests look into vm-ram's memory (VM.dump_memory) for the secret it was sent
             self.vms[name] = VM(self.lab, self.vmdir, name, mac, memory_mb=1536, accel=accel, extra=extra,
-                                tpm=name == "vm-ram")
+                                tpm=name == "vm-ram", qmp=name == "vm-ram")
         return self.vms[name]
 
     def fleet(self) -> dict:

@@ -116,8 +116,12 @@ class VM:
         extra: list[str] | tuple[str, ...] = (),
         option_rom: bool = True,
         tpm: bool = False,
+        qmp: bool = False,
     ) -> None:
         self.option_rom = option_rom
+        # qmp: a QMP socket beside the serial log, for dump_memory (tests that look into a VM's RAM)
+        self.qmp = qmp
+        self.qmp_path = Path(workdir) / f"{name}.qmp"
         # A TPM 2.0 (swtpm, QEMU `-tpmdev emulator`): its state directory outlives restarts, so the
         # VM keeps its EK (and the AK derived from it) across boots, like a real machine's TPM.
         self.tpm = tpm
@@ -143,10 +147,11 @@ class VM:
         vars_path = self.workdir / f"{self.name}.OVMF_VARS.fd" if self.firmware != "bios" else None
         tpm = ["-chardev", f"socket,id=chrtpm,path={self.tpm_dir / 'swtpm.sock'}",
                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"] if self.tpm else []
+        qmp = ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"] if self.qmp else []
         return qemu_command(
             name=self.name, mac=self.mac, tap=self.tap or "tap?", serial_path=self.serial_path,
             firmware=self.firmware, nic=self.nic, memory_mb=self.memory_mb, accel=self.accel,
-            vars_path=vars_path, extra=tpm + self.extra, option_rom=self.option_rom,
+            vars_path=vars_path, extra=tpm + qmp + self.extra, option_rom=self.option_rom,
         )
 
     def _start_swtpm(self) -> None:
@@ -199,6 +204,38 @@ class VM:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def dump_memory(self, path: Path, timeout: float = 300.0) -> Path:
+        """Write the running guest's whole RAM to `path` (QMP dump-guest-memory, an ELF core): a test
+        can then look for bytes anywhere in the machine's memory. Needs `qmp=True`."""
+        import json
+        import socket
+
+        if not self.qmp or not self.alive():
+            raise RuntimeError(f"{self.name}: dump_memory needs a running VM started with qmp=True")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.qmp_path))
+            f = s.makefile("rwb")
+
+            def call(cmd: str, args: dict | None = None):
+                f.write(json.dumps({"execute": cmd, **({"arguments": args} if args else {})}).encode() + b"\n")
+                f.flush()
+                for _ in range(1000):  # events (e.g. DUMP_COMPLETED) may come before the answer
+                    line = f.readline()
+                    if not line:
+                        raise RuntimeError(f"{self.name}: QMP closed during {cmd}")
+                    msg = json.loads(line)
+                    if "error" in msg:
+                        raise RuntimeError(f"{self.name}: QMP {cmd}: {msg['error'].get('desc')}")
+                    if "return" in msg:
+                        return msg["return"]
+                raise RuntimeError(f"{self.name}: QMP {cmd}: no answer")
+
+            f.readline()  # the greeting
+            call("qmp_capabilities")
+            call("dump-guest-memory", {"paging": False, "protocol": f"file:{Path(path).resolve()}"})
+        return Path(path)
 
     def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
         return self.console.wait_for(pattern, timeout, since=since, alive=self.alive)
