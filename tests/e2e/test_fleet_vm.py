@@ -165,7 +165,8 @@ def _spoofer_gets_nothing_and_is_flagged(fl: Fleet, gen: int) -> None:
         assert f"TPM enrollment {e['id']} waits for approval (identity_conflict)" in con, con[-3000:]
         # no credential: none issued to the machine; its reports (without one) refused
         assert _credentials(ctx, rid) == creds
-        assert re.search(r"report not accepted: .*this machine is enrolled: its report needs its credential", con), con[-3000:]
+        refused = r"report not accepted: .*this machine is enrolled: its report needs its credential"
+        assert re.search(refused, con), con[-3000:]
         # the bundle it got (the current generation, verified) carried no secret: the agent would have
         # said so for a sealed one it cannot open, and the value is nowhere in its RAM
         assert (m.group(1), m.group(2)) == (str(gen), "server"), m.group(0)
