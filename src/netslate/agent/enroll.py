@@ -168,13 +168,7 @@ class Enroller:
             self.state = "failed"
             return f"TPM enrollment failed: {exc}"
         if answer.get("credential"):
-            try:
-                save(self.lkg_dir, answer)
-            except OSError as exc:
-                self.state = "failed"
-                return f"could not store the credential in {self.lkg_dir}: {exc}"
-            self.state = "enrolled"
-            return None
+            return self._keep(answer)
         self.state = "pending"
         flags = answer.get("flags") or []
         return f"TPM enrollment {answer.get('enrollment_id')} waits for approval" + (f" ({', '.join(flags)})" if flags else "")
@@ -196,6 +190,10 @@ class Enroller:
         if answer is None:
             self.state = "none"  # no TPM, no token: trust none, no secrets
             return None
+        return self._keep(answer)
+
+    def _keep(self, answer: dict) -> str | None:
+        """Store the credential an enrollment answered with; a problem line when the disk refuses."""
         try:
             save(self.lkg_dir, answer)
         except OSError as exc:
