@@ -66,12 +66,13 @@ def revocations_payload(number: int, revoked: list[dict], root: bytes, issued_at
             "root": fingerprint(root), "revoked": sorted(revoked, key=lambda r: (r["serial"], r.get("key", "")))}
 
 
-def open_cert(cert_envelope, root: bytes, now: float | None = None) -> dict:
-    """The certificate payload if the root signed it and it is valid now; SignatureError otherwise."""
+def open_cert(cert_envelope, root: bytes, now: float | None = None, root_name: str = "the pinned root") -> dict:
+    """The certificate payload if the root signed it and it is valid now; SignatureError otherwise.
+    `root_name` is how the messages call the root (a machine pins it; a server's `key import` owns it)."""
     try:
         cert = open_envelope(cert_envelope, root)
     except SignatureError as exc:
-        raise SignatureError(f"site certificate not signed by the pinned root: {exc}") from None
+        raise SignatureError(f"site certificate not signed by {root_name}: {exc}") from None
     if cert.get("kind") != CERT_KIND:
         raise SignatureError(f"site certificate: wrong kind {str(cert.get('kind'))[:40]!r}")
     check_site_name(cert.get("site"))
@@ -92,12 +93,12 @@ def open_cert(cert_envelope, root: bytes, now: float | None = None) -> dict:
     return cert
 
 
-def open_revocations(statement, root: bytes) -> dict:
+def open_revocations(statement, root: bytes, root_name: str = "the pinned root") -> dict:
     """A revocation statement's payload if the root signed it; SignatureError otherwise."""
     try:
         rev = open_envelope(statement, root)
     except SignatureError as exc:
-        raise SignatureError(f"revocation list not signed by the pinned root: {exc}") from None
+        raise SignatureError(f"revocation list not signed by {root_name}: {exc}") from None
     if rev.get("kind") != REVOCATIONS_KIND:
         raise SignatureError(f"revocation list: wrong kind {str(rev.get('kind'))[:40]!r}")
     n = rev.get("number")
