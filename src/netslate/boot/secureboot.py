@@ -133,13 +133,6 @@ def artifacts_named(files: dict[str, str]) -> set[str]:
 # ------------------------------------------------------------------------------ I/O
 
 
-def _same(path: Path, data: bytes) -> bool:
-    try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
-    except FileNotFoundError:
-        return False
-
-
 def install_loaders(root: Path) -> list[str]:
     """Copy shim and GRUB into the TFTP root (as they are: their signatures are what the firmware checks)."""
     missing = [str(src) for src in SOURCES.values() if not src.exists()]
@@ -150,7 +143,7 @@ def install_loaders(root: Path) -> list[str]:
     written = []
     for name, src in SOURCES.items():
         data = src.read_bytes()
-        if not _same(root / name, data):
+        if not tftp.same_content(root / name, data):
             atomic_write(root / name, data)
             written.append(name)
     return written

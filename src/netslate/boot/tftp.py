@@ -33,9 +33,11 @@ SOURCES = bootfiles.sources()  # {path under the root: Debian file}; the rows li
 GENERATED_MARK = "# netslate: generated"
 
 
-def _same(path: Path, data: bytes) -> bool:
+def same_content(path: Path, data: bytes) -> bool:
+    """True if `path` holds exactly `data` (a missing file holds nothing): the TFTP root's writers
+    (here and boot/secureboot) rewrite a file only when this is False."""
     try:
-        return path.stat().st_size == len(data) and hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+        return path.stat().st_size == len(data) and path.read_bytes() == data
     except FileNotFoundError:
         return False
 
@@ -55,7 +57,7 @@ def install_binaries(root: Path, boot_url: str | None = None) -> list[str]:
     items = [(name, src.read_bytes()) for name, src in sources.items()]
     items += [(name, text.encode()) for name, text in bootfiles.generated(base).items()]
     for name, data in items:
-        if not _same(root / name, data):
+        if not same_content(root / name, data):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(root / name, data)
             written.append(name)
@@ -81,7 +83,7 @@ def write_generated(root: Path, subdir: str, files: dict[str, str], mark: str) -
             raise UserError(f"refusing file outside {subdir}/: {rel!r:.80}")
         wanted.add(parts[1])
         data = text.encode()
-        if not _same(folder / parts[1], data):
+        if not same_content(folder / parts[1], data):
             atomic_write(folder / parts[1], data)
             changed.append(rel)
     for p in folder.iterdir():
