@@ -5,6 +5,7 @@ Import with `from nstest import start_server, run_cli, free_port` (tests/ is on 
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,59 @@ def start_server(ctx: Context, options: dict | None = None, host: str = "127.0.0
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     return LiveServer(f"http://{host}:{port}", ctx, Path(token_path).read_text().strip(), app, server, thread)
+
+
+@dataclass
+class ServeProcess:
+    """A real `netslate serve` process on loopback (see serve_process)."""
+
+    proc: subprocess.Popen
+    url: str  # the plain HTTP listener (--listen)
+    port: int
+    tls_url: str | None = None  # the TLS listener (--tls-listen), when asked for
+
+    def stop(self) -> str:
+        """SIGTERM (kill after 20 s); returns everything the process printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stdout.read()
+
+
+def serve_process(data_dir: Path, *args: str, tls: bool = False, env: dict | None = None, timeout: float = 40) -> ServeProcess:
+    """Start `netslate serve --listen 127.0.0.1:PORT [--tls-listen 127.0.0.1:PORT2] ARGS` over
+    `data_dir` on free ports and wait until /healthz answers 200 on every listener."""
+    import httpx  # only the tests that start a process need it
+
+    port = free_port()
+    listen = ["--listen", f"127.0.0.1:{port}"]
+    tls_url = None
+    if tls:
+        tport = free_port()
+        listen += ["--tls-listen", f"127.0.0.1:{tport}"]
+        tls_url = f"https://127.0.0.1:{tport}"
+    full_env = dict(os.environ, NETSLATE_DATA_DIR=str(data_dir), **(env or {}))
+    full_env.pop("NETSLATE_SERVER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", *listen, "--log-level", "warning", *args],
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServeProcess(proc, f"http://127.0.0.1:{port}", port, tls_url)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200 and (
+                    tls_url is None or httpx.get(f"{tls_url}/healthz", timeout=5, verify=False).status_code == 200):
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise AssertionError(f"serve did not become healthy on {'both listeners' if tls else server.url} in {timeout:.0f} s")
 
 
 @dataclass

@@ -3,18 +3,12 @@ start, its SHA-256 pinned by the machines (agent, pull client) and the CLI (`--c
 PEM file). A real server process on loopback over TLS; a wrong pin is refused before anything is
 sent; plain HTTP keeps working on --listen (iPXE)."""
 
-import os
-import signal
 import ssl
 import stat
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
-from nstest import free_port, run_cli
+from nstest import ServeProcess, free_port, run_cli, serve_process
 from netslate.agent import bootinfo, http as agent_http, locate
 from netslate.boot.decide import ScriptSettings, Target, kernel_args
 from netslate.boot import ipxe
@@ -27,45 +21,16 @@ from netslate.server.tls import pin_of_pem
 WRONG = "sha256:" + "00" * 32
 
 
-def _serve(data_dir, *extra):
-    port, tport = free_port(), free_port()
-    env = dict(os.environ, NETSLATE_DATA_DIR=str(data_dir), NETSLATE_DESKTOPS_RECONCILE="0")
-    env.pop("NETSLATE_SERVER", None)
-    proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", "--listen", f"127.0.0.1:{port}",
-                             "--tls-listen", f"127.0.0.1:{tport}", "--log-level", "warning", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 40
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                if httpx.get(f"https://127.0.0.1:{tport}/healthz", timeout=5, verify=False).status_code == 200:
-                    return proc, f"http://127.0.0.1:{port}", f"https://127.0.0.1:{tport}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("serve did not become healthy on both listeners")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.stdout.read()
+def _serve(data_dir, *extra) -> ServeProcess:
+    return serve_process(data_dir, *extra, tls=True, env={"NETSLATE_DESKTOPS_RECONCILE": "0"})
 
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("tlsdata")
-    proc, plain, secure = _serve(data)
-    yield data, plain, secure
-    _stop(proc)
+    server = _serve(data)
+    yield data, server.url, server.tls_url
+    server.stop()
 
 
 def test_self_signed_certificate_made_at_first_start_and_kept(tls_server, tmp_path):
@@ -78,8 +43,7 @@ def test_self_signed_certificate_made_at_first_start_and_kept(tls_server, tmp_pa
     der = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", int(secure.rsplit(":", 1)[1]))))
     assert pinning.fingerprint(der) == pin
     # a second start on the same data directory keeps it (the pin in the boot arguments stays valid)
-    proc, _p, _s = _serve(data)
-    out = _stop(proc)
+    out = _serve(data).stop()
     assert f"pin {pin}" in out
     assert "made a self-signed" not in out
 

@@ -2,23 +2,13 @@
 dual-stack DNS, locate over real HTTP from two source addresses, the CLI, and the exports
 checked by named-checkzone and by a real dnsmasq serving them."""
 
-import os
-import signal
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nstest import free_port, serve_process
 
 DOMAIN = "fleet.test"
 SRV = f"_netslate._tcp.{DOMAIN}"
@@ -26,34 +16,8 @@ NORTH, SOUTH = "127.0.0.2", "127.0.0.3"
 
 
 def _serve(data_dir, *args):
-    port = free_port()
-    env = dict(os.environ, NETSLATE_DATA_DIR=str(data_dir))
-    env.pop("NETSLATE_SERVER", None)
-    proc = subprocess.Popen([sys.executable, "-m", "netslate", "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc, url, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("serve did not become healthy")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    server = serve_process(data_dir, *args, timeout=30)
+    return server, server.url, server.port
 
 
 def dig(port, *args, source=NORTH, server="127.0.0.1"):
@@ -122,7 +86,7 @@ def test_two_servers_share_one_store(ctx, cli, data_dir):
             key = base64.b64decode(httpx.get(f"{b_url}/api/v1/keys").json()["keys"][0]["public_key"])
             assert open_envelope(signed, key)["servers"][0]["name"] in ("alpha", "beta")
         finally:
-            _stop(b)
+            b.stop()
         # beta stopped cleanly: not alive, and gone from alpha's DNS answers.
         servers = {s["name"]: s for s in store.list_servers(ctx)}
         assert not servers["beta"]["alive"] and servers["alpha"]["alive"]
@@ -131,7 +95,7 @@ def test_two_servers_share_one_store(ctx, cli, data_dir):
             time.sleep(0.3)
         assert dig(dns_port, SRV, "SRV", source=SOUTH) == [["10", "100", str(a_port), "alpha.fleet.test."]]
     finally:
-        _stop(a)
+        a.stop()
 
 
 def test_serve_refuses_bad_discovery_options(ctx, cli):
