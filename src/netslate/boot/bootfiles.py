@@ -110,13 +110,19 @@ def loader_pxelinux_cfg() -> str:
     ])
 
 
-def loader_script(base: str | None, attempts: int = 6) -> str:
+def loader_script(base: str | None, attempts: int = 6, servers: list[str] | tuple[str, ...] = ()) -> str:
     """The loader's iPXE script. The server is `next-server` (siaddr) if the DHCP answer has one, else
     option 66 (TFTP server name), else the host of `base` (the server's own boot URL, written when the
     TFTP root is populated). Scheme and port always come from `base` (http and 80 without it).
-    It chains `/boot.ipxe` only (a script, never an iPXE binary), with bounded retries."""
+    It chains `/boot.ipxe` only (a script, never an iPXE binary), with bounded retries.
+
+    `servers` (base URLs, in order): a site's own first stage instead (docs/sites.md, failover): each
+    round tries every server in turn, e.g. the branch's, then central's, so a dead branch server does
+    not stop a machine from booting; DHCP options do not change the list."""
     if not 1 <= attempts <= 50:
         raise ipxe.UnsafeValue(f"bad attempts {attempts}")
+    if servers:
+        return _failover_script([ipxe.base_url(u) for u in servers], attempts)
     if base:
         b = ipxe.base_url(base)
         scheme, _, netloc = b.partition("://")
@@ -166,6 +172,42 @@ def loader_script(base: str | None, attempts: int = 6) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _failover_script(urls: list[str], attempts: int) -> str:
+    tries = []
+    for u in urls:
+        tries += [f"echo netslate: trying boot server {u}",
+                  f"chain --autofree --replace {u}/boot.ipxe || echo netslate: boot server {u} did not answer"]
+    return "\n".join([
+        "#!ipxe",
+        "# netslate: generated, do not edit",
+        "# netslate site loader: the boot servers in order (this site's first); never loads an iPXE binary (no loop)",
+        "set netslate-loader 1",
+        "set ns_try:int32 0",
+        ":ns_dhcp",
+        "isset ${ip} && goto ns_chain ||",
+        "dhcp && goto ns_chain ||",
+        "inc ns_try",
+        f"iseq ${{ns_try}} {attempts} && goto ns_giveup ||",
+        "echo netslate: no DHCP answer, retrying in 3 s",
+        "sleep 3",
+        "goto ns_dhcp",
+        ":ns_chain",
+        "set ns_try:int32 0",
+        ":ns_round",
+        *tries,
+        "inc ns_try",
+        f"iseq ${{ns_try}} {attempts} && goto ns_giveup ||",
+        "echo netslate: no boot server answered, retrying in 5 s",
+        "sleep 5",
+        "goto ns_round",
+        ":ns_giveup",
+        "echo netslate: giving up, rebooting in 10 s",
+        "sleep 10",
+        "reboot",
+        "",
+    ])
 
 
 def generated(base: str | None) -> dict[str, str]:
