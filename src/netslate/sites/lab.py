@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import ipaddress
 import os
 import secrets
 import shutil
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from netslate.vmlab.net import _Namespace
 
 CLONE_NEWNET = 0x40000000
 CENTRAL_ADDR = "10.77.0.1"
@@ -95,6 +98,7 @@ class SitesLab:
         self.settings = settings or {}
         self.bin = pg_bin()
         self.procs: list[subprocess.Popen] = []
+        self.lans: list["BranchLan"] = []
 
     # ---- URLs (each valid inside the namespace named)
     @property
@@ -212,7 +216,36 @@ class SitesLab:
     def netslate(self, ns: str, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
         return self.spawn(ns, [sys.executable, "-m", "netslate", *args], log, env)
 
+    # ---- a branch LAN for VMs (issue 15 §5): a bridge in the branch namespace, taps on it, routed
+    def add_lan(self) -> "BranchLan":
+        """A bridge in the branch namespace for VMs (`BranchLan`, which vmlab.VM takes as its lab),
+        10.78.R.0/24 with the bridge at .1; the branch namespace forwards between the LAN and the
+        WAN, and central routes the LAN via the branch's WAN address, so a machine on the LAN
+        reaches central's servers over the WAN (and nothing else: no default route anywhere)."""
+        lan = BranchLan(self.branch, f"10.78.{secrets.randbelow(256)}.0/24")
+        _run(["ip", "-n", self.branch, "link", "add", lan.bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0"])
+        _run(["ip", "-n", self.branch, "addr", "add", f"{lan.address}/24", "dev", lan.bridge])
+        _run(["ip", "-n", self.branch, "link", "set", lan.bridge, "up"])
+        _run(self.ns_cmd(self.branch, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+        _run(["ip", "-n", self.central, "route", "add", str(lan.network), "via", BRANCH_ADDR])
+        self.lans.append(lan)
+        return lan
+
+    def http(self, ns: str, url: str, method: str = "GET", body: str | None = None, token: str | None = None,
+             timeout: float = 30) -> tuple[int, bytes]:
+        """One HTTP request made from inside a namespace (curl; bounded)."""
+        argv = ["curl", "-s", "-S", "--max-time", str(int(timeout)), "-X", method, "-o", "-", "-w", "\n%{http_code}"]
+        if token:
+            argv += ["-H", f"Authorization: Bearer {token}"]
+        if body is not None:
+            argv += ["-H", "Content-Type: application/json", "--data-binary", body]
+        p = subprocess.run(self.ns_cmd(ns, argv + [url]), capture_output=True, timeout=timeout + 5)
+        out, _, code = p.stdout.rpartition(b"\n")
+        return int(code or b"0"), out
+
     def stop(self) -> None:
+        for lan in self.lans:
+            lan.close()
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -227,3 +260,31 @@ class SitesLab:
         for ns in (self.central, self.branch):
             _run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class BranchLan(_Namespace):
+    """A LAN in the branch namespace, shaped like vmlab's LabNetwork as far as `vmlab.VM` needs it
+    (`add_tap`, `popen`, `stop`, `name`): QEMU runs in the branch namespace on a tap of this bridge."""
+
+    def __init__(self, ns: str, subnet: str):
+        super().__init__()
+        self.name = ns
+        self.network = ipaddress.ip_network(subnet)
+        self.address = str(self.network.network_address + 1)
+        self.prefixlen = self.network.prefixlen
+        self.bridge = f"brs{secrets.token_hex(2)}"
+        self._taps = 0
+
+    def host_ip(self, index: int) -> str:
+        return str(self.network.network_address + index)
+
+    def add_tap(self) -> str:
+        name = f"{self.bridge}t{self._taps}"
+        self._taps += 1
+        self.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+        self.run(["ip", "link", "set", name, "master", self.bridge])
+        self.run(["ip", "link", "set", name, "up"])
+        return name
+
+    def close(self) -> None:
+        self._stop_all()
