@@ -26,6 +26,21 @@ def test_bootfiles_loader_script_server_order():
             bootfiles.loader_script(bad)
 
 
+def test_bootfiles_site_loader_tries_servers_in_order():
+    """A site's own first stage (docs/sites.md): the branch server, then central, each round; bounded."""
+    s = bootfiles.loader_script(None, servers=["http://10.78.1.1:8080", "http://10.77.0.1:8080/"])
+    lines = s.splitlines()
+    b = lines.index("chain --autofree --replace http://10.78.1.1:8080/boot.ipxe || echo netslate: boot server "
+                    "http://10.78.1.1:8080 did not answer")
+    c = lines.index("chain --autofree --replace http://10.77.0.1:8080/boot.ipxe || echo netslate: boot server "
+                    "http://10.77.0.1:8080 did not answer")
+    assert b < c and "iseq ${ns_try} 6 && goto ns_giveup ||" in lines and lines.count("goto ns_round") == 1
+    assert "next-server" not in s and not any(x in s for x in ("tftp://", ".kpxe", ".efi", ".lkrn", "autoboot"))
+    for bad in (["http://10.0.0.1:8080/x"], ["http://a b"]):
+        with pytest.raises(ipxe.UnsafeValue):
+            bootfiles.loader_script(None, servers=bad)
+
+
 def test_bootfiles_install_and_listing(tmp_path):
     root = tmp_path / "tftp"
     written = tftp.install_binaries(root, "http://10.9.8.7:8080/boot.ipxe")
