@@ -1,13 +1,17 @@
 # The two commands the README promises: `make demo` and `make test`.
 # Both install what is missing first (apt packages, uv, the locked Python environment).
 SHELL := /bin/bash
-.PHONY: deps demo test bench
+.PHONY: deps demo demo-sites test bench
 
 deps:
 	@scripts/install-deps.sh
 
 demo: deps
 	uv run --frozen python -m netslate.demo
+
+# Branch sites (docs/sites.md): central + branch on PostgreSQL, a WAN cut, one VM at the branch (~10 min, TCG).
+demo-sites: deps
+	uv run --frozen python -m netslate.demo_sites
 
 # Two workers: the VM tests (tests/conftest.py VM_PATHS or @pytest.mark.vm) run one after another on
 # one of them while the other takes everything else; the 30 slowest tests are listed at the end.
