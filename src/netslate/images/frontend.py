@@ -97,30 +97,14 @@ _CHUNK_HEADERS = f"""            etag off;
             add_header Vary Accept-Encoding always;"""
 
 
-def render_front_conf(s: FrontSettings) -> str:
-    """nginx.conf of the static front. Pure."""
-    state = s.state_dir.rstrip("/")
-    chunks = s.chunks_dir.rstrip("/")
-    files = s.files_dir.rstrip("/")
-    access = (f'access_log {_q(state + "/access.log")} netslate buffer=64k flush=1s;' if s.access_log else "access_log off;")
+def _conf_head(comment: str, state: str, workers: int, user: str | None = None) -> str:
+    """The start both nginx configs share (the static front and a printed site cache): the comment,
+    process settings, pid and error log under `state`, events, and the http block's opening through
+    its temp paths. The caller adds its own http lines, servers and the two closing braces. Pure."""
     temp = "\n".join(f"    {d}_temp_path {_q(f'{state}/tmp/{d}')};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    user = f"user {s.user};\n" if s.user else ""
-    limits = ""
-    # nginx cannot tell methods apart here: the most permissive limit first (the app enforces its own)
-    for pattern, max_bytes in sorted(s.body_limits, key=lambda x: -int(x[1])):
-        rx = "^" + pattern.removeprefix("^").replace("\\Z", "$")
-        if any(c in rx for c in '"{};\n') or not rx.endswith("$"):
-            raise ValueError(f"body limit path not usable in an nginx config: {pattern!r}")
-        # Bodies are read whole before the app sees them (the app may answer 401/413 early and close:
-        # a proxy still sending would get a reset); past STREAM_BODY_OVER (golden disks) they stream.
-        stream = "            proxy_request_buffering off;\n" if int(max_bytes) > STREAM_BODY_OVER else ""
-        if pattern in s.credential_required:
-            stream += ('            default_type application/json;\n            if ($ns_no_credential) {\n'
-                       """                return 401 '{"detail": "authentication required"}';\n            }\n""")
-        limits += (f'        location ~ "{rx}" {{\n            client_max_body_size {int(max_bytes)};\n{stream}'
-                   f'            proxy_pass http://netslate_app;\n            include {_q(state + "/proxy.conf")};\n        }}\n')
-    return f"""# written by netslate serve (static front); do not edit: it is rewritten at every start
-{user}worker_processes {max(1, int(s.workers))};
+    user_line = f"user {user};\n" if user else ""
+    return f"""{comment.rstrip()}
+{user_line}worker_processes {max(1, int(workers))};
 daemon off;
 master_process on;
 pid {_q(state + "/nginx.pid")};
@@ -137,11 +121,36 @@ http {{
     server_tokens off;
     keepalive_timeout 75s;
     keepalive_requests 100000;
-    open_file_cache max=20000 inactive=60s;
+{temp}
+"""
+
+
+def render_front_conf(s: FrontSettings) -> str:
+    """nginx.conf of the static front. Pure."""
+    state = s.state_dir.rstrip("/")
+    chunks = s.chunks_dir.rstrip("/")
+    files = s.files_dir.rstrip("/")
+    access = (f'access_log {_q(state + "/access.log")} netslate buffer=64k flush=1s;' if s.access_log else "access_log off;")
+    limits = ""
+    # nginx cannot tell methods apart here: the most permissive limit first (the app enforces its own)
+    for pattern, max_bytes in sorted(s.body_limits, key=lambda x: -int(x[1])):
+        rx = "^" + pattern.removeprefix("^").replace("\\Z", "$")
+        if any(c in rx for c in '"{};\n') or not rx.endswith("$"):
+            raise ValueError(f"body limit path not usable in an nginx config: {pattern!r}")
+        # Bodies are read whole before the app sees them (the app may answer 401/413 early and close:
+        # a proxy still sending would get a reset); past STREAM_BODY_OVER (golden disks) they stream.
+        stream = "            proxy_request_buffering off;\n" if int(max_bytes) > STREAM_BODY_OVER else ""
+        if pattern in s.credential_required:
+            stream += ('            default_type application/json;\n            if ($ns_no_credential) {\n'
+                       """                return 401 '{"detail": "authentication required"}';\n            }\n""")
+        limits += (f'        location ~ "{rx}" {{\n            client_max_body_size {int(max_bytes)};\n{stream}'
+                   f'            proxy_pass http://netslate_app;\n            include {_q(state + "/proxy.conf")};\n        }}\n')
+    head = _conf_head("# written by netslate serve (static front); do not edit: it is rewritten at every start",
+                      state, s.workers, s.user)
+    return head + f"""    open_file_cache max=20000 inactive=60s;
     open_file_cache_errors on;
     log_format netslate '$msec $status $body_bytes_sent $request_method "$request_uri" $request_time $ns_served';
     {access}
-{temp}
     client_max_body_size {int(s.default_body_limit)};
     client_body_buffer_size 1m;
     error_page 413 = @netslate_413;
@@ -239,26 +248,10 @@ def render_site_cache_conf(origin: str, listen: str, cache_dir: str, max_size: s
         raise ValueError(f"listen wants HOST:PORT, got {listen!r}")
     state = (state_dir or cache_dir).rstrip("/")
     cache = cache_dir.rstrip("/")
-    temp = "\n".join(f"    {d}_temp_path {_q(f'{state}/tmp/{d}')};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""# netslate site cache: nginx proxy_cache in front of {origin}
-# (printed by `netslate serve --print-site-cache-config`; see docs/serving.md)
-worker_processes {max(1, int(workers))};
-daemon off;
-pid {_q(state + "/nginx.pid")};
-error_log {_q(state + "/error.log")} warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    types {{ }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    server_tokens off;
-    keepalive_requests 100000;
-    log_format netslate_cache '$msec $status $body_bytes_sent $upstream_cache_status "$uri"';
+    head = _conf_head(f"# netslate site cache: nginx proxy_cache in front of {origin}\n"
+                      "# (printed by `netslate serve --print-site-cache-config`; see docs/serving.md)", state, workers)
+    return head + f"""    log_format netslate_cache '$msec $status $body_bytes_sent $upstream_cache_status "$uri"';
     access_log {_q(state + "/access.log")} netslate_cache buffer=64k flush=1s;
-{temp}
     client_max_body_size 0;
     map $http_accept_encoding $ns_enc {{
         default "";
