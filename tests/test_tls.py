@@ -139,3 +139,38 @@ def test_serve_refuses_half_tls_options(tmp_path):
     r = run_cli("serve", "--listen", f"127.0.0.1:{free_port()}", "--tls-listen", f"127.0.0.1:{free_port()}",
                 "--tls-cert", str(tmp_path / "nope.crt"), "--tls-key", str(tmp_path / "nope.key"), data_dir=tmp_path)
     assert r.code == 2 and "no such file" in r.stderr
+
+
+def test_enrollment_token_refused_over_plain_http_when_tls_is_on(tls_server):
+    """Issue 13 §6 follow-up: the credential is never issued in clear when the server has a TLS
+    listener; the token, which crossed the network in clear, is spent. Kept last in this module:
+    the exchange over HTTPS registers a machine (test_cli_over_https lists none)."""
+    from netslate.agent import enroll_token
+    from netslate.context import Context
+    from netslate.enrollment import tokens
+
+    data, plain, secure = tls_server
+    ctx = Context(data)
+    uuid = "5c0f8a4e-0000-4000-8000-00000000beef"
+    facts = {"dmi": {"product_uuid": uuid}, "nics": [{"mac": "52:54:00:be:ef:01", "physical": True}]}
+    first = tokens.create(ctx, "local:test", domain_uuid=uuid, kind="host")["token"]
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    with pytest.raises(enroll_token.EnrollTokenRefused) as refused:
+        enroll_token.exchange(plain, first, facts)
+    said = str(refused.value)
+    assert "only over HTTPS" in said and "spent" in said and "\n" not in said
+    try:
+        agent_http.set_pin(pin)
+        # whoever saw it in clear cannot trade it over TLS
+        with pytest.raises(enroll_token.EnrollTokenRefused, match="used already"):
+            enroll_token.exchange(secure, first, facts)
+        second = tokens.create(ctx, "local:test", domain_uuid=uuid, kind="host")["token"]
+        answer = enroll_token.exchange(secure, second, facts)
+    finally:
+        agent_http.set_pin(None)
+    assert answer["credential"].startswith("nsm_") and answer["trust"] == "host"
+    from netslate import audit
+
+    with ctx.db.session() as s:
+        total, rows = audit.entries(s, action="enrollment.token.refused.plain-http")
+    assert total == 1 and first not in repr(rows)

@@ -34,7 +34,8 @@ MAX_RAW = 65536
 
 
 class EnrollTokenRefused(Exception):
-    """The server refused the token (used already: 409; unknown, expired, bound elsewhere: 403)."""
+    """The server refused the token (used already: 409; unknown, expired, bound elsewhere: 403;
+    sent over plain HTTP to a server with a TLS listener, which spends it: 426)."""
 
 
 def parse_smbios_strings(raw: bytes) -> tuple[int, list[str]]:
@@ -129,11 +130,11 @@ def find_token(root: Path = Path("/"), lkg_dir: Path | None = None) -> tuple[str
 
 def exchange(url: str, token: str, facts: dict, timeout: float = 10.0) -> dict:
     """POST /api/v1/enroll/token → {"machine_id", "credential", "trust", "expires_at"}.
-    Raises EnrollTokenRefused (403/409) or http.HttpError."""
+    Raises EnrollTokenRefused (403/409/426) or http.HttpError."""
     dmi = facts.get("dmi") or {}
     body = {"token": token, "uuid": dmi.get("product_uuid"), "macs": facts_mod.macs(facts)[:32]}
     r = http.post_json(f"{url}/api/v1/enroll/token", body, timeout=timeout)
-    if r.status in (403, 409):
+    if r.status in (403, 409, 426):
         try:
             detail = str(r.json().get("detail"))[:300]
         except (http.HttpError, AttributeError):

@@ -54,6 +54,12 @@ class TokenUsed(Conflict):
     """The token was exchanged already (HTTP 409)."""
 
 
+class NeedsTls(UserError):
+    """A token sent over plain HTTP to a server with a TLS listener (HTTP 426 Upgrade Required)."""
+
+    http_status = 426
+
+
 @dataclass(frozen=True)
 class Exchanged:
     machine_id: int
@@ -147,13 +153,25 @@ def revoke(ctx, token_id: int, actor: str) -> dict:
         return _row_dict(row)
 
 
-def exchange(ctx, token: str, uuid: str | None = None, macs: list[str] | None = None, remote: str | None = None) -> Exchanged:
+def exchange(ctx, token: str, uuid: str | None = None, macs: list[str] | None = None, remote: str | None = None,
+             in_clear: bool = False) -> Exchanged:
     """Trade a one-time token for a long-lived machine credential (once). `uuid`/`macs`: what the
-    machine reports about itself (a domain-bound token needs the matching SMBIOS UUID)."""
+    machine reports about itself (a domain-bound token needs the matching SMBIOS UUID).
+    `in_clear`: the request came over plain HTTP to a server that has a TLS listener. No credential
+    is issued in clear then (NeedsTls), and the token, which crossed the network in clear, is spent
+    so whoever saw it cannot trade it over TLS."""
     if not isinstance(token, str) or not TOKEN_RE.match(token):
         raise TokenRefused("not an enrollment token (nse_ followed by 43 characters)")
     sha = token_hash(token)
     now = utcnow()
+    if in_clear:
+        with ctx.db.session(write=True) as s:
+            row = s.scalar(select(EnrollmentToken).where(EnrollmentToken.sha256 == sha))
+            if row is not None and s.execute(update(EnrollmentToken).where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+                                             .values(used_at=now, used_from=(remote or "")[:45] or None)).rowcount == 1:
+                audit.record(s, "anonymous", "enrollment.token.refused.plain-http", f"enrollment-token:{row.id}", remote=remote)
+        raise NeedsTls("this server issues machine credentials only over HTTPS (its TLS listener); the token crossed "
+                       "the network in clear and is spent: make a new one (netslate machine enroll)")
     claimed = _norm_uuid(uuid)
     refused: tuple[UserError, str, int, dict] | None = None
     with ctx.db.session(write=True) as s:

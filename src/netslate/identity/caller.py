@@ -18,6 +18,7 @@ class Caller:
     name: str
     role: str | None = None  # None: anonymous, a machine, or a person with pool entitlements only
     address: str | None = None  # the client's address (login throttling, audit), when known
+    transport: str | None = None  # "https" or "http" for a request over HTTP; None: not over the network (local CLI)
     session: str | None = field(default=None, repr=False, compare=False)  # the web session id, for logout
 
     @property

@@ -70,8 +70,8 @@ def caller_of(request: Request) -> Caller:
     else:
         info = session_of(request)
         caller = Caller("user", info.user, info.role, session=request.cookies.get(SESSION_COOKIE)) if info else ANONYMOUS
-    if request.client is not None:
-        caller = dataclasses.replace(caller, address=request.client.host)
+    caller = dataclasses.replace(caller, address=request.client.host if request.client is not None else None,
+                                 transport="https" if request_is_https(request) else "http")
     request.state.caller = caller
     return caller
 

@@ -225,7 +225,9 @@ class LocalEnrollment(EnrollmentService):
                                                remote=self.caller.address))
 
     def token_exchange(self, request: TokenExchange) -> IssuedCredential:
-        got = enroll_tokens.exchange(self.parts.ctx, request.token, request.uuid, request.macs, remote=self.caller.address)
+        in_clear = self.caller.transport == "http" and bool(self.parts.options.get("tls"))
+        got = enroll_tokens.exchange(self.parts.ctx, request.token, request.uuid, request.macs, remote=self.caller.address,
+                                     in_clear=in_clear)
         return IssuedCredential(machine_id=got.machine_id, credential=got.credential, trust=got.trust, expires_at=None)
 
     def create_token(self, request: EnrollTokenCreate) -> EnrollTokenRecord:
