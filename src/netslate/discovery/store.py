@@ -166,6 +166,10 @@ def register_server(ctx, name: str, site: str | None, addresses: list[str], port
         row.site, row.addresses, row.port = site, kept, int(port)
         row.priority, row.weight = priority, weight
         row.started_at = row.last_heartbeat = now
+        if not ctx.db.has_replica:
+            # Over the writable database now (e.g. a branch promoted by the runbook, docs/sites.md):
+            # no longer a branch server, so not ranked after central's until its old status ages out.
+            s.execute(delete(ServerStatus).where(ServerStatus.name == name))
         audit.record(s, actor or f"server:{name}", "server.register", name, site=site, addresses=kept, port=int(port))
         s.flush()
         return _server_dict(row, now)
