@@ -353,3 +353,18 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     # and C's multi-host URL, which still lists A first, keeps writing to B
     assert w.add_site("c", "after-rebuild").status_code == 201
     assert w.has_site("b", "after-rebuild")
+
+
+def test_multi_host_url_with_ports_is_one_clear_error():
+    """SQLAlchemy's URL reads one port: "a:5432,b:5432" in the host part is refused with one line
+    that shows the form that works (the URL's password is not repeated)."""
+    from netslate.errors import UserError
+    from netslate.store.db import Database
+
+    with pytest.raises(UserError, match=r"invalid database URL .*host=a:5432&host=b:5432") as err:
+        Database("postgresql+psycopg://u:s3cret@a:5432,b:5432/db", "postgresql+psycopg://u@127.0.0.1/db")
+    assert "s3cret" not in str(err.value)
+    # the working forms build an engine (no connection is made here)
+    Database("postgresql+psycopg://u@/db?host=a:5432&host=b:5433&target_session_attrs=read-write",
+             "postgresql+psycopg://u@127.0.0.1/db")
+    Database(MULTI_HOST, "postgresql+psycopg://u@127.0.0.1/db")

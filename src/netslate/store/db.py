@@ -208,15 +208,15 @@ class Database:
         elif self.read_url:
             kwargs["connect_args"] = _bounded_libpq(CENTRAL_CONNECT_TIMEOUT, CENTRAL_STATEMENT_TIMEOUT)
             kwargs["pool_pre_ping"] = True
-        self.engine: Engine = create_engine(url, future=True, **kwargs)
+        self.engine: Engine = _engine(url, kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_engine: Engine | None = None
         self._read_sessions = None
         if self.read_url:
-            self.read_engine = create_engine(self.read_url, future=True, pool_pre_ping=True,
-                                             connect_args=_bounded_libpq(CENTRAL_CONNECT_TIMEOUT, 0))
+            self.read_engine = _engine(self.read_url, {"pool_pre_ping": True,
+                                                       "connect_args": _bounded_libpq(CENTRAL_CONNECT_TIMEOUT, 0)})
             self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
             event.listen(self.engine, "before_cursor_execute", _note_write)
         self._ambient: contextvars.ContextVar[Session | None] = contextvars.ContextVar(f"netslate_ambient_{id(self)}", default=None)
@@ -551,6 +551,16 @@ class Database:
 
 # Set by the outbox around telemetry writes: they need no read-your-writes tracking.
 _TELEMETRY: contextvars.ContextVar[bool] = contextvars.ContextVar("netslate_telemetry", default=False)
+
+
+def _engine(url: str, kwargs: dict) -> Engine:
+    try:
+        return create_engine(url, future=True, **kwargs)
+    except (ValueError, sa_exc.ArgumentError) as exc:
+        # e.g. "user@a:5432,b:5432/db": SQLAlchemy reads one port; the URL itself may hold a password
+        raise UserError(f"invalid database URL ({str(exc).splitlines()[0]}); several hosts: "
+                        "postgresql+psycopg://USER@a,b/DB?target_session_attrs=read-write, or with ports "
+                        "postgresql+psycopg://USER@/DB?host=a:5432&host=b:5432&target_session_attrs=read-write") from None
 
 
 def _bounded_libpq(connect_timeout: float, statement_timeout: float) -> dict:
