@@ -9,6 +9,10 @@ Each command writes into a fresh store: casync a new --store directory, netslate
 that was initialised (migrated, key made) beforehand — the fresh-directory cost (`image list` on
 an empty directory) is measured on its own. The file is in the page cache for both (read once
 before the rounds). Figures: median wall seconds of ROUNDS, CPU seconds (user+sys of the child).
+Before each timed command the page cache's dirty data is written out (`sync`, not timed):
+netslate ends an import with syncfs (its chunks are durable before the database names them),
+which would otherwise also flush the previous casync round's chunks, and casync would start with
+netslate's. casync's own writeback is left to the kernel after it exits, as a user sees it.
 Goal: netslate wall <= 0.5 x casync wall on both files.
 """
 
@@ -75,10 +79,12 @@ def main() -> None:
             env = dict(os.environ, NETSLATE_DATA_DIR=str(data))
             env.pop("NETSLATE_SERVER", None)
             timed(netslate_cmd("image", "list", "--json"), env)  # initialise the data directory (not timed)
+            os.sync()  # neither command pays for the other's writeback (netslate's syncfs would flush casync's)
             ns.append(timed(netslate_cmd("image", "import", "bench", "--rootfs", str(path), "--json"), env))
             shutil.rmtree(data)
             store = base / f"casync-{label}-{r}"
             store.mkdir()
+            os.sync()
             cs.append(timed(["casync", "make", "--chunk-size=65536", f"--store={store / 'store'}", str(store / "x.caibx"), str(path)]))
             shutil.rmtree(store)
         nw, cw = statistics.median(w for w, _c in ns), statistics.median(w for w, _c in cs)

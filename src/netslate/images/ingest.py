@@ -4,6 +4,7 @@ chunking, storing under an import lease, and publishing through the catalog."""
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import mmap
 import os
@@ -71,6 +72,18 @@ def _pipeline(path: Path, work: Callable[[memoryview, list[tuple[int, int]]], tu
     extra: set[str] = set()
     if total == 0:
         return whole.hexdigest(), chunks, extra
+    # The pipeline makes only acyclic objects (lists, tuples, str): cyclic GC passes over the
+    # whole heap here were up to ~10 % of an import's CPU samples (perf) and find nothing to free.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        return _pipeline_file(path, work, progress, workers, total, whole, chunks, extra)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _pipeline_file(path, work, progress, workers, total, whole, chunks, extra) -> tuple[str, list[list], set[str]]:
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         try:
@@ -132,9 +145,8 @@ def store_file(store, path: Path, fmt: str | None, lease: ImportLease, progress,
 
     def work(view: memoryview, cuts: list[tuple[int, int]]) -> tuple[list[str], set[str]]:
         ids, _ = _hash_batch(view, cuts)
-        with note_lock:
-            for cid in ids:  # listed before stored: a gc that runs now spares them
-                lease.note(cid)
+        with note_lock:  # listed before stored: a gc that runs now spares them
+            lease.note_many(ids)
         written = set()
         for (o, n), cid in zip(cuts, ids):
             if store.put(cid, view[o:o + n]):

@@ -37,7 +37,11 @@ class ImportLease:
 
     def note(self, chunk_id: str) -> None:
         """List a chunk before it is stored: flushed at once, so a gc that runs now sees it."""
-        self._f.write(chunk_id + "\n")
+        self.note_many([chunk_id])
+
+    def note_many(self, chunk_ids: list[str]) -> None:
+        """List a batch of chunks in one write (ingest notes a batch before storing any of it)."""
+        self._f.write("".join(c + "\n" for c in chunk_ids))
         self._f.flush()
 
     def flush(self) -> None:
