@@ -28,7 +28,7 @@ from netslate.config.generation_cache import cache_for
 from netslate.config.leases import machine_lease
 from netslate.config.machines import MachineView
 from netslate.config.resolution import Tree, effective_generation, pool_name, render, with_lease
-from netslate.errors import IntegrityError
+from netslate.errors import IntegrityError, Unavailable
 
 BUNDLE_KIND = "netslate-bundle/1"
 SECRETS_ALG = "chacha20-poly1305/hkdf-sha256"
@@ -118,5 +118,9 @@ def bundle(ctx, machine: str | int, credential: str | None = None, assign: Assig
         payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
     except IntegrityError:  # a KEK rotation since this generation was cached: read it again
         cache.forget(gen)
-        payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
+        try:
+            payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
+        except IntegrityError as exc:  # this server's DATA/keys/ lacks the key (another server may have it)
+            raise Unavailable(f"this server cannot open machine {m.id}'s secrets: {exc} "
+                              "(servers over one database share DATA/keys/)") from None
     return ctx.signing_key.sign_site(payload, ctx.site_of(m.ip_address)), etag, {"serial": st.serial, "machine_id": m.id}  # issue 15 §3: a site key signs only its site

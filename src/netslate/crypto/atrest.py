@@ -90,14 +90,15 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def load_key(data_dir: Path, kid: str = LEGACY_KID) -> bytes:
-    """The 32-byte key `kid`. `s0` is created on first use; other ids only by `new_key`."""
+def load_key(data_dir: Path, kid: str = LEGACY_KID, create: bool = True) -> bytes:
+    """The 32-byte key `kid`. `s0` is created on first use (`create`: sealing; never when opening a
+    value: a new key cannot open it, and would stand in the lost one's place); other ids only by `new_key`."""
     path = key_path(data_dir, kid)
     cached = _cache.get((str(path.parent), kid))
     if cached is not None and path.exists():
         return cached
     if not path.exists():
-        if kid != LEGACY_KID:
+        if kid != LEGACY_KID or not create:
             raise IntegrityError(f"a stored secret needs key {kid}, but {path} is missing: restore it from the backup of {keys_dir(data_dir)}")
         _write_new(path, os.urandom(32))
     key = path.read_bytes()
@@ -161,7 +162,7 @@ def unseal(data_dir: Path, value: str, purpose: str) -> str:
     except ValueError:
         raise IntegrityError(f"a stored secret ({purpose}) is damaged") from None
     try:
-        return AESGCM(load_key(data_dir, kid)).decrypt(raw[:12], raw[12:], purpose.encode()).decode()
+        return AESGCM(load_key(data_dir, kid, create=False)).decrypt(raw[:12], raw[12:], purpose.encode()).decode()
     except InvalidTag:
         raise IntegrityError(f"a stored secret ({purpose}) does not open with {key_path(data_dir, kid)}: was the key file replaced?") from None
 
