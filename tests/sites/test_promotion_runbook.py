@@ -172,8 +172,11 @@ class World:
         return self.http(site, "POST", "/api/v1/sites", auth=True, json={"name": name})
 
 
-def _setup_central(ctx: Context) -> None:
+def _setup_central(ctx: Context) -> int:
+    import uuid
+
     from netslate import inventory
+    from netslate.desktops.models import Desktop
     from netslate.discovery import store as sites
 
     ctx.init()
@@ -182,6 +185,25 @@ def _setup_central(ctx: Context) -> None:
     sites.add_site(ctx, "c", actor="local:test")
     sites.add_subnet(ctx, "c", "10.77.3.0/24", actor="local:test")
     inventory.add_machine(ctx, [MAC1], name="pc1", actor="local:test")
+    with ctx.db.session() as s:  # a desktop as the pool actuator leaves it (no VM needed for its sessions)
+        d = Desktop(name="ns-lab-1", pool_name="lab", number=1, host="local", uuid=str(uuid.uuid4()),
+                    mac="52:54:00:15:05:11", state="ready", golden_version=1, disk="/nonexistent")
+        s.add(d)
+        s.flush()
+        return d.id
+
+
+def _desktop_at_central(ctx: Context, desktop_id: int) -> tuple[str, str | None, int, int]:
+    from sqlalchemy import func, select
+
+    from netslate.desktops.models import Desktop
+    from netslate.store.models import AuditEntry
+
+    with ctx.db.session() as s:
+        d = s.get(Desktop, desktop_id)
+        n = {a: s.scalar(select(func.count()).select_from(AuditEntry).where(
+            AuditEntry.action == a, AuditEntry.target == d.name)) for a in ("desktop.logon", "desktop.logoff")}
+        return d.state, d.user, n["desktop.logon"], n["desktop.logoff"]
 
 
 def _add_site(ctx: Context, name: str) -> None:
@@ -200,7 +222,8 @@ def world(tmp_path_factory):
     w = World(lab, tmp_path_factory.mktemp("promotion"))
     try:
         lab.start_c()
-        w.workers[lab.central].call(_setup_central, Context(w.tmp / "central", lab.primary_url_central))
+        w.cctx = Context(w.tmp / "central", lab.primary_url_central)
+        w.desktop = w.workers[lab.central].call(_setup_central, w.cctx)
         lab.wait_replayed()
         _wait("C replayed the schema", lambda: w.replayed("c", w.sql("a", "SELECT pg_current_wal_lsn()")))
         w.serve("b", "--db-read", lab.standby_url_branch, "--db-write", lab.primary_url_branch,
@@ -225,6 +248,34 @@ def test_multi_host_write_url_writes_to_the_primary(world):
     assert w.has_site("a", "via-c-before")  # committed on A, the only primary
     h = w.http("c", "GET", "/healthz").json()
     assert h["read_only"] is False and h["checks"]["central"]["standby"] is True
+
+
+def test_desktop_session_events_queued_during_a_cut(world):
+    """Issue 15 §1: desktop logon/logoff (what the agent in the desktop posts) at branch B during a
+    WAN cut are answered, queued in B's outbox and applied at central exactly once, in order."""
+    w, lab = world, world.lab
+    at_central = lambda: w.workers[lab.central].call(_desktop_at_central, w.cctx, w.desktop)  # noqa: E731
+    assert at_central() == ("ready", None, 0, 0)
+    lab.cut()
+    try:
+        for event in ("logon", "logoff", "logon"):
+            r = w.http("b", "POST", f"/api/v1/desktops/{w.desktop}/session", auth=True,
+                       json={"event": event, "user": "alice"})
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "ready"  # queued: the desktop as the standby has it
+        h = w.http("b", "GET", "/healthz").json()
+        assert h["read_only"] is True and h["checks"]["central"]["outbox"]["pending"] == 3
+        assert at_central() == ("ready", None, 0, 0)
+    finally:
+        lab.restore()
+    _wait("B's outbox drained", lambda: (lambda h: not h["read_only"] and h["checks"]["central"]["outbox"]["pending"] == 0)(
+        w.http("b", "GET", "/healthz").json()))
+    assert at_central() == ("in_use", "alice", 2, 1)
+    time.sleep(2)  # a second replay would have landed by now
+    assert at_central() == ("in_use", "alice", 2, 1)
+    lab.wait_replayed()
+    r = w.http("b", "GET", f"/api/v1/desktops/{w.desktop}", auth=True)
+    assert r.status_code == 200 and r.json()["state"] == "in_use" and r.json()["user"] == "alice"
 
 
 def _switchpoint(w: World, timeline: int) -> str:
@@ -267,6 +318,9 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     a_checkpoint = re.search(r"Latest checkpoint location:\s+(\S+)",
                              lab.pg(lab.central, str(lab.bin / "pg_controldata"), str(lab.primary_dir)).stdout).group(1)
     lab.restore()  # the WAN is back, central's PostgreSQL stays down
+    # no primary anywhere now: C's server (multi-host URL) is read-only, with the one line
+    r = w.add_site("c", "no-primary")
+    assert r.status_code == 503 and "central site unreachable" in r.json()["detail"], r.text
 
     # 2. promote B's standby
     assert w.sql("b", "SELECT pg_promote(wait => true)") == "t"
