@@ -43,7 +43,8 @@ class BootFile:
 
 ROWS: list[BootFile] = [
     BootFile(f"{LOADER_DIR}/lpxelinux.0", PXELINUX_DIR / "lpxelinux.0", "pxelinux", "bios",
-             "loop-free iPXE for BIOS: option 67 for any DHCP server (loads ipxe.lkrn + netslate.ipxe)", option67=True),
+             "loop-free iPXE for BIOS: option 67 for any DHCP server, with next-server (loads ipxe.lkrn + netslate.ipxe)",
+             option67=True),
     BootFile(f"{LOADER_DIR}/ldlinux.c32", SYSLINUX_BIOS_DIR / "ldlinux.c32", "syslinux-common", "bios",
              "pxelinux core module for the loader"),
     BootFile(f"{LOADER_DIR}/ipxe.lkrn", IPXE_DIR / "ipxe.lkrn", "ipxe", "bios",
@@ -73,7 +74,8 @@ ROWS: list[BootFile] = [
              "pxelinux menu: every image profile + the local disk (the default)"),
     # The Secure Boot chain: copied and written by secureboot.stage (not by tftp.install_binaries).
     BootFile("shimx64.efi", None, "shim-signed", "uefi-secureboot",
-             "UEFI, Secure Boot on or off: Debian's signed shim, loads grubx64.efi; option 67 for any DHCP server",
+             "UEFI, Secure Boot on or off: Debian's signed shim, loads grubx64.efi; option 67 for any DHCP server, "
+             "with next-server (shim reads no option 66)",
              option67=True),
     BootFile("grubx64.efi", None, "grub-efi-amd64-signed", "uefi-secureboot",
              "Debian's signed netboot GRUB: reads grub/grub.cfg over TFTP"),
