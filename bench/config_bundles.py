@@ -7,7 +7,11 @@ Prints one JSON object. Measures, on one core (this process):
 - bundles_per_s (warm): build the resolved, templated, signed bundle for every machine;
 - publish_to_all_ready_s: publish + every machine's bundle built from the new generation (cold cache);
 - per_request_per_s: the full per-request path (DB lookup of the machine + state, resolve, sign);
-- http_per_s: real GET /api/v1/machines/{id}/bundle over loopback from one client (sample).
+- http_per_s: real GET /api/v1/machines/{id}/bundle over loopback from one client (sample);
+- credentialed: the per-request path with each machine's own credential (a sample of machines, each
+  fetching several times, as long-polling agents do; its bundle holds a sealed secret), with the
+  per-credential cache off (`credentials.CACHE_TTL = 0`, every request reads the credential row and
+  derives the bundle key) and on, alternated in the same run.
 """
 
 import argparse
@@ -63,6 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--machines", type=int, default=10_000)
     ap.add_argument("--http", type=int, default=1000, help="bundles fetched over real HTTP (0 to skip)")
+    ap.add_argument("--credentials", type=int, default=500, help="machines given a credential for the credentialed path (0 to skip)")
+    ap.add_argument("--rounds", type=int, default=4, help="fetches per credentialed machine in each measurement")
     args = ap.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
 
@@ -113,6 +119,34 @@ def main() -> None:
         bundles.bundle(ctx, i)
     t_req = time.perf_counter() - t
 
+    credentialed = None
+    if args.credentials:
+        from netslate.config import credentials
+
+        n = min(args.credentials, args.machines)
+        creds = [(i, credentials.issue(ctx, i, "token", "bench")) for i in range(1, n + 1)]
+        default_ttl = credentials.CACHE_TTL
+
+        def credentialed_per_s(ttl: float) -> float:
+            credentials.CACHE_TTL = ttl
+            credentials.cache_for(ctx)._entries.clear()
+            t = time.perf_counter()
+            for _ in range(args.rounds):
+                for mid, cred in creds:
+                    env, _etag, _info = bundles.bundle(ctx, mid, cred)
+                    assert env["payload"]["authenticated"] and env["payload"]["sealed_secrets"]
+            return len(creds) * args.rounds / (time.perf_counter() - t)
+
+        runs = {"off": [], "on": []}
+        for _ in range(3):  # alternated, so a neighbour's load hits both alike
+            runs["off"].append(credentialed_per_s(0.0))
+            runs["on"].append(credentialed_per_s(default_ttl))
+        credentials.CACHE_TTL = default_ttl
+        off, on = sorted(runs["off"])[1], sorted(runs["on"])[1]  # medians
+        credentialed = {"machines": n, "fetches_per_machine": args.rounds, "cache_ttl_s": default_ttl,
+                        "per_s_cache_off": round(off, 1), "per_s_cache_on": round(on, 1), "ratio_on_off": round(on / off, 2),
+                        "runs_off": [round(x, 1) for x in runs["off"]], "runs_on": [round(x, 1) for x in runs["on"]]}
+
     http = None
     if args.http:
         import httpx
@@ -155,6 +189,7 @@ def main() -> None:
         "second_publish_to_all_ready_s": round(t_publish2 + t_cold2, 2),
         "per_request_path_per_s": round(sample / t_req, 1),
         "http_bundles_per_s_one_client": http,
+        "credentialed_per_request_path": credentialed,
         "goal": {"bundles_per_s": 5000, "publish_to_all_ready_s": 5},
         "python": sys.version.split()[0],
     }

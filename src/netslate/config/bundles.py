@@ -51,9 +51,10 @@ def secrets_aad(machine_id: int, generation: int) -> bytes:
     return f"netslate-bundle-secrets/1:{machine_id}:{generation}".encode()
 
 
-def seal_secrets(token: str, machine_id: int, generation: int, values: dict) -> dict:
-    """The `sealed_secrets` section: `values` encrypted to the machine's credential."""
-    key = credentials.bundle_key(token)
+def seal_secrets(token: str, machine_id: int, generation: int, values: dict, key: bytes | None = None) -> dict:
+    """The `sealed_secrets` section: `values` encrypted to the machine's credential (`key`: its
+    `credentials.bundle_key`, when the caller has it already)."""
+    key = key or credentials.bundle_key(token)
     aad = secrets_aad(machine_id, generation)
     plain = json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
     nonce = hmac.new(key, aad + b"\0" + plain, hashlib.sha256).digest()[:12]  # deterministic: a stable ETag
@@ -62,7 +63,8 @@ def seal_secrets(token: str, machine_id: int, generation: int, values: dict) -> 
 
 
 def build_payload(m: MachineView, st, cache: Tree, generation: int, authenticated: bool, now: dt.datetime | None = None,
-                  ctx=None, trust: str = "none", credential: str | None = None) -> tuple[dict, str]:
+                  ctx=None, trust: str = "none", credential: str | None = None,
+                  sealing_key: bytes | None = None) -> tuple[dict, str]:
     """The bundle payload for one machine, and its ETag (stable while the content is).
     With `ctx`, a document in network mode 'pool' gets the machine's leased address. `image_pin` is
     `m.image_pin` (bundle() sets it from the assignment function), else None. Secrets at or below
@@ -80,7 +82,8 @@ def build_payload(m: MachineView, st, cache: Tree, generation: int, authenticate
     withheld = [k for k in names if k not in given]
     sealed = None
     if given:
-        sealed = seal_secrets(credential, m.id, generation, secrets.open_secrets(ctx.data_dir, {k: stored[k] for k in given}))
+        sealed = seal_secrets(credential, m.id, generation, secrets.open_secrets(ctx.data_dir, {k: stored[k] for k in given}),
+                              sealing_key)
     if "secrets" in doc or "secret_levels" in doc:
         doc = {k: v for k, v in doc.items() if k not in ("secrets", "secret_levels")}
     payload = {
@@ -108,19 +111,25 @@ def bundle(ctx, machine: str | int, credential: str | None = None, assign: Assig
     with ctx.db.read_connection() as conn:
         m = machines.view(conn, machine)
         st = state.read_core(conn)
-        check = credentials.check(conn, credential)
+        check, sealing_key = credentials.checked(ctx, conn, credential)
     m.image_pin = assign(m.id) if assign is not None else None
     authenticated = check is not None and check.machine_id == m.id
     trust = check.trust if authenticated else "none"
     gen = effective_generation(st, m.tree_path)
     cache = cache_for(ctx)
     try:
-        payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
+        payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential,
+                                      sealing_key=sealing_key)
     except IntegrityError:  # a KEK rotation since this generation was cached: read it again
         cache.forget(gen)
         try:
-            payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust, credential=credential)
+            payload, etag = build_payload(m, st, cache.get(ctx, gen), gen, authenticated, ctx=ctx, trust=trust,
+                                          credential=credential, sealing_key=sealing_key)
         except IntegrityError as exc:  # this server's DATA/keys/ lacks the key (another server may have it)
             raise Unavailable(f"this server cannot open machine {m.id}'s secrets: {exc} "
                               "(servers over one database share DATA/keys/)") from None
-    return ctx.signing_key.sign_site(payload, ctx.site_of(m.ip_address)), etag, {"serial": st.serial, "machine_id": m.id}  # issue 15 §3: a site key signs only its site
+    # issue 15 §3: a site key signs only its site: the machine's `site` label (set by an admin, so a
+    # machine's first boot at a branch during a WAN cut, before any address of it reached central, is
+    # signed there), else its last address's discovery subnet (as the chunk mirror's assignment does)
+    site = (m.labels or {}).get("site") or ctx.site_of(m.ip_address)
+    return ctx.signing_key.sign_site(payload, site), etag, {"serial": st.serial, "machine_id": m.id}

@@ -10,6 +10,12 @@ every credential sets it back to `none`.
 
 Bundles and reports present the credential as `Authorization: Bearer`; `authenticate` says whose it
 is and at which level, or None (unknown, expired, revoked).
+
+The bundle route checks a credential on every request, a machine long-polling every few seconds.
+`checked` keeps a live credential's check and its bundle key for `CACHE_TTL` seconds per process
+and database (keyed by the token's SHA-256, at most `CACHE_MAX` entries; never an unknown token).
+Revoking or replacing a machine's credentials through this process drops its entries at once;
+a revocation made by another process (another server, the local CLI) is seen within `CACHE_TTL`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import base64
 import datetime as dt
 import hashlib
 import secrets as pysecrets
+import threading
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -51,6 +59,55 @@ class CredentialCheck:
     credential_id: int
 
 
+CACHE_TTL = 5.0  # seconds a checked live credential is reused by this process (0: off)
+CACHE_MAX = 4096
+
+
+class CredentialCache:
+    """token SHA-256 → (monotonic time stored, CredentialCheck, bundle key); bounded, short-lived."""
+
+    def __init__(self, max_entries: int = CACHE_MAX):
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, CredentialCheck, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, sha: str, now: float, ttl: float) -> tuple[CredentialCheck, bytes] | None:
+        with self._lock:
+            hit = self._entries.get(sha)
+            if hit is None:
+                return None
+            if now - hit[0] > ttl:
+                del self._entries[sha]
+                return None
+            return hit[1], hit[2]
+
+    def put(self, sha: str, check: CredentialCheck, key: bytes, now: float) -> None:
+        with self._lock:
+            if sha not in self._entries and len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))  # the oldest stored
+            self._entries[sha] = (now, check, key)
+
+    def drop_machine(self, machine_id: int) -> None:
+        with self._lock:
+            for sha in [k for k, v in self._entries.items() if v[1].machine_id == machine_id]:
+                del self._entries[sha]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_caches: dict[str, CredentialCache] = {}
+
+
+def cache_for(ctx) -> CredentialCache:
+    """This process's credential cache for ctx's database."""
+    key = str(ctx.db.url)
+    c = _caches.get(key)
+    if c is None:
+        c = _caches.setdefault(key, CredentialCache())
+    return c
+
+
 def credential_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -79,6 +136,7 @@ def _issue(s, ctx, m, trust: str, actor: str, ttl_seconds: int | None) -> tuple[
             MachineCredential.machine_id == m.id, MachineCredential.expires_at.is_(None),
             MachineCredential.revoked_at.is_(None)).values(revoked_at=now)).rowcount)
         machines.set_credential(s, m, sha)
+        cache_for(ctx).drop_machine(m.id)  # the replaced credential stops working here at once
     s.execute(delete(MachineCredential).where(MachineCredential.machine_id == m.id,
                                               MachineCredential.expires_at.is_not(None),
                                               MachineCredential.expires_at < now - PRUNE_AFTER))
@@ -128,6 +186,28 @@ def check(conn, token: str | None) -> CredentialCheck | None:
     return _check_row(row, utcnow())
 
 
+def checked(ctx, conn, token: str | None) -> tuple[CredentialCheck | None, bytes | None]:
+    """(`check`, `bundle_key(token)`) for a live credential, (None, None) otherwise; reused from
+    this process's cache for CACHE_TTL seconds (see the module's docstring)."""
+    if not token or not isinstance(token, str) or not token.startswith(PREFIX) or len(token) > 200:
+        return None, None
+    sha, now, ttl = credential_hash(token), time.monotonic(), CACHE_TTL
+    cache = cache_for(ctx)
+    hit = cache.get(sha, now, ttl) if ttl > 0 else None
+    if hit is not None:
+        c, key = hit
+        if c.expires_at is None or c.expires_at > utcnow():
+            return c, key
+        return None, None
+    c = check(conn, token)
+    if c is None:
+        return None, None
+    key = bundle_key(token)
+    if ttl > 0:
+        cache.put(sha, c, key, now)
+    return c, key
+
+
 def authenticate(ctx, token: str | None) -> CredentialCheck | None:
     """Whose credential `token` is, at which trust level; None if unknown, expired or revoked."""
     if not token or not token.startswith(PREFIX):
@@ -145,7 +225,8 @@ def revoke_all(ctx, machine_id: int, actor: str) -> int:
         machines.set_credential(s, m, None)
         inventory.set_trust(s, m, "none")
         audit.record(s, actor, "machine.credential.revoke", f"machine:{m.id}", revoked=n)
-        return n
+    cache_for(ctx).drop_machine(m.id)  # at once on this server (others: within CACHE_TTL)
+    return n
 
 
 def enrolled(conn, machine_id: int) -> bool:
