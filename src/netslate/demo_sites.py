@@ -230,7 +230,15 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
 
         discovery.add_site(ctx, "branch")
         discovery.add_subnet(ctx, "branch", str(w.lan.network))
-        b = build_fleet_image(w.central_data, w.work, "sites")
+        saved = os.environ.get("NETSLATE_DATABASE_URL")
+        os.environ["NETSLATE_DATABASE_URL"] = w.socket_url  # demo_fleet's CLI runs inherit it: central's catalog
+        try:
+            b = build_fleet_image(w.central_data, w.work, "sites")
+        finally:
+            if saved is None:
+                os.environ.pop("NETSLATE_DATABASE_URL", None)
+            else:
+                os.environ["NETSLATE_DATABASE_URL"] = saved
         r["version"] = b["image"]["version"]
         bstore.add_profile(ctx, "sites-ram", image="fleet", ref="stable", mode="ram", console="ttyS0", args=["panic=-1"])
         m = inventory.add_machine(ctx, [MAC], uuid=UUID, name=NAME, labels={"site": "branch"})
