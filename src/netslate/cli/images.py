@@ -121,9 +121,12 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run"),
     json_: bool = JSON,
 ):
-    """Delete chunks no version references (never those of an import in progress)."""
+    """Delete chunks no version references (never those of an import in progress), and the static
+    front's files (DATA/serve) of versions that are gone."""
     data = state(ctx).services.images.gc(grace_seconds=grace, dry_run=dry_run)
     emit(data, json_, lambda d: console.print(f"removed {d['chunks_removed']} chunks, freed {human_bytes(d['bytes_freed'])}"
+                                              + (f"; {d['served_files_removed']} served files, {human_bytes(d['served_bytes_freed'])}"
+                                                 if d["served_files_removed"] else "")
                                               + (" (dry run)" if d["dry_run"] else "")))
 
 

@@ -160,6 +160,17 @@ class Catalog:
                 ids.update(mf.chunk_sizes(json.loads(mj)["payload"]))
         return ids
 
+    def referenced_served(self) -> tuple[set[str], set[str]]:
+        """(artifact sha256s, manifest digests without `sha256:`) of every version: the names the
+        static front's files (DATA/serve, images/frontend_files.py) are made under."""
+        shas: set[str] = set()
+        digests: set[str] = set()
+        with self.ctx.db.session() as s:
+            for mj, digest in s.execute(select(ImageVersion.manifest_json, ImageVersion.manifest_digest)):
+                digests.add(digest.removeprefix("sha256:"))
+                shas.update(a["sha256"] for a in json.loads(mj)["payload"]["artifacts"].values())
+        return shas, digests
+
     # ---------- writing ----------
 
     def register_version(

@@ -5,7 +5,7 @@ front, the first request for an artifact writes it whole once (every chunk verif
 atomic rename), and for a chunk pack writes its frames once; nginx then sends the file. Names are
 content addresses, so a file never changes: `artifacts/<sha256>`, `packs/<manifest digest>-<artifact>-<index>`.
 Bounded: past `max_bytes` the least recently built files are removed (nginx keeps an open file
-until it has sent it).
+until it has sent it). `image gc` removes the files of versions that are gone (`collect`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -86,3 +87,31 @@ class ServedFiles:
                 total -= size
             except FileNotFoundError:
                 pass
+
+    def collect(self, artifact_shas: set[str], manifest_digests: set[str], grace_seconds: float = 3600,
+                dry_run: bool = False, started: float | None = None) -> dict:
+        """Remove the files no version needs: `artifacts/<sha256>` whose sha256 no version's artifact
+        has, `packs/<digest>-...` whose manifest digest no version has, and temp files of builds
+        older than the grace. Like chunks, a file touched within `grace_seconds` stays (a version
+        being published, a request being answered). Returns counts for the gc report."""
+        started = time.time() if started is None else started
+        removed = freed = 0
+        for sub, wanted in (("artifacts", lambda n: n in artifact_shas), ("packs", lambda n: n[:64] in manifest_digests)):
+            d = self.root / sub
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                tmp = p.name.startswith(".tmp-")
+                if not tmp and wanted(p.name):
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime > started - (max(grace_seconds, 60) if tmp else grace_seconds):
+                    continue
+                removed += 1
+                freed += st.st_size
+                if not dry_run:
+                    p.unlink(missing_ok=True)
+        return {"served_files_removed": removed, "served_bytes_freed": freed}

@@ -13,11 +13,13 @@ the images part's knowledge: callers pass checks in (`Library(ctx, in_use=[...])
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from netslate.images import delta, ingest, maintenance, ranges
 from netslate.images.catalog import Catalog, InUseCheck
+from netslate.images.frontend_files import ServedFiles
 from netslate.images.leases import ImportLease  # noqa: F401  (older imports)
 from netslate.images.versioning import Resolved  # noqa: F401  (older imports)
 
@@ -87,8 +89,12 @@ class Library:
         return self.catalog.referenced_chunks()
 
     def gc(self, grace_seconds: float = 3600, dry_run: bool = False) -> dict:
+        started = time.time()
         result = maintenance.collect_garbage(self.store, self.imports_dir, self.catalog.referenced_chunks, grace_seconds, dry_run,
                                              tmp_dir=self.tmp_dir)
+        # the static front's files (DATA/serve) of versions that are gone, with the chunks' grace
+        result.update(ServedFiles(self.data_dir / "serve").collect(*self.catalog.referenced_served(), grace_seconds,
+                                                                    dry_run, started))
         if not dry_run:  # cached delta groups (DATA/deltas) of versions that are gone
             delta.drop_cache_for(self)
         return result

@@ -105,6 +105,8 @@ class GcReport(BaseModel):
     temp_files_removed: int
     work_dirs_removed: int = 0  # DATA/tmp/import-* and build-* no live lease covers (issue 11 #6)
     work_bytes_freed: int = 0
+    served_files_removed: int = 0  # DATA/serve files (the static front's) of versions that are gone
+    served_bytes_freed: int = 0
     dry_run: bool
 
 
