@@ -19,6 +19,15 @@ def _fleet(key: str):
     return Machine.status["fleet"][key].as_string()
 
 
+def _grouped(*columns, where=None):
+    """SELECT columns..., count(*) GROUP BY columns, through a subquery: PostgreSQL does not see a
+    JSON path with bound parameters in SELECT and in GROUP BY as the same expression (GroupingError)."""
+    inner = select(*(c.label(f"c{i}") for i, c in enumerate(columns)))
+    sub = (inner.where(where) if where is not None else inner).subquery()
+    cols = list(sub.c)
+    return select(*cols, func.count()).group_by(*cols)
+
+
 def counts(ctx, offline_before: str) -> dict:
     received = _fleet("received_at")
     state = case((and_(received.is_not(None), received < offline_before), "offline"), else_=Machine.state)
@@ -26,8 +35,7 @@ def counts(ctx, offline_before: str) -> dict:
         states: dict[str, int] = {}
         apart = {"image_from_cache": 0, "config_from_cache": 0, "image_defaults": 0}
         total = 0
-        for st, image_source, config_source, n in s.execute(
-                select(state, _fleet("image_source"), _fleet("config_source"), func.count()).group_by(state, _fleet("image_source"), _fleet("config_source"))):
+        for st, image_source, config_source, n in s.execute(_grouped(state, _fleet("image_source"), _fleet("config_source"))):
             states[st] = states.get(st, 0) + n
             total += n
             apart["image_from_cache"] += n if image_source == "cache" else 0
@@ -35,9 +43,8 @@ def counts(ctx, offline_before: str) -> dict:
             apart["image_defaults"] += n if config_source == "none" else 0
         version = _fleet("version")
         images = [{"image": i, "version": int(v) if v is not None else None, "machines": n}
-                  for i, v, n in s.execute(select(_fleet("image"), version, func.count()).where(_fleet("image").is_not(None))
-                                           .group_by(_fleet("image"), version))]
+                  for i, v, n in s.execute(_grouped(_fleet("image"), version, where=_fleet("image").is_not(None)))]
         generation = _fleet("generation")
         generations = [{"generation": int(g) if g is not None else None, "machines": n}
-                       for g, n in s.execute(select(generation, func.count()).where(received.is_not(None)).group_by(generation))]
+                       for g, n in s.execute(_grouped(generation, where=received.is_not(None)))]
     return {"machines": total, "states": states, **apart, "images": images, "generations": generations}
