@@ -10,7 +10,9 @@ C replays WAL that B never gets, so after B's promotion C is past B's promotion 
 central is rebuilt as a standby of B with `pg_rewind` and is never a second primary."""
 
 import re
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -276,6 +278,103 @@ def test_desktop_session_events_queued_during_a_cut(world):
     lab.wait_replayed()
     r = w.http("b", "GET", f"/api/v1/desktops/{w.desktop}", auth=True)
     assert r.status_code == 200 and r.json()["state"] == "in_use" and r.json()["user"] == "alice"
+
+
+class Forward:
+    """127.0.0.1:<port> here (the root namespace, where the shared browser lives) → 127.0.0.1:8080
+    inside a lab namespace: each connection's far socket is made by a thread inside that namespace."""
+
+    def __init__(self, ns: str):
+        self.worker = NsWorker(ns)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                near, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                far = self.worker.call(socket.create_connection, ("127.0.0.1", PORT), 10, timeout=15)
+            except OSError:
+                near.close()
+                continue
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        a.settimeout(120)
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.worker.close()
+
+
+PAGES = ["/", "/machines", "/images", "/config", "/sites", "/pools", "/audit"]
+
+
+def test_web_console_shows_read_only_banner_and_lag(world, page):
+    """Issue 15 §1 in the web console (the shared headless Chromium): branch B's pages carry the
+    banner "read-only since HH:MM — central site unreachable" during a cut, none otherwise; the
+    servers table on /sites shows each branch server's replica state (lag, READ-ONLY)."""
+    from selenium.webdriver.common.by import By
+
+    from webworld import wait_for
+
+    w, lab = world, world.lab
+    fwd = Forward(lab.branch)
+    url = f"http://127.0.0.1:{fwd.port}"
+    token = (w.data["b"] / "admin.token").read_text().strip()
+    page.execute_cdp_cmd("Network.enable", {})
+    page.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Bearer {token}"}})
+
+    def replica(name: str) -> str:
+        return page.find_element(By.CSS_SELECTOR, f"#servers tr[data-server='{name}'] td.replica").text
+
+    try:
+        page.get(url + "/sites")
+        wait_for(page, "#servers")
+        assert not page.find_elements(By.ID, "read-only")
+        assert re.fullmatch(r"lag [0-9.]+ s", replica("branch1")), replica("branch1")  # its own, live
+        _wait("C's status reached central", lambda: w.http("b", "GET", "/api/v1/servers", auth=True).json())
+        page.get(url + "/sites")
+        assert re.match(r"(lag [0-9.]+ s|standby)", replica("branchc1")), replica("branchc1")  # as C reported it
+        lab.cut()
+        try:
+            _wait("B knows it is read-only", lambda: w.http("b", "GET", "/healthz").json()["read_only"], timeout=60)
+            for path in PAGES:
+                page.get(url + path)
+                banner = wait_for(page, "#read-only")
+                assert re.fullmatch(r"read-only since \d\d:\d\d — central site unreachable", banner.text), (path, banner.text)
+                assert page.find_element(By.ID, "main")  # the page itself still renders (reads from the standby)
+            page.get(url + "/sites")
+            assert replica("branch1").startswith("READ-ONLY"), replica("branch1")
+        finally:
+            lab.restore()
+        _wait("B writable again", lambda: not w.http("b", "GET", "/healthz").json()["read_only"], timeout=60)
+        page.get(url + "/")
+        wait_for(page, "#main")
+        assert not page.find_elements(By.ID, "read-only")
+    finally:
+        page.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+        fwd.close()
 
 
 def _switchpoint(w: World, timeline: int) -> str:

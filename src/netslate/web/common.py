@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
@@ -107,10 +108,19 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
+def read_only_since(request: Request) -> str | None:
+    """HH:MM (this server's local time, as in the 503 line) while this branch server's central primary
+    is out of reach (issue 15): every page says so in a banner; None otherwise."""
+    parts = getattr(request.app.state, "parts", None)
+    since = parts.ctx.db.down_since if parts is not None else None
+    return time.strftime("%H:%M", time.localtime(since)) if since is not None else None
+
+
 def render(request: Request, template: str, status: int = 200, csp: str = CSP, **context: Any) -> HTMLResponse:
     who = caller(request)
     context.setdefault("flash", None)
     context.setdefault("errors", [])
+    context.setdefault("read_only_since", read_only_since(request))
     body = env.get_template(template).render(request=request, caller=who, csrf=csrf_token(request),
                                               path=request.url.path, **context)
     return HTMLResponse(body, status_code=status, headers={

@@ -375,7 +375,8 @@ def config_unset(request: Request, path: str = Form(""), key: str = Form("")):
 def sites_page(request: Request):
     require_staff(request)
     sv = services(request)
-    return render(request, "sites.html", sites=sv.sites.list(), health=sv.overview.health())
+    replica = {s.name: s for s in sv.servers.list()}  # branch servers: read-only state and lag (issue 15)
+    return render(request, "sites.html", sites=sv.sites.list(), health=sv.overview.health(), replica=replica)
 
 
 @router.get("/pools", response_class=HTMLResponse)
