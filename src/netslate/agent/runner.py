@@ -10,6 +10,7 @@ from pathlib import Path
 
 from netslate.agent import AGENT_VERSION, apply, bootinfo, bundle, facts as facts_mod, health, http, lkg, locate, reports
 from netslate.agent import enroll
+from netslate.agent.problems import Problems
 from netslate.agent.util import read_json, under, write_json
 
 log = logging.getLogger("netslate.agent")
@@ -75,10 +76,9 @@ class Agent:
         self.modules: dict = {}
         self.health: dict = {"ok": True, "checks": []}
         self.reboot_required: list[str] = []
-        self.problems: list[str] = list(self.boot.problems)
+        self.problems = Problems(self.boot.problems)  # one slot per source, rebuilt when it runs
         self.last_report = 0.0
         self.enroller = enroll.Enroller(self.root, self.lkg_dir, self.o.timeout)  # TPM (or token) → credential
-        self._enroll_problem: str | None = None  # the enrollment's current problem line, replaced each step
         # Site-scoped signing (issue 15 §3): the newest root-signed revocation list seen (kept with the
         # lkg in cache mode, where the initramfs reads it too) and the site of the last verified bundle.
         self.revocations_file = self.store_dir / bundle.REVOCATIONS_FILE
@@ -104,6 +104,8 @@ class Agent:
 
     def locate(self, exclude=None) -> str | None:
         exclude = set(exclude or ())
+        if not exclude:  # a fresh search (a retry with exclusions adds to this round's lines)
+            self.problems.start("locate")
         cached = locate.load_cache(self.locate_cache)
         cands = [c for c in locate.candidates(self.boot.servers, cached, []) if c[0] not in exclude]
         found = locate.find(cands, self.o.timeout, self.boot.key, self.site, self.revocations)
@@ -117,12 +119,12 @@ class Agent:
             if exclude:
                 return None  # every server that answered gave an unusable bundle; already reported
             tried = ", ".join(f"{t['url']}: {t['error']}" for t in found.tried) or "no candidates (no netslate.server=, no cache, no SRV answer)"
-            self.problems.append(f"no server answered ({tried})")
+            self.problems.add("locate", f"no server answered ({tried})")
             return None
         try:
             locate.save_cache(self.locate_cache, found.answer, found.url, self.pin)
         except OSError as exc:
-            self.problems.append(f"could not cache the locate answer: {exc}")
+            self.problems.add("locate", f"could not cache the locate answer: {exc}")
         return found.url
 
     def identify(self, url: str) -> int | None:
@@ -137,6 +139,7 @@ class Agent:
             params.append(("uuid", uuid))
         import urllib.parse
 
+        self.problems.start("identify")
         try:
             r = http.get_json(f"{url}/api/v1/fleet/identify?" + urllib.parse.urlencode(params), timeout=self.o.timeout)
             mid = int(r["id"])
@@ -144,7 +147,7 @@ class Agent:
             cached = read_json(self.identity_file) or {}
             if isinstance(cached.get("id"), int):
                 return cached["id"]
-            self.problems.append(f"server does not know this machine: {exc}")
+            self.problems.add("identify", f"server does not know this machine: {exc}")
             return None
         try:
             write_json(self.identity_file, {"id": mid, "name": r.get("name")})
@@ -169,8 +172,7 @@ class Agent:
     def _opened(self, payload: dict) -> dict:
         """A verified payload with its secrets opened with this machine's credential (issue 13)."""
         payload, problem = bundle.open_secrets(payload, self.credential())
-        if problem:
-            self.problems.append(problem)
+        self.problems.set("secrets", problem)
         return payload
 
     def verify(self, envelope) -> dict:
@@ -201,25 +203,26 @@ class Agent:
         body = reports.build(
             phase=phase, boot=self.boot, generation=self.generation, config_source=self.config_source,
             modules=self.modules, changes=changes or {}, health=self.health, facts=self.facts,
-            timings=timings or {}, reboot_required=self.reboot_required, problems=self.problems[-20:],
+            timings=timings or {}, reboot_required=self.reboot_required, problems=self.problems.lines()[-20:],
             agent_version=AGENT_VERSION, uptime=_uptime(Path(self.o.sysroot)))
         self.last_report = time.monotonic()
         if self.url and self.machine_id is not None:
             try:
                 reports.flush(self.queue_dir, self.url, self.machine_id, self.credential(), self.o.timeout)
                 reports.send(self.url, self.machine_id, body, self.credential(), self.o.timeout)
+                self.problems.start("report")
                 return True
             except reports.Refused as exc:
-                self.problems.append(f"report not accepted: {exc}")
+                self.problems.set("report", f"report not accepted: {exc}")
                 return False  # queueing it would only block the queue
             except (http.HttpError, OSError) as exc:
-                self.problems.append(f"report not delivered: {exc}")
+                self.problems.set("report", f"report not delivered: {exc}")
         if phase == "booting":
             return False  # a booting report only matters live; the final one is queued
         try:
             reports.enqueue(self.queue_dir, body)
         except OSError as exc:
-            self.problems.append(f"could not queue the report: {exc}")
+            self.problems.add("report", f"could not queue the report: {exc}")
         return False
 
     # ------------------------------------------------------------ the boot pass
@@ -236,6 +239,7 @@ class Agent:
         payload = envelope = None
         bad: dict[str, None] = {}  # ordered: servers that answered but gave nothing usable
         t["fetch"] = time.monotonic()
+        self.problems.start("bundle")
         # Try servers in locate order until one gives a bundle that verifies (bounded: each URL once).
         while payload is None:
             self.url = self.locate(exclude=bad)
@@ -256,7 +260,7 @@ class Agent:
                 self.etag = etag
                 self.config_source = "server"
             except (http.HttpError, bundle.BundleRejected) as exc:
-                self.problems.append(f"bundle from {self.url} not used: {exc}")
+                self.problems.add("bundle", f"bundle from {self.url} not used: {exc}")
                 payload = envelope = None
                 bad[self.url] = None
         if payload is None and bad:
@@ -272,7 +276,7 @@ class Agent:
                     self.machine_id = payload.get("machine_id")
             else:
                 self.config_source = "none"
-                self.problems.append(f"no verified configuration ({why}): running with the image's defaults")
+                self.problems.add("bundle", f"no verified configuration ({why}): running with the image's defaults")
         t["apply"] = time.monotonic()
         changes: dict = {}
         if payload is not None:
@@ -296,17 +300,12 @@ class Agent:
     def _enroll(self) -> None:
         """Obtain or renew the machine credential when due (agent/enroll.py); a problem goes into the report."""
         if self.url and self.enroller.due():
-            problem = self.enroller.step(self.url, self.facts)
             # one enrollment line at a time: a machine approved since no longer reports it waits
-            if self._enroll_problem in self.problems:
-                self.problems.remove(self._enroll_problem)
-            self._enroll_problem = problem
-            if problem:
-                self.problems.append(problem)
+            self.problems.set("enroll", self.enroller.step(self.url, self.facts))
 
     def _last_body(self, timings, changes) -> dict:
         return {"config_source": self.config_source, "generation": self.generation, "modules": self.modules,
-                "health": self.health, "problems": self.problems, "changes": changes, "timings": timings,
+                "health": self.health, "problems": self.problems.lines(), "changes": changes, "timings": timings,
                 "machine_id": self.machine_id, "server": self.url, "reboot_required": sorted(set(self.reboot_required))}
 
     # ------------------------------------------------------------ follow changes
@@ -326,9 +325,10 @@ class Agent:
         try:
             status, envelope, etag = self.fetch(self.url, wait)
         except http.HttpError as exc:
-            self.problems.append(f"follow: {exc}")
+            self.problems.set("bundle", f"follow: {exc}")
             self.url = None
             return "offline"
+        self.problems.start("bundle")  # the server answered
         if status == 304:
             if time.monotonic() - self.last_report > HEARTBEAT or self.config_source != "server":
                 self.report("heartbeat")
@@ -336,7 +336,7 @@ class Agent:
         try:
             payload = self._opened(self.verify(envelope))
         except bundle.BundleRejected as exc:
-            self.problems.append(f"new bundle refused: {exc}")
+            self.problems.add("bundle", f"new bundle refused: {exc}")
             self.etag = etag  # do not spin on the same bad bundle
             self.report("heartbeat")
             return "refused"
