@@ -2,7 +2,7 @@
 
 import typer
 
-from netslate.cli.common import console, emit, human_bytes, state, table
+from netslate.cli.common import byte_progress, console, emit, human_bytes, state, table
 
 app = typer.Typer(help="Chunk mirror of a branch server (serve --mirror-from): status and prefetch.", no_args_is_help=True)
 
@@ -33,7 +33,10 @@ def status(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
 
 @app.command("sync")
 def sync(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
-    """Run one prefetch pass now (waits for a running one first)."""
-    emit(state(ctx).services.mirror.sync(), json_,
+    """Run one prefetch pass now (waits for a running one first); a progress bar on a terminal."""
+    with byte_progress("mirror sync", None, enabled=not json_) as bar:
+        task = bar.add_task("mirror sync: prefetching", total=None)
+        data = state(ctx).services.mirror.sync_with_progress(lambda done, total: bar.update(task, completed=done, total=total or None))
+    emit(data, json_,
          lambda d: console.print(f"{d['versions']} versions, fetched {human_bytes(d['bytes_fetched'])} in {d['seconds']} s"
                                  + "".join(f"\nerror: {e}" for e in d["errors"][:10]), soft_wrap=True))

@@ -4,11 +4,14 @@ machines are assigned, and a prefetch pass on demand. The mirror itself is `nets
 
 from __future__ import annotations
 
+import concurrent.futures
+from typing import Callable
+
 from pydantic import BaseModel
 
 from netslate.errors import UserError
 from netslate.images.mirror import assigned_versions, status as mirror_status
-from netslate.services.framework import Service, op
+from netslate.services.framework import Service, op, requires
 
 SYNC_WAIT_SECONDS = 600.0  # `mirror sync` waits this long for a running pass to end before its own
 
@@ -62,6 +65,34 @@ class MirrorService(Service):
     def sync(self) -> MirrorPass:
         """Run one prefetch pass now (after the running one, if any) and say what it fetched."""
         raise NotImplementedError
+
+    @requires("operator")
+    def sync_with_progress(self, progress: Callable[[int, int], None] | None = None, every: float = 0.5) -> MirrorPass:
+        """`sync`, calling progress(bytes fetched, bytes missing when it started) every `every` seconds
+        while the pass runs, and once at the end: the CLI's progress bar. The figures come from
+        `status` (what is missing now), so this works the same locally and over --server."""
+        if progress is None:
+            return self.sync()
+
+        def missing() -> int | None:
+            st = self.status()
+            return sum(v.bytes_missing for v in st.versions) if st.configured else None
+
+        start = missing()
+        if start is None:
+            return self.sync()  # not a mirror: sync says so
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mirror-sync") as pool:
+            running = pool.submit(self.sync)
+            while True:
+                try:
+                    result = running.result(timeout=every)
+                    break
+                except concurrent.futures.TimeoutError:
+                    left = missing()
+                    progress(min(start, max(0, start - (left or 0))), start)
+        left = missing()
+        progress(min(start, max(0, start - (left or 0))), start)
+        return result
 
 
 class LocalMirror(MirrorService):
