@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from netslate.context import Context
-from netslate.demo_fleet import MAC_RAM, UUID_RAM, Fleet, build_fleet_image, cli, configured, _utcnow
+from netslate.demo_fleet import MAC_RAM, UUID_RAM, Fleet, cli, configured, _utcnow
 from netslate.vmlab import VM, NetslateServer
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800)]
@@ -33,15 +33,12 @@ REFUSED_RE = r'BdsDxe: failed to load Boot\d{4} "UEFI PXEv4 \(MAC:525400DE0001\)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, fleet_seed):
     tmp = tmp_path_factory.mktemp("secure-boot")
     data = tmp / "data"
-    ctx = Context(data).init()
+    ctx = fleet_seed.copy_to(data)  # the fleet image, built once per session (tests/boot_e2e/conftest.py)
     fl = Fleet(tmp, data, tls=False)
     try:
-        t0 = time.monotonic()
-        build_fleet_image(data, tmp, "sb")
-        print(f"\nfleet image + netslate initramfs built: {time.monotonic() - t0:.0f}s")
         from netslate import inventory
         from netslate.boot import store as bstore
 
