@@ -213,7 +213,7 @@ def test_bios_loader_with_next_server_reaches_configured(world):
         acks, m, con = _linux_then_configured(world, vm, d)
     ver = int(m["version"])
     assert m["state"] == "configured", m
-    assert f"netslate: boot server {world['lab'].address}" in con  # the loader script took next-server
+    assert f"netslate: boot server {world['lab'].address}" in con  # the loader script (next-server = option 66 = built-in here)
     assert re.search(rf"Command line: .*netslate\.image=fleet@{ver}\b.*e2e\.profile=p-plain", con)
     assert f"netslate: rootfs fleet@{ver}: downloaded" in con  # the initramfs pulled and verified the image
     # no loop: each loader file sent once, two DHCP handshakes before Linux (firmware's, iPXE's), one boot script
