@@ -29,6 +29,7 @@ PORT = 8080  # inside each lab namespace
 A_ON_AC, C_ON_AC = "10.77.1.1", "10.77.1.2"
 B_ON_BC, C_ON_BC = "10.77.2.1", "10.77.2.2"
 SLOT_C = "branch_c"
+SLOT_D, PORT_D = "branch_d", 5433  # a third branch's standby, in C's namespace on its own port
 CLIENT_AT_C = "10.77.3.10"  # a machine in site c's subnet
 MAC1 = "52:54:00:15:05:01"
 BOUNDS = "connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2"
@@ -61,6 +62,7 @@ class ThreeSites(SitesLab):
                                    "standby": {"listen_addresses": "*"}})
         self.third = f"nsd-{self.suffix}"
         self.c_dir = self.base / "standby-c"
+        self.d_dir = self.base / "standby-d"
         self.links = [(f"xa{self.suffix}", f"xc{self.suffix}"), (f"yb{self.suffix}", f"yc{self.suffix}")]
 
     def _net(self) -> None:
@@ -83,26 +85,30 @@ class ThreeSites(SitesLab):
             f.write("host all all 10.77.0.0/16 trust\nhost replication all 10.77.0.0/16 trust\n")
         self.psql(self.central, "SELECT pg_reload_conf()")
 
-    def node_conf(self, datadir: Path, sock: str, listen: str, primary: str, slot: str) -> None:
+    def node_conf(self, datadir: Path, sock: str, listen: str, primary: str, slot: str, port: int = PG_PORT) -> None:
         """What is this node's own (pg_basebackup and pg_rewind copy the source's postgresql.auto.conf)."""
         self._conf(datadir, {
-            "listen_addresses": listen, "port": PG_PORT, "unix_socket_directories": sock,
+            "listen_addresses": listen, "port": port, "unix_socket_directories": sock,
             "primary_conninfo": f"host={primary} port={PG_PORT} user=postgres application_name={slot} {BOUNDS}",
             "primary_slot_name": slot, "hot_standby": "on", "wal_receiver_timeout": "5s",
             "wal_retrieve_retry_interval": "1s", "wal_receiver_status_interval": "1s", "hot_standby_feedback": "on"})
 
-    def start_c(self) -> None:
-        """The second branch's standby: pg_basebackup from central over the A-C link, its own slot."""
-        self.psql(self.central, f"SELECT pg_create_physical_replication_slot('{SLOT_C}')")
-        self.c_dir.mkdir(mode=0o700)
-        sock = self.base / "c-sock"
+    def start_standby(self, datadir: Path, slot: str, port: int) -> None:
+        """A standby in the third namespace: pg_basebackup from central over the A-C link, its own slot."""
+        self.psql(self.central, f"SELECT pg_create_physical_replication_slot('{slot}')")
+        datadir.mkdir(mode=0o700)
+        sock = self.base / f"{datadir.name}-sock"
         sock.mkdir(mode=0o700)
-        for d in (self.c_dir, sock):
+        for d in (datadir, sock):
             _run(["chown", "postgres:postgres", str(d)])
         self.pg(self.third, str(self.bin / "pg_basebackup"), "-h", A_ON_AC, "-p", str(PG_PORT), "-U", "postgres",
-                "-D", str(self.c_dir), "-R", "-S", SLOT_C, "-X", "stream", "-c", "fast")
-        self.node_conf(self.c_dir, str(sock), "127.0.0.1", A_ON_AC, SLOT_C)
-        self._start_pg(self.third, self.c_dir, "standby-c.log")
+                "-D", str(datadir), "-R", "-S", slot, "-X", "stream", "-c", "fast")
+        self.node_conf(datadir, str(sock), "127.0.0.1", A_ON_AC, slot, port)
+        self._start_pg(self.third, datadir, f"{datadir.name}.log")
+
+    def start_c(self) -> None:
+        self.start_standby(self.c_dir, SLOT_C, PG_PORT)  # branch C's standby (its netslate server reads it)
+        self.start_standby(self.d_dir, SLOT_D, PORT_D)  # a third branch's standby, down when central is lost
 
     def start_pg(self, ns: str, datadir: Path, log: str) -> None:
         try:
@@ -114,8 +120,9 @@ class ThreeSites(SitesLab):
         for p in self.procs:  # the servers first (they hold connections)
             if p.poll() is None:
                 p.terminate()
-        if (self.c_dir / "postmaster.pid").exists():
-            self.pg(self.third, str(self.bin / "pg_ctl"), "-D", str(self.c_dir), "-m", "immediate", "stop", check=False)
+        for d in (self.c_dir, self.d_dir):
+            if (d / "postmaster.pid").exists():
+                self.pg(self.third, str(self.bin / "pg_ctl"), "-D", str(d), "-m", "immediate", "stop", check=False)
         _run(["ip", "netns", "del", self.third], check=False)
         super().stop()
 
@@ -130,9 +137,12 @@ class World:
             d.mkdir()
 
     def ns(self, site: str) -> str:
-        return {"a": self.lab.central, "b": self.lab.branch, "c": self.lab.third}[site]
+        return {"a": self.lab.central, "b": self.lab.branch, "c": self.lab.third, "d": self.lab.third}[site]
 
     def sql(self, site: str, q: str) -> str:
+        if site == "d":
+            return self.lab.pg(self.lab.third, str(self.lab.bin / "psql"), "-h", "127.0.0.1", "-p", str(PORT_D),
+                               "-U", "postgres", "-At", "-c", q).stdout.strip()
         return self.lab.psql(self.ns(site), q)
 
     def http(self, site: str, method: str, path: str, auth: bool = False, **kw) -> httpx.Response:
@@ -406,6 +416,10 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     r = w.add_site("b", "before-cut")
     assert r.status_code == 201, r.text
     lab.wait_replayed()
+    # D's standby goes down now (a branch whose standby was off or behind when central was lost)
+    _wait("D replayed the same", lambda: w.replayed("d", w.sql("a", "SELECT pg_current_wal_lsn()")))
+    assert w.has_site("d", "before-cut")
+    lab.pg(lab.third, str(lab.bin / "pg_ctl"), "-D", str(lab.d_dir), "-m", "fast", "-w", "stop")
     lab.cut()
     w.workers[lab.central].call(_add_site, Context(w.tmp / "central", lab.primary_url_central), "lost-at-central")
     lost_lsn = w.sql("a", "SELECT pg_current_wal_lsn()")
@@ -461,7 +475,7 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     # here: C then refused to start, "requested timeline 2 is not a child of this server's history").
     w.sql("b", "CHECKPOINT")
     _rewind(w, "c", lab.c_dir, B_ON_BC)
-    lab.node_conf(lab.c_dir, str(lab.base / "c-sock"), "127.0.0.1", B_ON_BC, SLOT_C)
+    lab.node_conf(lab.c_dir, str(lab.base / "standby-c-sock"), "127.0.0.1", B_ON_BC, SLOT_C)
     lab.start_pg(lab.third, lab.c_dir, "standby-c.log")
     assert w.sql("c", "SELECT pg_is_in_recovery()") == "t"
     b_now = w.sql("b", "SELECT pg_current_wal_lsn()")
@@ -473,6 +487,22 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     r = _wait("C's server writable", lambda: (lambda r: r if r.status_code == 201 else None)(w.add_site("c", "via-c-rewound")),
               timeout=60, interval=1)
     assert w.http("c", "GET", "/api/v1/sites/via-c-rewound", auth=True).status_code == 200  # read-your-writes
+
+    # 5 again, for D: it comes back (still pointing at the lost central) and is not past the fork
+    # point, so re-pointing it is all it needs: it follows B's new timeline by itself
+    lab.start_pg(lab.third, lab.d_dir, "standby-d.log")
+    d_replayed = w.sql("d", "SELECT pg_last_wal_replay_lsn()")
+    assert not _lsn_gt(w, d_replayed, fork), (d_replayed, fork)
+    w.sql("b", f"SELECT pg_create_physical_replication_slot('{SLOT_D}', true)")
+    w.sql("d", f"ALTER SYSTEM SET primary_conninfo = 'host={B_ON_BC} port={PG_PORT} user=postgres "
+               f"application_name={SLOT_D} {BOUNDS}'")
+    w.sql("d", f"ALTER SYSTEM SET primary_slot_name = '{SLOT_D}'")
+    w.sql("d", "SELECT pg_reload_conf()")
+    b_now = w.sql("b", "SELECT pg_current_wal_lsn()")
+    _wait("D follows B after a re-point (no rewind)", lambda: w.replayed("d", b_now), timeout=60)
+    assert w.has_site("d", "via-c-rewound") and not w.has_site("d", "lost-at-central")
+    assert w.sql("d", "SELECT pg_is_in_recovery()") == "t"
+    assert w.sql("b", f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT_D}'") == "t"
 
     # 6. machines at C locate B's server as the central (writable) site: C's own first, B second
     def order():
