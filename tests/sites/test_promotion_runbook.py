@@ -398,7 +398,8 @@ def _lsn_gt(w: World, a: str, b: str) -> bool:
 
 
 def _rewind(w: World, site: str, datadir: Path, source: str) -> str:
-    """Stop the server at `site` (cleanly) and pg_rewind it from B; -R writes standby.signal."""
+    """Stop the server at `site` (cleanly) and pg_rewind it from B; -R writes standby.signal.
+    Returns the postgresql.auto.conf it left."""
     lab = w.lab
     if (datadir / "postmaster.pid").exists():
         lab.pg(w.ns(site), str(lab.bin / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop")
@@ -406,6 +407,7 @@ def _rewind(w: World, site: str, datadir: Path, source: str) -> str:
                  f"--source-server=host={source} port={PG_PORT} user=postgres dbname=postgres", timeout=300)
     assert "Done!" in out.stderr + out.stdout, out.stderr  # not "no rewind required"
     assert (datadir / "standby.signal").exists()  # -R
+    return (datadir / "postgresql.auto.conf").read_text()
 
 
 def test_runbook_promote_branch_b_and_rebuild_the_others(world):
@@ -474,7 +476,8 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     # ends, B's control file still says timeline 1 and pg_rewind answers "no rewind required" (seen
     # here: C then refused to start, "requested timeline 2 is not a child of this server's history").
     w.sql("b", "CHECKPOINT")
-    _rewind(w, "c", lab.c_dir, B_ON_BC)
+    conf = _rewind(w, "c", lab.c_dir, B_ON_BC)
+    assert "primary_slot_name = 'branch_b'" in conf  # B's file came along: C's own values must be set again
     lab.node_conf(lab.c_dir, str(lab.base / "standby-c-sock"), "127.0.0.1", B_ON_BC, SLOT_C)
     lab.start_pg(lab.third, lab.c_dir, "standby-c.log")
     assert w.sql("c", "SELECT pg_is_in_recovery()") == "t"
@@ -518,7 +521,8 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     # 7. the old central returns: never as a primary. It is past the fork too; rebuilt as B's standby.
     assert _lsn_gt(w, a_checkpoint, fork), (a_checkpoint, fork)
     w.sql("b", "SELECT pg_create_physical_replication_slot('central', true)")
-    _rewind(w, "a", lab.primary_dir, BRANCH_ADDR)
+    conf = _rewind(w, "a", lab.primary_dir, BRANCH_ADDR)
+    assert "primary_slot_name = 'branch_b'" in conf and "standby-sock" in conf  # B's, not the old central's
     # pg_rewind may bring the source's postgresql.auto.conf (here: B's socket directory and its old
     # slot name branch_b): set the node's own values again before it starts
     lab.node_conf(lab.primary_dir, str(lab.base), f"127.0.0.1,{CENTRAL_ADDR},{A_ON_AC}", BRANCH_ADDR, "central")
