@@ -55,7 +55,10 @@ class Notifier:
         return self.version != seen
 
     def _read_serial(self) -> int:
-        with self.ctx.db.session() as s:
+        # the connection bundles are read from: on a branch server the standby, so a long-poll wakes
+        # when the standby has replayed a publish (the primary's serial woke it before the bundle
+        # could change, and the agent then waited its whole long-poll again)
+        with self.ctx.db.read_session() as s:
             st = s.get(ConfigState, 1)
             return st.serial if st else 0
 
