@@ -13,17 +13,19 @@ agent, the netslate initramfs; built once per session, tests/boot_e2e/conftest.p
   the assigned kernel + netslate initramfs with pxelinux's BOOTIF= (no iPXE, no boot script), and
   its agent reports **configured**;
 - options 66 + 67 without next-server: what the firmware does (no VM gets past it):
-  SeaBIOS's iPXE ROM says "Nothing to boot" and asks no TFTP server; OVMF asks the DHCP server's own
-  address (option 54), so netslate's TFTP sees nothing; with the DHCP server on the netslate
-  server's own address OVMF does fetch shim from netslate, and shim then fails to fetch GRUB (it
-  reads only next-server).
+  SeaBIOS's iPXE ROM says "Nothing to boot" and asks no TFTP server, even with the DHCP server on
+  the netslate server's own address; OVMF, with the DHCP server on another host, asks that host
+  (option 54), so netslate's TFTP sees nothing; with the DHCP server on the netslate server's own
+  address OVMF does fetch shim from netslate, and shim then fails to fetch GRUB (it reads only
+  next-server).
 
 `netslate boot explain --json` reports each booted VM's path (iPXE BIOS via the pxelinux loader,
 pxelinux, GRUB) from the TFTP log.
 
 One world for the module: one copy of the fleet image, one `netslate serve`, one namespace; the ISC
 dhcpd is started per test (its own address range, so the TFTP log never mixes VMs) and always
-stopped. The module's finalizer checks that no DHCP server, VM or namespace is left behind.
+stopped. After each test a finalizer checks that no dhcpd or QEMU of the module runs; the module's
+finalizer, that no process naming the module's paths and no namespace of it is left.
 """
 
 import contextlib
@@ -64,7 +66,7 @@ def _our_processes(marks: list[str]) -> list[str]:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(m in cmd for m in marks) and "pytest" not in cmd:
+        if int(pid) != os.getpid() and any(m in cmd for m in marks):
             found.append(f"{pid}: {cmd[:200]}")
     return found
 
@@ -174,6 +176,14 @@ def _explain(world, mac: str) -> dict:
     r = run_cli("boot", "explain", mac, "--json", data_dir=world["data"], timeout=60)
     assert r.code == 0, r.stderr
     return json.loads(r.stdout)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_after_each_test(world):
+    """After every test: no dhcpd and no QEMU of this module still running (the server stays)."""
+    yield
+    marks = [str(world["tmp"]), str(world["fl"].vmdir)]
+    assert [p for p in _our_processes(marks) if "dhcpd" in p or "qemu-system" in p] == []
 
 
 def _vm(world, name, mac, firmware="bios", **kw) -> VM:
@@ -287,6 +297,9 @@ def _firmware_only(world, name: str, mac: str, filename: str, firmware: str, unt
         try:
             vm.wait_for(until, FIRMWARE_TIMEOUT)
             print(f"\n{name}: power-on → the firmware gave up: {time.monotonic() - t0:.0f}s")
+            # the leftover check sees what runs (so that its empty answer after the test means something)
+            running = _our_processes([str(world["tmp"]), str(world["fl"].vmdir)])
+            assert any("qemu-system" in p for p in running) and any("dhcpd" in p for p in running), running
         finally:
             con = _keep(world, vm)
             vm.stop()
@@ -296,9 +309,12 @@ def _firmware_only(world, name: str, mac: str, filename: str, firmware: str, unt
 
 
 def test_option66_without_next_server_bios_ipxe_rom_boots_nothing(world):
-    """QEMU's iPXE ROM (SeaBIOS) reads the file name but not option 66: no TFTP request at all."""
+    """QEMU's iPXE ROM (SeaBIOS) reads the file name but neither option 66 nor the DHCP server's address
+    (option 54): even with the DHCP server on the netslate server's own address (so that a TFTP request
+    to either would reach netslate's TFTP and be logged) it sends no TFTP request at all."""
     con, d = _firmware_only(world, "no-ns-bios", MAC_NO_NS_BIOS, "ipxe-bios/lpxelinux.0", "bios",
-                            r"Nothing to boot")
+                            r"Nothing to boot", on_server=True)
+    assert d["server"] == world["lab"].address
     assert "Filename: ipxe-bios/lpxelinux.0" in con and "Next server:" not in con
     assert _tftp_any(world, d["range"]) == []  # netslate's TFTP never heard from it
 
