@@ -428,8 +428,11 @@ def test_runbook_promote_branch_b_and_rebuild_the_others(world):
     _wait("C replayed central's last write", lambda: w.replayed("c", lost_lsn))
     assert w.has_site("c", "lost-at-central") and not w.has_site("b", "lost-at-central")
 
-    # 1. fence the old primary (here: it stops; its data directory stays for step 7)
+    # 1. fence the old primary (here: it stops; its data directory stays for step 7), and the site
+    # goes silent towards C (its end of the A-C link down: C's packets to it vanish, as in a real loss,
+    # so C's multi-host URL waits out the connect time-out on A before it tries B)
     lab.pg(lab.central, str(lab.bin / "pg_ctl"), "-D", str(lab.primary_dir), "-m", "fast", "-w", "stop")
+    _run(["ip", "-n", lab.central, "link", "set", lab.links[0][0], "down"])
     a_checkpoint = re.search(r"Latest checkpoint location:\s+(\S+)",
                              lab.pg(lab.central, str(lab.bin / "pg_controldata"), str(lab.primary_dir)).stdout).group(1)
     lab.restore()  # the WAN is back, central's PostgreSQL stays down
