@@ -6,8 +6,13 @@ branch C (a standby of A made here), with links A-B (the lab's WAN), A-C and B-C
 serve` at B (standby B, writes to A) and at C (standby C, writes through the multi-host URL
 "A,B?target_session_attrs=read-write"). Before the disaster, B is cut off while central still writes:
 C replays WAL that B never gets, so after B's promotion C is past B's promotion point and needs
-`pg_rewind` (shown by the LSNs and by the standby's own refusal to follow B without it). The old
-central is rebuilt as a standby of B with `pg_rewind` and is never a second primary."""
+`pg_rewind` (shown by the LSNs and by the standby's own refusal to follow B without it); a third
+branch's standby D (beside C, down since before the cut) only needs re-pointing. The old central is
+rebuilt as a standby of B with `pg_rewind` and is never a second primary.
+
+The same world, before the disaster, also checks issue 15 §1 paths that had no test: desktop
+session events queued at B during a cut (exactly once at central after it), and the web console's
+read-only banner and replica column in the shared headless Chromium."""
 
 import re
 import socket
