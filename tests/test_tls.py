@@ -141,7 +141,7 @@ def test_serve_refuses_half_tls_options(tmp_path):
     assert r.code == 2 and "no such file" in r.stderr
 
 
-def test_enrollment_token_refused_over_plain_http_when_tls_is_on(tls_server):
+def test_enrollment_token_refused_over_plain_http_when_tls_is_on(tls_server, tmp_path):
     """Issue 13 §6 follow-up: the credential is never issued in clear when the server has a TLS
     listener; the token, which crossed the network in clear, is spent. Kept last in this module:
     the exchange over HTTPS registers a machine (test_cli_over_https lists none)."""
@@ -166,9 +166,18 @@ def test_enrollment_token_refused_over_plain_http_when_tls_is_on(tls_server):
             enroll_token.exchange(secure, first, facts)
         second = tokens.create(ctx, "local:test", domain_uuid=uuid, kind="host")["token"]
         answer = enroll_token.exchange(secure, second, facts)
+        # an agent that pins the certificate never sends its token to a plain URL: kept, not spent
+        root = tmp_path / "machine"
+        (root / "etc/netslate").mkdir(parents=True)
+        (root / "etc/netslate" / enroll_token.TOKEN_FILE).write_text(tokens.create(ctx, "local:test", domain_uuid=uuid, kind="host")["token"])
+        with pytest.raises(agent_http.HttpError, match="plain HTTP and this machine pins"):
+            enroll_token.enroll_with_token(plain, facts, root)
+        assert (root / "etc/netslate" / enroll_token.TOKEN_FILE).exists()
+        third = enroll_token.enroll_with_token(secure, facts, root)
     finally:
         agent_http.set_pin(None)
     assert answer["credential"].startswith("nsm_") and answer["trust"] == "host"
+    assert third["credential"].startswith("nsm_") and not (root / "etc/netslate" / enroll_token.TOKEN_FILE).exists()
     from netslate import audit
 
     with ctx.db.session() as s:

@@ -154,9 +154,14 @@ def enroll_with_token(url: str, facts: dict, root: Path = Path("/"), lkg_dir: Pa
     `source`), or None when there is no token. A refused token file is discarded (a spent or
     foreign token never gets better); the SMBIOS one stays (a VM that rebooted keeps its spent
     token until netslate defines it again) and the next source is tried. Raises EnrollTokenRefused when
-    every token was refused, http.HttpError when the server could not be asked (try again later)."""
+    every token was refused, http.HttpError when the server could not be asked (try again later).
+    A machine that pins the server's TLS certificate never sends a token over plain HTTP (a server
+    with a TLS listener spends a token it receives in clear): HttpError, the token kept for later."""
     refused: list[str] = []
     for token, source, files in find_tokens(root, lkg_dir):
+        if http.PIN and not url.startswith("https://"):
+            raise http.HttpError(f"{url} is plain HTTP and this machine pins the server's TLS certificate: "
+                                 "the token is kept for an https server")
         try:
             answer = exchange(url, token, facts, timeout)
         except EnrollTokenRefused as exc:
