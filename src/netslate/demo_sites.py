@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from netslate.demo_fleet import build_fleet_image
@@ -356,21 +357,25 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
         c = central_counts(w.ctx(), w.ids["machine"], MAC, ids)
         boot_queued = sum(sum(1 for e in p.get("events", []) if e.get("mac") == MAC) for _i, k, p in before if k == "boot.events")
         rep_queued = [p["body"] for _i, k, p in before if k == "fleet.report" and p["body"].get("phase") != "heartbeat"]
-        at_gen1 = [d for d in c["reports"] if d.get("generation") == r["gen1"]]
+        # the reports of the cut by (phase, generation): the same multiset at central (the agent's later
+        # report, configured at generation 2, is another pair)
+        pairs = Counter((b.get("phase"), b.get("generation")) for b in rep_queued)
+        central_pairs = Counter((d.get("phase"), d.get("generation")) for d in c["reports"])
+        at_central = {k: central_pairs.get(k, 0) for k in pairs}
         r["exactly_once"] = {"queued": len(ids), "applied": len(c["applied"]), "boot_events_queued": boot_queued,
-                             "boot_events_central": c["boot_events"], "reports_queued": len(rep_queued),
-                             "reports_central_gen1": len(at_gen1)}
+                             "boot_events_central": c["boot_events"], "reports_queued": dict(pairs),
+                             "reports_central": at_central}
         if set(c["applied"]) != set(ids) or any(o != "applied" for o in c["applied"].values()):
             raise RuntimeError(f"queued events not applied at central exactly once: {c['applied']} vs {ids}")
         if c["boot_events"] != boot_queued or boot_queued < 1:
             raise RuntimeError(f"boot events at central {c['boot_events']}, queued during the cut {boot_queued}")
-        if len(at_gen1) != len(rep_queued) or not rep_queued:
-            raise RuntimeError(f"reports at central for generation {r['gen1']}: {len(at_gen1)}, queued {len(rep_queued)}")
+        if at_central != dict(pairs) or not rep_queued:
+            raise RuntimeError(f"reports at central by (phase, generation): {at_central}, queued during the cut {dict(pairs)}")
         f = w.wait("central's fleet view: configured at the new generation", lambda: (lambda f: f if f.get(NAME, {}).get(
             "state") == "configured" and f[NAME].get("generation") == r["gen2"] else None)(w.central_fleet()), 120)
         say(f"outbox drained: {len(ids)} events queued during the cut, each applied once at central "
-            f"({boot_queued} boot event(s), {len(rep_queued)} report(s) at generation {r['gen1']}: "
-            f"{len(at_gen1)} audit rows); central's fleet view: {NAME} {f[NAME]['state']} at generation {f[NAME]['generation']}")
+            f"({boot_queued} boot event(s); reports by (phase, generation) queued {dict(pairs)}, audit rows at "
+            f"central {at_central}); central's fleet view: {NAME} {f[NAME]['state']} at generation {f[NAME]['generation']}")
 
     def branch_dies():
         w.kill_branch()

@@ -143,6 +143,11 @@ class SitesLab:
 
     def restore(self) -> None:
         _run(["ip", "-n", self.central, "link", "set", self.wan_c, "up"])
+        for lan in self.lans:  # the kernel dropped the routes through the link when it went down
+            self._route_lan(lan)
+
+    def _route_lan(self, lan: "BranchLan") -> None:
+        _run(["ip", "-n", self.central, "route", "replace", str(lan.network), "via", BRANCH_ADDR])
 
     # ---- PostgreSQL
     def _conf(self, datadir: Path, lines: dict) -> None:
@@ -227,7 +232,7 @@ class SitesLab:
         _run(["ip", "-n", self.branch, "addr", "add", f"{lan.address}/24", "dev", lan.bridge])
         _run(["ip", "-n", self.branch, "link", "set", lan.bridge, "up"])
         _run(self.ns_cmd(self.branch, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
-        _run(["ip", "-n", self.central, "route", "add", str(lan.network), "via", BRANCH_ADDR])
+        self._route_lan(lan)
         self.lans.append(lan)
         return lan
 
