@@ -70,3 +70,17 @@ def test_revoke_and_replace_through_this_server_take_effect_at_once(ctx, live_se
     r = httpx.post(f"{live_server.url}/api/v1/machines/{mid}/revoke", headers=admin, timeout=30)
     assert r.status_code == 200, r.text
     assert httpx.get(url, headers={"Authorization": f"Bearer {new}"}, timeout=30).status_code == 403
+
+
+def test_a_revocation_by_another_process_on_this_data_directory_takes_effect_at_once(ctx, data_dir):
+    """`netslate machine revoke` run locally (another process, as the other `serve --workers` are)
+    rewrites DATA/credentials.revoked; this process's next check sees it and reads the database."""
+    from nstest import run_cli
+
+    mid, cred = _world(ctx)
+    assert _check(ctx, cred)[0].machine_id == mid
+    assert _check(ctx, cred)[0] is not None  # from the cache
+    r = run_cli("machine", "revoke", str(mid), "--json", data_dir=data_dir)
+    assert r.code == 0, r.stderr
+    assert (data_dir / credentials.REVOKED_MARK).stat().st_mode & 0o777 == 0o600
+    assert _check(ctx, cred) == (None, None)

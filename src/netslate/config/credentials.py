@@ -14,8 +14,10 @@ is and at which level, or None (unknown, expired, revoked).
 The bundle route checks a credential on every request, a machine long-polling every few seconds.
 `checked` keeps a live credential's check and its bundle key for `CACHE_TTL` seconds per process
 and database (keyed by the token's SHA-256, at most `CACHE_MAX` entries; never an unknown token).
-Revoking or replacing a machine's credentials through this process drops its entries at once;
-a revocation made by another process (another server, the local CLI) is seen within `CACHE_TTL`.
+Revoking or replacing a machine's credentials drops its entries in this process at once, and
+rewrites `DATA/credentials.revoked`, whose change every process on the same data directory (the
+other `serve --workers`, after a local `netslate machine revoke`) sees on its next check (one
+`stat`) and empties its cache. Another server over the same database sees it within `CACHE_TTL`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
 import secrets as pysecrets
 import threading
 import time
@@ -38,6 +41,7 @@ from netslate.config import machines
 from netslate.config.models import MachineCredential
 from netslate.crypto import atrest
 from netslate.errors import UserError
+from netslate.fsutil import atomic_write
 from netslate.store.db import utcnow
 
 PREFIX = "nsm_"
@@ -70,6 +74,11 @@ class CredentialCache:
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, CredentialCheck, bytes]] = {}
         self._lock = threading.Lock()
+        self.mark: tuple[int, int] | None = None  # DATA/credentials.revoked as last seen
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def get(self, sha: str, now: float, ttl: float) -> tuple[CredentialCheck, bytes] | None:
         with self._lock:
@@ -97,6 +106,25 @@ class CredentialCache:
 
 
 _caches: dict[str, CredentialCache] = {}
+REVOKED_MARK = "credentials.revoked"
+
+
+def _revoked_mark(ctx) -> tuple[int, int]:
+    try:
+        st = os.stat(ctx.data_dir / REVOKED_MARK)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _revoked(ctx, machine_id: int) -> None:
+    """A machine's credentials were revoked or replaced: drop them here, and tell every process on
+    this data directory (a new file: a new inode, whatever the clock's resolution)."""
+    cache_for(ctx).drop_machine(machine_id)
+    try:
+        atomic_write(ctx.data_dir / REVOKED_MARK, pysecrets.token_hex(8).encode(), mode=0o600, durable=False)
+    except OSError:  # the database is the truth; other processes then catch up within CACHE_TTL
+        pass
 
 
 def cache_for(ctx) -> CredentialCache:
@@ -136,7 +164,6 @@ def _issue(s, ctx, m, trust: str, actor: str, ttl_seconds: int | None) -> tuple[
             MachineCredential.machine_id == m.id, MachineCredential.expires_at.is_(None),
             MachineCredential.revoked_at.is_(None)).values(revoked_at=now)).rowcount)
         machines.set_credential(s, m, sha)
-        cache_for(ctx).drop_machine(m.id)  # the replaced credential stops working here at once
     s.execute(delete(MachineCredential).where(MachineCredential.machine_id == m.id,
                                               MachineCredential.expires_at.is_not(None),
                                               MachineCredential.expires_at < now - PRUNE_AFTER))
@@ -159,8 +186,11 @@ def issue(ctx, machine_id: int, trust: str, actor: str, ttl_seconds: int | None 
         raise UserError(f"a credential's trust level is one of token, host, tpm (not {trust!r})")
     with ctx.db.session(write=True) as s:
         m = machines.find(s, machine_id)
-        token, _ = _issue(s, ctx, m, trust, actor, ttl_seconds)
-        return token
+        token, replaced = _issue(s, ctx, m, trust, actor, ttl_seconds)
+        mid = m.id
+    if replaced:
+        _revoked(ctx, mid)  # after the commit: the replaced credential stops working at once
+    return token
 
 
 def enroll(ctx, machine: str, actor: str) -> dict:
@@ -168,7 +198,10 @@ def enroll(ctx, machine: str, actor: str) -> dict:
     with ctx.db.session(write=True) as s:
         m = machines.find(s, machine)
         token, replaced = _issue(s, ctx, m, "token", actor, None)
-        return {"id": m.id, "name": m.name, "credential": token, "replaced": replaced}
+        out = {"id": m.id, "name": m.name, "credential": token, "replaced": replaced}
+    if replaced:
+        _revoked(ctx, out["id"])  # after the commit: the replaced credential stops working at once
+    return out
 
 
 def _check_row(row, now: dt.datetime) -> CredentialCheck | None:
@@ -193,6 +226,10 @@ def checked(ctx, conn, token: str | None) -> tuple[CredentialCheck | None, bytes
         return None, None
     sha, now, ttl = credential_hash(token), time.monotonic(), CACHE_TTL
     cache = cache_for(ctx)
+    mark = _revoked_mark(ctx)
+    if mark != cache.mark:  # a revocation by this or another process on this data directory
+        cache.clear()
+        cache.mark = mark
     hit = cache.get(sha, now, ttl) if ttl > 0 else None
     if hit is not None:
         c, key = hit
@@ -203,7 +240,7 @@ def checked(ctx, conn, token: str | None) -> tuple[CredentialCheck | None, bytes
     if c is None:
         return None, None
     key = bundle_key(token)
-    if ttl > 0:
+    if ttl > 0 and _revoked_mark(ctx) == mark:  # no revocation since: one marked later clears it on the next check
         cache.put(sha, c, key, now)
     return c, key
 
@@ -225,7 +262,8 @@ def revoke_all(ctx, machine_id: int, actor: str) -> int:
         machines.set_credential(s, m, None)
         inventory.set_trust(s, m, "none")
         audit.record(s, actor, "machine.credential.revoke", f"machine:{m.id}", revoked=n)
-    cache_for(ctx).drop_machine(m.id)  # at once on this server (others: within CACHE_TTL)
+        mid = m.id
+    _revoked(ctx, mid)  # after the commit: at once on this data directory (other servers: within CACHE_TTL)
     return n
 
 
