@@ -22,7 +22,9 @@ def test_slots_replace_not_grow():
     assert p.lines().count("no server answered (a)") == 1
     p.start("locate")  # it answered
     p.set("enroll", None)  # approved
-    assert p.lines() == ["boot: bad key"]
+    assert p.lines() == ["boot: bad key"] and list(p) == p.lines() and len(p) == 1
+    p.start("boot")
+    assert not p  # reads like the list of lines: empty is false
     for i in range(PER_SOURCE + 3):  # several lines in one round, bounded
         p.add("bundle", f"bundle from s{i} not used")
     assert p.of("bundle") == [f"bundle from s{i} not used" for i in range(3, PER_SOURCE + 3)]

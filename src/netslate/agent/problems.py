@@ -41,3 +41,13 @@ class Problems:
 
     def lines(self) -> list[str]:
         return [line for slot in self._slots.values() for line in slot]
+
+    # read like the list of lines it used to be
+    def __iter__(self):
+        return iter(self.lines())
+
+    def __len__(self) -> int:
+        return sum(len(slot) for slot in self._slots.values())
+
+    def __repr__(self) -> str:
+        return f"Problems({self.lines()!r})"
