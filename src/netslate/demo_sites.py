@@ -423,7 +423,8 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
         w.start_branch()
         t0 = time.monotonic()
         vm = w.boot_vm()
-        m = vm.wait_for(r"manifest from " + re.escape(w.branch_url) + r" refused[^\n]*", boot_timeout)
+        m = vm.wait_for(r"pull from " + re.escape(w.branch_url) + r" failed: manifest refused[^\n]*", boot_timeout)
+        vm.wait_for(r"netslate: no verified image available", 60)
         r["forged_seconds"] = round(time.monotonic() - t0, 1)
         say(f"a branch server with a site key certified by another root: {NAME}'s initramfs refused the image "
             f"it offered: {m.group(0).strip()[:200]!r} ({r['forged_seconds']} s)")

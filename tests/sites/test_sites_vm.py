@@ -92,5 +92,7 @@ def test_4_revoked_and_forged_site_keys_are_refused_by_the_booting_vm(world):
     assert not re.search(r"netslate-agent: config generation \d+ from", con)
     _run(w, "forged_key_refused")
     con = w.vm.console.text()
-    assert re.search(r"manifest from %s refused" % re.escape(w.branch_url), con)
+    assert re.search(r"pull from %s failed: manifest refused: signed by key sha256:\w+, but the trusted key is"
+                     % re.escape(w.branch_url), con)
+    assert "netslate: no verified image available" in con
     assert not re.search(r"netslate-agent: config generation \d+ from", con)
