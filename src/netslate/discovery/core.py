@@ -6,6 +6,7 @@ locate endpoint and the exporters all ask it the same questions, so they give th
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import re
@@ -128,6 +129,8 @@ class ServerInfo:
     priority: int = 0
     weight: int = 100
     branch: bool = False  # a branch server (reads a standby of the central database)
+    tls_port: int | None = None  # its HTTPS listener (`serve --tls-listen`), None without TLS
+    tls_pin: str | None = None  # that listener's certificate pin (sha256:HEX)
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class SrvEntry:
 
     def as_dict(self) -> dict:
         s = self.server
-        return {
+        d = {
             "name": s.name,
             "site": s.site,
             "addresses": list(s.addresses),
@@ -149,11 +152,14 @@ class SrvEntry:
             "weight": self.weight,
             "urls": [_url(a, s.port) for a in s.addresses],
         }
+        if s.tls_port and s.tls_pin:  # a server with TLS: its https URLs and certificate pin (machines that pin use these)
+            d.update(https_urls=[_url(a, s.tls_port, "https") for a in s.addresses], pin=s.tls_pin)
+        return d
 
 
-def _url(address: str, port: int) -> str:
+def _url(address: str, port: int, scheme: str = "http") -> str:
     host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class SubnetMap:
@@ -193,7 +199,7 @@ class View:
         self._map = SubnetMap(self.subnets)
         # Only servers that have something publishable to say.
         self.servers = [
-            ServerInfo(s.name, s.site, tuple(publishable(s.addresses)), s.port, s.priority, s.weight, s.branch)
+            dataclasses.replace(s, addresses=tuple(publishable(s.addresses)))
             for s in sorted(self.servers, key=lambda s: s.name)
         ]
         self.servers = [s for s in self.servers if s.addresses]

@@ -42,5 +42,8 @@ class DiscoveryServer(Base):
     port: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     weight: Mapped[int] = mapped_column(Integer, default=100)
+    # its HTTPS listener (`serve --tls-listen`): port and certificate pin (sha256:HEX); None without TLS
+    tls_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tls_pin: Mapped[str | None] = mapped_column(String(80), nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_heartbeat: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)

@@ -119,8 +119,10 @@ class DiscoveryRuntime:
         listen_host, listen_port = o.get("listen", ("0.0.0.0", 8080))
         self.name = o.get("server_name") or default_server_name()
         addresses = o.get("advertise") or store.default_addresses(listen_host)
+        tls = o.get("tls") or {}
         row = store.register_server(self.ctx, self.name, o.get("site"), addresses, listen_port,
-                                    o.get("srv_priority", 0), o.get("srv_weight", 100))
+                                    o.get("srv_priority", 0), o.get("srv_weight", 100),
+                                    tls_port=tls["listen"][1] if tls else None, tls_pin=tls.get("pin"))
         if not row["addresses"]:
             log.warning("server %s has no publishable address (link-local ones are never published); "
                         "use --advertise ADDR", self.name)

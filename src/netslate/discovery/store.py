@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 
 from sqlalchemy import delete, select, text
 
@@ -20,6 +21,7 @@ from netslate.store.outbox import ServerStatus
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between a server's heartbeats
 STALE_AFTER = 45.0  # a server silent for longer is left out of DNS, locate and exports
+_PIN = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 
 
 def _user(fn, *args):
@@ -50,6 +52,8 @@ def _server_dict(s: DiscoveryServer, now: dt.datetime) -> dict:
         "port": s.port,
         "priority": s.priority,
         "weight": s.weight,
+        "tls_port": s.tls_port,
+        "tls_pin": s.tls_pin,
         "started_at": s.started_at.isoformat() + "Z",
         "last_heartbeat": s.last_heartbeat.isoformat() + "Z",
         "heartbeat_age_s": round(age, 1),
@@ -138,8 +142,10 @@ def remove_subnet(ctx, site_name: str, cidr: str, actor: str | None = None) -> d
 
 
 def register_server(ctx, name: str, site: str | None, addresses: list[str], port: int,
-                    priority: int = 0, weight: int = 100, actor: str | None = None) -> dict:
-    """Insert or refresh this server's row (its first heartbeat). Link-local addresses are dropped."""
+                    priority: int = 0, weight: int = 100, actor: str | None = None,
+                    tls_port: int | None = None, tls_pin: str | None = None) -> dict:
+    """Insert or refresh this server's row (its first heartbeat). Link-local addresses are dropped.
+    `tls_port`/`tls_pin`: its HTTPS listener and certificate pin, published in locate answers."""
     name = _user(core.check_label, name)
     if not (0 < int(port) < 65536):
         raise UserError(f"invalid port {port}")
@@ -147,6 +153,10 @@ def register_server(ctx, name: str, site: str | None, addresses: list[str], port
         raise UserError(f"server priority must be 0..{core.MAX_SERVER_PRIORITY}, got {priority}")
     if not (0 <= weight <= 65535):
         raise UserError(f"server weight must be 0..65535, got {weight}")
+    if tls_port is not None and not (0 < int(tls_port) < 65536):
+        raise UserError(f"invalid TLS port {tls_port}")
+    if tls_port is not None and not (isinstance(tls_pin, str) and _PIN.match(tls_pin)):
+        raise UserError(f"invalid TLS certificate pin {tls_pin!r} (want sha256: and 64 hex digits)")
     for a in addresses:
         _user(core.parse_address, a)
     kept = core.publishable(addresses)
@@ -165,6 +175,7 @@ def register_server(ctx, name: str, site: str | None, addresses: list[str], port
             s.add(row)
         row.site, row.addresses, row.port = site, kept, int(port)
         row.priority, row.weight = priority, weight
+        row.tls_port, row.tls_pin = (int(tls_port), tls_pin) if tls_port is not None else (None, None)
         row.started_at = row.last_heartbeat = now
         if not ctx.db.has_replica:
             # Over the writable database now (e.g. a branch promoted by the runbook, docs/sites.md):
@@ -210,7 +221,8 @@ def load_view(ctx, stale_after: float = STALE_AFTER) -> core.View:
         # branch servers: those that report their standby's state at central (issue 15, every 5 s)
         branches = set(s.scalars(select(ServerStatus.name).where(ServerStatus.updated_at >= cutoff)))
         servers = [
-            core.ServerInfo(r.name, r.site, tuple(r.addresses or ()), r.port, r.priority, r.weight, r.name in branches)
+            core.ServerInfo(r.name, r.site, tuple(r.addresses or ()), r.port, r.priority, r.weight, r.name in branches,
+                            r.tls_port, r.tls_pin)
             for r in s.scalars(select(DiscoveryServer).where(DiscoveryServer.last_heartbeat >= cutoff)).all()
         ]
     return core.View(sites=sites, subnets=subnets, servers=servers)

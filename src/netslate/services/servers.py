@@ -8,7 +8,7 @@ for the TCP peer with a Cache-Control header, and the export is text/plain. Thei
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 from netslate.discovery import core, store
 from netslate.errors import UserError
@@ -26,6 +26,8 @@ class Server(BaseModel):
     port: int
     priority: int
     weight: int
+    tls_port: int | None = None  # its HTTPS listener (`serve --tls-listen`) and certificate pin
+    tls_pin: str | None = None
     started_at: str
     last_heartbeat: str
     heartbeat_age_s: float
@@ -48,6 +50,20 @@ class LocateServer(BaseModel):
     priority: int
     weight: int
     urls: list[str]
+    https_urls: list[str] = []  # a server with TLS: where machines that pin its certificate go
+    pin: str | None = None  # its certificate's pin (sha256:HEX)
+
+    @model_serializer(mode="wrap")
+    def _without_tls(self, handler):
+        # a server without TLS keeps the shape it had (and the signed payload its bytes)
+        return _drop(handler(self), https_urls=[], pin=None)
+
+
+class LocateTls(BaseModel):
+    """The answering server's own TLS listener: https://<the host the client asked>:port, this pin."""
+
+    port: int
+    pin: str
 
 
 class LocateAnswer(BaseModel):
@@ -55,6 +71,16 @@ class LocateAnswer(BaseModel):
     site: str | None
     ttl: int
     servers: list[LocateServer]
+    tls: LocateTls | None = None  # None: the answering server has no TLS listener
+
+    @model_serializer(mode="wrap")
+    def _without_tls(self, handler):
+        return _drop(handler(self), tls=None)
+
+
+def _drop(d: dict, **empty) -> dict:
+    """`d` without the keys whose value is the given empty one (fields that did not exist before TLS)."""
+    return {k: v for k, v in d.items() if not (k in empty and v == empty[k])}
 
 
 class SignedLocate(BaseModel):
@@ -122,6 +148,9 @@ class LocalServers(ServersService):
         if client is not None and client.startswith("::ffff:"):
             client = client[7:]
         answer = core.locate_answer(store.load_view(self.parts.ctx), client)
+        tls = self.parts.options.get("tls")
+        if tls:  # without TLS the answer is as before (no key)
+            answer["tls"] = {"port": int(tls["listen"][1]), "pin": tls["pin"]}
         if signed:
             return SignedLocate(**self.parts.ctx.signing_key.sign_site(answer, answer["site"]))
         return LocateAnswer(**answer)
