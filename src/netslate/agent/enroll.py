@@ -70,6 +70,9 @@ def tpm_enroll(url: str, facts: dict, tcti: str, timeout: float = 10.0, t: tpm_m
     """One pass of the TPM protocol. Returns the last answer: {"status": "pending", ...} or the
     credential {"credential", "trust", "expires_at", "machine_id"}. Raises EnrollRefused, HttpError,
     TpmUnavailable."""
+    if http.PIN and not url.startswith("https://"):  # as the token path: no credential over plain HTTP
+        raise http.HttpError(f"{url} is plain HTTP and this machine pins the server's TLS certificate: "
+                             "TPM enrollment only over https")
     own = t is None
     t = t or tpm_mod.Tpm(tcti)
     try:

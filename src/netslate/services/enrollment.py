@@ -220,14 +220,19 @@ class LocalEnrollment(EnrollmentService):
     def tpm_activate(self, request: ActivationAnswer) -> TpmStep:
         return TpmStep(**attest.activate(self.parts.ctx, request.challenge, request.secret, remote=self.caller.address))
 
+    def _in_clear(self) -> bool:
+        """Over plain HTTP to a server that has a TLS listener: no credential is issued then (426)."""
+        return self.caller.transport == "http" and bool(self.parts.options.get("tls"))
+
     def tpm_quote(self, request: QuoteAnswer) -> IssuedCredential:
+        if self._in_clear():
+            raise enroll_tokens.NeedsTls("this server issues machine credentials only over HTTPS (its TLS listener)")
         return IssuedCredential(**attest.quote(self.parts.ctx, request.challenge, request.attest, request.signature,
                                                remote=self.caller.address))
 
     def token_exchange(self, request: TokenExchange) -> IssuedCredential:
-        in_clear = self.caller.transport == "http" and bool(self.parts.options.get("tls"))
         got = enroll_tokens.exchange(self.parts.ctx, request.token, request.uuid, request.macs, remote=self.caller.address,
-                                     in_clear=in_clear)
+                                     in_clear=self._in_clear())
         return IssuedCredential(machine_id=got.machine_id, credential=got.credential, trust=got.trust, expires_at=None)
 
     def create_token(self, request: EnrollTokenCreate) -> EnrollTokenRecord:
