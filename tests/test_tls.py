@@ -183,3 +183,150 @@ def test_enrollment_token_refused_over_plain_http_when_tls_is_on(tls_server, tmp
     with ctx.db.session() as s:
         total, rows = audit.entries(s, action="enrollment.token.refused.plain-http")
     assert total == 1 and first not in repr(rows)
+
+
+# ---------------------------------------------------------------- locate over TLS (the agent's credential never in clear)
+
+
+class _PlainRecorder:
+    """A TCP forwarder on loopback in front of a server's plain listener that keeps every byte the
+    client sent: what crossed the network in clear, seen on the wire (not the agent's own claim)."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port, self.sent, self._lock = target_port, bytearray(), threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.5)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            s = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+            threading.Thread(target=self._pipe, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(s, c, False), daemon=True).start()
+
+    def _pipe(self, src, dst, record):
+        src.settimeout(60)
+        try:
+            while data := src.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (src, dst):
+                try:
+                    x.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tls_registered(tmp_path_factory):
+    """A TLS server registered in discovery. It advertises 127.0.0.2 while listening on 127.0.0.1
+    only, so the plain URLs its locate answer lists are unreachable: the only plain way to it is the
+    test's recorder."""
+    data = tmp_path_factory.mktemp("tlsreg")
+    server = _serve(data, "--advertise", "127.0.0.2", "--server-name", "tlsbox")
+    yield data, server
+    server.stop()
+
+
+def test_locate_over_a_tls_server_lists_its_https_url_and_pin(tls_registered):
+    import httpx
+
+    from netslate.context import Context
+
+    data, server = tls_registered
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    tport = int(server.tls_url.rsplit(":", 1)[1])
+    answer = httpx.get(f"{server.url}/api/v1/locate", timeout=10).json()
+    assert answer["tls"] == {"port": tport, "pin": pin}
+    (entry,) = [s for s in answer["servers"] if s["name"] == "tlsbox"]
+    assert entry["urls"] == [f"http://127.0.0.2:{server.port}"]
+    assert entry["https_urls"] == [f"https://127.0.0.2:{tport}"] and entry["pin"] == pin
+    # the signed answer carries them too, and verifies with the signing key the machines pin
+    key = Context(data).signing_key.public_bytes
+    signed = locate.probe(server.url, 5, key)
+    assert signed["tls"] == {"port": tport, "pin": pin}
+    assert [s["https_urls"] for s in signed["servers"]] == [[f"https://127.0.0.2:{tport}"]]
+    # what the agent makes of it: the https URL of the host it asked, with that pin
+    assert locate.tls_of(signed, server.url) == (server.tls_url, pin)
+
+
+def test_agent_given_the_plain_url_of_a_tls_server_sends_its_credential_over_https(tls_registered, tmp_path):
+    """An agent booted with only the plain URL (no netslate.pin=) locates over it, adopts the pin
+    of the signed answer and sends everything credentialed over HTTPS: the recorder in front of the
+    plain listener sees the locate request and no credential, while the server has the token spent
+    and the machine's reports."""
+    from netslate import inventory
+    from netslate.agent import enroll_token
+    from netslate.agent.runner import Agent, Options
+    from netslate.config import generations, workingcopy
+    from netslate.context import Context
+    from netslate.enrollment import tokens
+    from netslate.config import credentials
+
+    data, server = tls_registered
+    ctx = Context(data)
+    pin = pin_of_pem((data / "keys" / "tls.crt").read_bytes())
+    mid = inventory.add_machine(ctx, ["52:54:00:00:77:01"], name="pinpc", actor="local:test")["id"]
+    workingcopy.put_node(ctx, "/", {"sysctl": {"vm.swappiness": 10}}, "test")
+    generations.publish(ctx, "tls test", "test")
+    root = tmp_path / "root"
+    (root / "etc/netslate").mkdir(parents=True)
+    (root / "etc/netslate" / enroll_token.TOKEN_FILE).write_text(tokens.create(ctx, "local:test", machine=mid)["token"])
+    recorder = _PlainRecorder(server.port)
+    try:
+        agent = Agent(Options(root=root, servers=[recorder.url], key=ctx.signing_key.public_b64, machine="pinpc",
+                              timeout=5, lkg_dir="/netslate/lkg", live=False))
+        assert agent.pin is None  # nothing pinned at the start
+        out = agent.run_once()
+        agent.report("heartbeat")
+    finally:
+        agent_http.set_pin(None)
+        recorder.close()
+    clear = bytes(recorder.sent).lower()
+    assert b"get /api/v1/locate" in clear  # it did come in through the plain URL
+    for never in (b"authorization:", b"/bundle", b"/reports", b"/enroll/token", b"nsm_", b"nse_"):
+        assert never not in clear, never
+    # server side: the token was spent (credential issued), the machine reported and fetched its bundle
+    cred = (root / "netslate/lkg/credential").read_text().strip()
+    assert credentials.authenticate(ctx, cred).machine_id == mid
+    shown = inventory.show_machine(ctx, mid)
+    assert shown["state"] == "configured" and shown["trust"] == "token", shown  # its configured report arrived
+    assert out.report["config_source"] == "server" and out.url == server.tls_url
+    assert locate.cached_pin(agent.locate_cache) == pin  # kept for boots that carry no pin
+
+
+def test_tpm_quote_refused_over_plain_http_when_tls_is_on(tls_server):
+    import httpx
+
+    data, plain, secure = tls_server
+    body = {"challenge": "x" * 20, "attest": "AAAA", "signature": "AAAA"}
+    r = httpx.post(f"{plain}/api/v1/enroll/tpm/quote", json=body, timeout=10)
+    assert r.status_code == 426 and "only over HTTPS" in r.json()["detail"]
+    # over the TLS listener the same request reaches the quote check (refused for its own reasons)
+    r = httpx.post(f"{secure}/api/v1/enroll/tpm/quote", json=body, timeout=10, verify=False)
+    assert r.status_code not in (426, 200) and r.status_code < 500, r.text

@@ -7,6 +7,7 @@ site the lowest priority). Each candidate gets a bounded time-out; the first tha
 from __future__ import annotations
 
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,33 @@ def urls_from_locate(answer) -> list[str]:
             if n and n not in out:
                 out.append(n)
     return out
+
+
+def tls_of(answer, url: str) -> tuple[str | None, str | None]:
+    """(https URL, certificate pin) of the server that gave `answer` when asked at the plain `url`:
+    its own `tls` (the same host, its TLS port), else the entry of the answer that lists `url`.
+    (None, None) for a server without TLS (or an answer from an older server)."""
+    if not isinstance(answer, dict) or not url.startswith("http://"):
+        return None, None
+    own = answer.get("tls")
+    if isinstance(own, dict) and isinstance(own.get("port"), int) and 0 < own["port"] < 65536:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        secure = normalize_server(f"https://{f'[{host}]' if ':' in host else host}:{own['port']}")
+        if secure and _pin(own.get("pin")):
+            return secure, _pin(own.get("pin"))
+    for srv in answer.get("servers") or []:
+        if isinstance(srv, dict) and url in [normalize_server(str(u)) for u in srv.get("urls") or []]:
+            https = [n for n in (normalize_server(str(u)) for u in srv.get("https_urls") or []) if n and n.startswith("https://")]
+            if https and _pin(srv.get("pin")):
+                return https[0], _pin(srv.get("pin"))
+    return None, None
+
+
+def _pin(value) -> str | None:
+    try:
+        return pinning.parse_pin(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def candidates(boot_servers: list[str], cached: list[str], srv: list[str]) -> list[tuple[str, str]]:

@@ -121,11 +121,38 @@ class Agent:
             tried = ", ".join(f"{t['url']}: {t['error']}" for t in found.tried) or "no candidates (no netslate.server=, no cache, no SRV answer)"
             self.problems.add("locate", f"no server answered ({tried})")
             return None
+        url = self._secure(found, exclude)
+        if url is None:
+            return None
         try:
-            locate.save_cache(self.locate_cache, found.answer, found.url, self.pin)
+            locate.save_cache(self.locate_cache, found.answer, url, self.pin)
         except OSError as exc:
             self.problems.add("locate", f"could not cache the locate answer: {exc}")
-        return found.url
+        return url
+
+    def _secure(self, found: locate.Located, exclude: set) -> str | None:
+        """The URL to use for a located server: its https URL when its answer says it has TLS. A
+        signed answer's pin is adopted when this machine has none (the answer is as trusted as the
+        bundles: same key). Once this machine pins, its credential never goes to the plain URL of a
+        server with TLS: when the https URL does not answer, the next server is tried."""
+        url = found.url
+        secure, pin = locate.tls_of(found.answer, url)
+        if secure is None:
+            return url  # https already, or a server without TLS: as before
+        if secure in exclude:  # its https URL gave nothing usable this round: so would its plain one
+            return self.locate(exclude=exclude | {url})
+        if self.pin is None and self.boot.key is not None:
+            self.pin = pin
+            http.set_pin(pin)
+        try:
+            found.answer = locate.probe(secure, self.o.timeout, self.boot.key, self.site, self.revocations)
+            return secure
+        except http.HttpError as exc:
+            if not self.pin:
+                return url  # nothing pinned (no signing key either): plain HTTP as before
+            self.problems.add("locate", f"{secure} (the TLS listener of {url}) did not answer: {exc}; "
+                                        "this machine's credential does not go over plain HTTP")
+            return self.locate(exclude=exclude | {url, secure})
 
     def identify(self, url: str) -> int | None:
         """This machine's id: the boot's netslate.machine= (resolved), else MAC/UUID lookup."""
