@@ -318,6 +318,27 @@ def test_agent_given_the_plain_url_of_a_tls_server_sends_its_credential_over_htt
     assert shown["state"] == "configured" and shown["trust"] == "token", shown  # its configured report arrived
     assert out.report["config_source"] == "server" and out.url == server.tls_url
     assert locate.cached_pin(agent.locate_cache) == pin  # kept for boots that carry no pin
+    # a machine that pins another certificate (say, a stale one) and holds a credential: the https
+    # URL fails the pin, and the plain one of that server is not used instead
+    other = tmp_path / "other"
+    (other / "netslate/lkg").mkdir(parents=True)
+    (other / "netslate/lkg/credential").write_text(cred)
+    locate.save_cache(other / "netslate/lkg/locate.json", {"servers": []}, "earlier", WRONG)
+    recorder = _PlainRecorder(server.port)
+    try:
+        stale = Agent(Options(root=other, servers=[recorder.url], key=ctx.signing_key.public_b64, machine="pinpc",
+                              timeout=5, lkg_dir="/netslate/lkg", live=False))
+        assert stale.pin == WRONG
+        out = stale.run_once()
+    finally:
+        agent_http.set_pin(None)
+        recorder.close()
+    clear = bytes(recorder.sent).lower()
+    assert b"get /api/v1/locate" in clear
+    for never in (b"authorization:", b"/bundle", b"/reports", b"/fleet/identify", b"nsm_"):
+        assert never not in clear, never
+    assert out.url is None and out.report["config_source"] == "none"
+    assert any("not the pinned" in p and "not go over plain HTTP" in p for p in out.report["problems"]), out.report["problems"]
 
 
 def test_tpm_quote_refused_over_plain_http_when_tls_is_on(tls_server):
