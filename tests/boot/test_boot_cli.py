@@ -143,3 +143,28 @@ def test_boot_cli_explain_a_held_machine_says_why(cli):
     assert "waiting for approval" in e["script"]
     r = cli("boot", "explain", MAC_B)  # the table view prints the same reason
     assert r.code == 0 and "hold policy of site default" in r.stdout
+
+
+def test_boot_cli_site_loader(cli, tmp_path):
+    """`boot site-loader` writes a site's sites.ipxe: every server in the given order, each chained
+    for /boot.ipxe only (never an iPXE binary); bad input is one line, exit 2, and writes nothing."""
+    branch, central = "http://10.1.0.2:8080", "http://10.9.0.1:8080"
+    r = cli("boot", "site-loader", "--server", branch, "--server", central, "--json")
+    assert r.code == 0, r.stderr
+    d = r.json()
+    assert d["servers"] == [branch, central] and d["attempts"] == 6
+    chains = [line for line in d["script"].splitlines() if line.startswith("chain ")]
+    assert [c.split()[3] for c in chains] == [f"{branch}/boot.ipxe", f"{central}/boot.ipxe"]
+    out = tmp_path / "sites.ipxe"
+    r = cli("boot", "site-loader", "--server", central, "--server", branch, "--attempts", "3", "-o", str(out))
+    assert r.code == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("#!ipxe\n") and "iseq ${ns_try} 3 && goto ns_giveup ||" in text
+    assert text.index(central) < text.index(branch)
+    bad = tmp_path / "bad.ipxe"
+    for args in (["--server", "http://a b"], ["--server", "http://x\nchain http://evil/"], ["--server", branch, "--server", branch],
+                 ["--server", branch, "--attempts", "0"], ["--server", "ftp://x"]):
+        r = cli("boot", "site-loader", *args, "-o", str(bad))
+        assert r.code == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not bad.exists()

@@ -252,3 +252,26 @@ def files(ctx: typer.Context, json_: bool = typer.Option(False, "--json")):
         console.print(f"per-machine pxelinux files: {len(d['per_machine'])}", highlight=False)
 
     emit(data, json_, render)
+
+
+@app.command("site-loader")
+def site_loader(
+    ctx: typer.Context,
+    server: list[str] = typer.Option(..., "--server", help="A boot server's base URL (http[s]://HOST[:PORT]); repeat, in order: the branch's first, central's second."),
+    attempts: int = typer.Option(6, "--attempts", help="Rounds over the whole list before the machine reboots (1-50)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the script to this file (atomically) instead of printing it."),
+    json_: bool = typer.Option(False, "--json"),
+):
+    """A site's own loop-free first stage (sites.ipxe): its DHCP/TFTP gives it to iPXE, and it tries
+    each boot server in turn, so a dead branch server does not stop a boot (docs/sites.md)."""
+    data = state(ctx).services.boot.site_loader(",".join(server), attempts)
+    if output:
+        from pathlib import Path  # lazy: CLI start-up
+
+        from netslate.fsutil import atomic_write
+
+        atomic_write(Path(output), data.script.encode(), mode=0o644)
+    if json_ or not output:
+        emit(data, json_, lambda d: console.print(d["script"], highlight=False, markup=False, soft_wrap=True, end=""))
+    else:
+        console.print(f"wrote {output}: tries {', '.join(data.servers)} in order, {attempts} rounds", highlight=False, markup=False)

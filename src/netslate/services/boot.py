@@ -291,6 +291,13 @@ class BootService(Service):
         """What the TFTP root serves (the server's, or DATA/tftp) and what each file is for."""
         raise NotImplementedError
 
+    @op("GET", "/api/v1/boot/site-loader")
+    def site_loader(self, servers: str, attempts: int = 6) -> SiteLoader:
+        """A site's own loop-free first stage (`sites.ipxe`, docs/sites.md): an iPXE script that
+        tries each boot server in order (comma-separated base URLs, e.g. the branch's then
+        central's) every round, for `attempts` rounds. The site's DHCP/TFTP serves it to iPXE."""
+        raise NotImplementedError
+
 
 class BootFileRecord(BaseModel):
     path: str  # under the TFTP root; <mac>/<uuid> rows are patterns
@@ -309,6 +316,12 @@ class BootFiles(BaseModel):
     root: str
     files: list[BootFileRecord]
     per_machine: list[str]  # the pxelinux.cfg/01-<mac> and <uuid> files there now
+
+
+class SiteLoader(BaseModel):
+    servers: list[str]  # base URLs, in the order tried
+    attempts: int
+    script: str
 
 
 class LocalBoot(BootService):
@@ -400,6 +413,23 @@ class LocalBoot(BootService):
     def files(self) -> BootFiles:
         root = self.parts.options.get("tftp_root") or (self.ctx.data_dir / "tftp")
         return BootFiles(**tftp.listing(Path(root)))
+
+    def site_loader(self, servers: str, attempts: int = 6) -> SiteLoader:
+        urls = []
+        for u in (u.strip() for u in servers.split(",")):
+            try:
+                urls.append(ipxe.base_url(u))
+            except ipxe.UnsafeValue as exc:
+                raise UserError(f"servers: {exc} (want http[s]://HOST[:PORT] in plain characters)") from None
+        if not urls:
+            raise UserError("servers: give at least one boot server URL (http[s]://HOST[:PORT])")
+        if len(set(urls)) != len(urls):
+            raise UserError("servers: a URL is listed twice")
+        try:
+            script = bootfiles.loader_script(None, attempts=attempts, servers=urls)
+        except ipxe.UnsafeValue as exc:
+            raise UserError(f"attempts: {exc} (want 1 to 50)") from None
+        return SiteLoader(servers=urls, attempts=attempts, script=script)
 
 
 def _base_url(value: str | None) -> str | None:
