@@ -39,6 +39,23 @@ CENTRAL_URL = f"http://{CENTRAL_ADDR}:{PORT}"
 AGENT_RE = r"netslate-agent: config generation (\d+) from (\S+);"
 ROOTFS_RE = r"netslate: rootfs fleet@(\d+): downloaded (\d+) of (\d+) bytes .* from (\S+) in"
 READ_ONLY = "central site unreachable: this server is read-only since "
+BRANCH_SERVER = "branch1"
+FORGED_SERIAL = 7  # the forged site certificate's serial (the real one is 1)
+# `python -c FORGED_LAUNCHER serve ...`: netslate serve whose keys loader skips the one check that the
+# site certificate verifies under root.pub (SitesWorld.start_forged_branch: the rogue branch server)
+FORGED_LAUNCHER = """
+import json, runpy, sys
+from netslate.crypto import keys
+from netslate.crypto.envelope import parse_public_key
+
+def _forged(d):
+    return keys.SigningKey(keys._load_private(d / keys.SITE_KEY), cert=json.loads((d / keys.SITE_CERT).read_text()),
+                           root=parse_public_key((d / keys.ROOT_PUB).read_text()))
+
+keys._load_site = _forged
+sys.argv[0] = "netslate"
+runpy.run_module("netslate", run_name="__main__")
+"""
 
 
 def _utcnow() -> str:
@@ -117,10 +134,15 @@ class SitesWorld:
             time.sleep(poll)
         raise TimeoutError(f"{what}: not within {timeout:.0f} s (last: {str(last)[:600]})")
 
+    @staticmethod
+    def _serve_env(data: Path, name: str) -> dict:
+        # NETSLATE_SERVER_NAME: the origin the branch's applied telemetry carries at central (sites_outbox_applied)
+        return {"NETSLATE_DATA_DIR": str(data), "NETSLATE_CENTRAL_CONNECT_TIMEOUT": "2",
+                "NETSLATE_CENTRAL_STATEMENT_TIMEOUT": "10", "NETSLATE_SERVER_NAME": name}
+
     def _serve(self, ns: str, data: Path, args: list[str], log: str) -> subprocess.Popen:
-        env = {"NETSLATE_DATA_DIR": str(data), "NETSLATE_CENTRAL_CONNECT_TIMEOUT": "2",
-               "NETSLATE_CENTRAL_STATEMENT_TIMEOUT": "10"}
-        return self.lab.netslate(ns, "serve", *args, log=self.work / log, env=env)
+        name = args[args.index("--server-name") + 1]
+        return self.lab.netslate(ns, "serve", *args, log=self.work / log, env=self._serve_env(data, name))
 
     def _up(self, ns: str, url: str, proc, log: str, timeout: float = 120) -> None:
         def ok():
@@ -139,12 +161,27 @@ class SitesWorld:
             "--advertise", CENTRAL_ADDR, "--server-name", "central1"], "central-serve.log")
         self._up(self.lab.central, CENTRAL_URL, self.central_proc, "central-serve.log")
 
+    def _branch_args(self) -> list[str]:
+        return ["--listen", f"{self.lan.address}:{PORT}", "--db-read", self.lab.standby_url_branch,
+                "--db-write", self.lab.primary_url_branch, "--site", "branch", "--advertise", self.lan.address,
+                "--server-name", BRANCH_SERVER, "--mirror-from", CENTRAL_URL]
+
     def start_branch(self) -> None:
-        self.branch_proc = self._serve(self.lab.branch, self.branch_data, [
-            "--listen", f"{self.lan.address}:{PORT}", "--db-read", self.lab.standby_url_branch,
-            "--db-write", self.lab.primary_url_branch, "--site", "branch", "--advertise", self.lan.address,
-            "--server-name", "branch1", "--mirror-from", CENTRAL_URL], "branch-serve.log")
+        self.branch_proc = self._serve(self.lab.branch, self.branch_data, self._branch_args(), "branch-serve.log")
         self._up(self.lab.branch, self.branch_url, self.branch_proc, "branch-serve.log")
+
+    def start_forged_branch(self, cert: dict, pem: bytes, root_public: bytes) -> None:
+        """A rogue branch server (the attack of issue 15 §3): a site key certified by ANOTHER root, while
+        it pins the REAL root in everything it serves (boot script `netslate.key=`, `/api/v1/keys`): the
+        root public key is public. netslate's own loader refuses such a keys directory (the certificate
+        must verify under root.pub), so the rogue server is netslate serve with that one check removed
+        in its process (an attacker's modified server); everything else is the real server."""
+        from netslate.crypto.keys import write_site_files
+
+        write_site_files(self.branch_data / "keys", cert, pem, root_public)
+        self.branch_proc = self.lab.spawn(self.lab.branch, [sys.executable, "-c", FORGED_LAUNCHER, "serve", *self._branch_args()],
+                                          self.work / "branch-forged-serve.log", self._serve_env(self.branch_data, BRANCH_SERVER))
+        self._up(self.lab.branch, self.branch_url, self.branch_proc, "branch-forged-serve.log")
 
     def kill_branch(self) -> None:
         """The branch server dies (SIGKILL, no goodbye)."""
@@ -213,6 +250,22 @@ def central_counts(ctx, machine_id: int, mac: str, event_ids: list[str]) -> dict
         applied = {r.event_id: r.outcome for r in s.scalars(select(OutboxApplied).where(OutboxApplied.event_id.in_(event_ids)))} \
             if event_ids else {}
     return {"boot_events": boots, "reports": reports, "applied": applied}
+
+
+def applied_from(ctx, origin: str, after: str) -> list[tuple[str, str]]:
+    """(kind, applied_at) of the telemetry events a branch server (`origin`) applied at central after
+    `after` (UTC, ISO): a branch server writes each machine report or boot event it takes through its
+    outbox, with a row in sites_outbox_applied; central's own server writes none."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from netslate.store.outbox import OutboxApplied
+
+    t = dt.datetime.fromisoformat(after)
+    with ctx.db.session() as s:
+        return [(r.kind, r.applied_at.isoformat()) for r in s.scalars(select(OutboxApplied).where(
+            OutboxApplied.origin == origin, OutboxApplied.applied_at > t).order_by(OutboxApplied.applied_at))]
 
 
 def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str, object]]:
@@ -396,8 +449,39 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
             f"boot.ipxe, fleet@{got.group(1)} from {got.group(4)}, configured at generation {f[NAME]['generation']} "
             f"through central ({r['failover_boot_seconds']} s from power-on)")
 
-    def revoked_key_refused():
+    def branch_returns():
         w.start_branch()
+        # the branch server registers at central again (its status every 5 s): central's locate answer
+        # for the branch LAN lists it first again; the router's sites.ipxe tries it first anyway
+        since = _utcnow()
+        t0 = time.monotonic()
+        vm = w.boot_vm()
+        m = vm.wait_for(AGENT_RE, boot_timeout)
+        r["return_boot_seconds"] = round(time.monotonic() - t0, 1)
+        con = vm.console.text()
+        got = re.search(ROOTFS_RE, con)
+        if f"trying boot server {w.branch_url}" not in con or f"boot server {w.branch_url} did not answer" in con:
+            raise RuntimeError(f"the loader did not take the branch's boot script: {con[:3000]}")
+        if not got or got.group(4) != w.branch_url:
+            raise RuntimeError(f"the rootfs did not come from the branch: {got.group(0) if got else con[-1500:]}")
+        if (int(m.group(1)), m.group(2)) != (r["gen2"], "server"):
+            raise RuntimeError(f"the agent applied {m.group(0)!r}, expected generation {r['gen2']} from the server")
+        f = w.wait(f"{NAME} configured (central's fleet view)", lambda: (lambda f: f if f.get(NAME, {}).get(
+            "state") == "configured" and (f[NAME].get("last_report") or "") > since else None)(w.central_fleet()), 120, poll=2)
+        # the branch's own record: the VM's reports went through the branch server (it applied them at
+        # central through its outbox path, origin branch1); central's own server leaves no such rows
+        applied = w.wait("the VM's reports applied through the branch server", lambda: (lambda a: a if any(
+            k == "fleet.report" for k, _t in a) else None)(applied_from(w.ctx(), BRANCH_SERVER, since)), 60)
+        r["returned_through_branch"] = dict(Counter(k for k, _t in applied))
+        say(f"branch server started again; {NAME} rebooted: the loader's first server, {w.branch_url}, answered; "
+            f"fleet@{got.group(1)} from {got.group(4)}; agent: config generation {m.group(1)} from the server; "
+            f"central's fleet view: {f[NAME]['state']} at generation {f[NAME]['generation']}; telemetry applied at "
+            f"central by {BRANCH_SERVER} since the restart: {r['returned_through_branch']} "
+            f"({r['return_boot_seconds']} s from power-on)")
+
+    def revoked_key_refused():
+        if w.branch_proc is None:
+            w.start_branch()
         pub = w.cli("key", "revoke", "branch")  # at the root (central)
         w.wait("the revocation list reaches the branch", lambda: "revocations" in w.branch_json(
             f"/api/v1/machines/{w.ids['machine']}/bundle"), 60)
@@ -408,26 +492,46 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
         con = vm.console.text()
         if re.search(AGENT_RE, con):
             raise RuntimeError("the agent applied a config from a revoked site key")
-        say(f"revocation list {pub['number']} (site key 1 of branch) signed by the root; branch server back; "
+        say(f"revocation list {pub['number']} (site key 1 of branch) signed by the root, replicated to the branch; "
             f"{NAME} booted from the branch and its agent refused: {m.group(0).strip()!r} ({r['revoked_seconds']} s)")
 
     def forged_key_refused():
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from netslate.crypto.keys import SigningKey, write_site_files
+        from netslate.crypto.keys import SigningKey
 
         w.kill_branch()
         rogue = SigningKey(Ed25519PrivateKey.generate())  # another root
-        cert, pem = rogue.issue_site_cert("branch", 1, 30)
-        write_site_files(w.branch_data / "keys", cert, pem, rogue.public_bytes)
-        w.start_branch()
+        cert, pem = rogue.issue_site_cert("branch", FORGED_SERIAL, 30)
+        real = w.ctx().signing_key.public_bytes  # the real root: public, so a rogue server pins it too
+        w.start_forged_branch(cert, pem, real)
+        env = w.branch_json("/api/v1/locate?signed=true")
+        if env.get("chain", [{}])[0].get("payload", {}).get("serial") != FORGED_SERIAL:
+            raise RuntimeError(f"the forged branch's locate answer does not carry its certificate: {str(env)[:400]}")
+        since = _utcnow()
         t0 = time.monotonic()
         vm = w.boot_vm()
-        m = vm.wait_for(r"pull from " + re.escape(w.branch_url) + r" failed: manifest refused[^\n]*", boot_timeout)
-        vm.wait_for(r"netslate: no verified image available", 60)
+        m = vm.wait_for(r"locate answer refused: site certificate not signed by the pinned root[^\n]*", boot_timeout)
         r["forged_seconds"] = round(time.monotonic() - t0, 1)
-        say(f"a branch server with a site key certified by another root: {NAME}'s initramfs refused the image "
-            f"it offered: {m.group(0).strip()[:200]!r} ({r['forged_seconds']} s)")
+        time.sleep(5)  # the agent's report (if it sent one) would have reached the branch by now
+        con = vm.console.text()
+        cmdline = re.search(r"Command line: ([^\n]*)", con)
+        if not cmdline or f"netslate.server={w.branch_url} " not in cmdline.group(1) + " " \
+                or f"netslate.key={r['root']} " not in cmdline.group(1) + " ":
+            raise RuntimeError(f"the forged branch's boot script does not pin the real root: {cmdline and cmdline.group(0)}")
+        got = re.search(ROOTFS_RE, con)
+        if not got or got.group(4) != w.branch_url:
+            raise RuntimeError(f"the VM did not boot the (root-signed) image from the forged branch: {con[-1500:]}")
+        if re.search(AGENT_RE, con):
+            raise RuntimeError("the agent applied a config from a site key certified by another root")
+        applied = applied_from(w.ctx(), BRANCH_SERVER, since)
+        if any(k == "fleet.report" for k, _t in applied):
+            raise RuntimeError(f"the VM reported through the forged branch: {applied}")
+        r["forged_branch_applied"] = dict(Counter(k for k, _t in applied))
+        say(f"a branch server pinning the real root (boot script netslate.key= the real root) but signing with a site "
+            f"key (serial {FORGED_SERIAL}) certified by another root: {NAME} booted the root-signed fleet@{got.group(1)} "
+            f"from it and its agent refused: {m.group(0).strip()[:160]!r}; no configuration applied, no report through "
+            f"the branch ({r['forged_seconds']} s)")
 
     return [
         ("central + branch: PostgreSQL primary and standby, two netslate servers, the branch mirror, "
@@ -437,8 +541,10 @@ def sites_steps(w: SitesWorld, say, boot_timeout: float = 420) -> list[tuple[str
         ("WAN back: the publish reaches the branch and the VM applies it live; every event of the cut "
          "reaches central exactly once", restore),
         ("branch server killed: the VM reboots and boots and configures from central", branch_dies),
+        ("branch server back: the VM's next boot and its agent's reports go to the branch again", branch_returns),
         ("a revoked site key at the branch: the booting VM's agent refuses it", revoked_key_refused),
-        ("a site key certified by another root at the branch: the booting VM's initramfs refuses it", forged_key_refused),
+        ("a branch server pinning the real root but signing with a site key certified by another root: the "
+         "booting VM's agent refuses its certificate", forged_key_refused),
     ]
 
 

@@ -84,7 +84,21 @@ def test_3_branch_server_dead_vm_boots_from_central(world):
     assert f["state"] == "configured" and f["generation"] == w.results["gen2"]
 
 
-def test_4_revoked_and_forged_site_keys_are_refused_by_the_booting_vm(world):
+def test_4_branch_server_back_vm_returns_to_the_branch(world):
+    w = world
+    _run(w, "branch_returns")
+    con = w.vm.console.text()
+    assert f"trying boot server {w.branch_url}" in con and f"boot server {w.branch_url} did not answer" not in con
+    m = re.search(r"netslate: rootfs fleet@(\d+): downloaded (\d+) of (\d+) bytes .* from (\S+) in", con)
+    assert m and m.group(4) == w.branch_url
+    assert re.search(r"netslate-agent: config generation %d from server;" % w.results["gen2"], con)
+    # the branch server's record of the machine: its reports applied at central by the branch server
+    assert w.results["returned_through_branch"].get("fleet.report", 0) >= 1
+    f = w.central_fleet()[NAME]
+    assert f["state"] == "configured" and f["generation"] == w.results["gen2"]
+
+
+def test_5_revoked_and_forged_site_keys_are_refused_by_the_booting_vm(world):
     w = world
     _run(w, "revoked_key_refused")
     con = w.vm.console.text()
@@ -92,7 +106,12 @@ def test_4_revoked_and_forged_site_keys_are_refused_by_the_booting_vm(world):
     assert not re.search(r"netslate-agent: config generation \d+ from", con)
     _run(w, "forged_key_refused")
     con = w.vm.console.text()
-    assert re.search(r"pull from %s failed: manifest refused: signed by key sha256:\w+, but the trusted key is"
-                     % re.escape(w.branch_url), con)
-    assert "netslate: no verified image available" in con
+    # the forged branch pinned the real root in its boot script, and the image (root-signed) booted from it
+    line = re.search(r"Command line: ([^\n]*)", con).group(1).split()
+    assert f"netslate.key={w.results['root']}" in line and f"netslate.server={w.branch_url}" in line
+    m = re.search(r"netslate: rootfs fleet@(\d+): downloaded (\d+) of (\d+) bytes .* from (\S+) in", con)
+    assert m and m.group(4) == w.branch_url
+    # ...but its agent refused the site certificate (not signed by the pinned root) and applied nothing
+    assert "locate answer refused: site certificate not signed by the pinned root" in con
     assert not re.search(r"netslate-agent: config generation \d+ from", con)
+    assert w.results["forged_branch_applied"].get("fleet.report", 0) == 0
