@@ -9,7 +9,7 @@ deps:
 demo: deps
 	uv run --frozen python -m netslate.demo
 
-# Branch sites (docs/sites.md): central + branch on PostgreSQL, a WAN cut, one VM at the branch (~4 min, TCG).
+# Branch sites (docs/sites.md): central + branch on PostgreSQL, a WAN cut, one VM at the branch (~6 min, TCG; measured 348 s).
 demo-sites: deps
 	uv run --frozen python -m netslate.demo_sites
 
