@@ -16,6 +16,9 @@ from netslate.agent.util import read_json, under, write_json
 log = logging.getLogger("netslate.agent")
 
 DEFAULT_WAIT = 60
+# A machine that fell back to a later server (its branch's was down) looks again this often, so it
+# returns to the preferred one when that is back (issue 15 §4). Config: agent.relocate_seconds.
+DEFAULT_RELOCATE = 300
 HEARTBEAT = 60.0
 
 
@@ -67,6 +70,8 @@ class Agent:
         self.pin = self.boot.pin or locate.cached_pin(self.locate_cache)
         http.set_pin(self.pin)
         self.url: str | None = None
+        self.fell_back = False  # self.url was found after an earlier candidate failed
+        self.located_at = 0.0
         self.machine_id: int | None = None
         self.etag: str | None = None
         self.doc: dict = {}
@@ -124,6 +129,8 @@ class Agent:
         url = self._secure(found, exclude)
         if url is None:
             return None
+        self.fell_back = bool(exclude) or any(t["error"] for t in found.tried)
+        self.located_at = time.monotonic()
         try:
             locate.save_cache(self.locate_cache, found.answer, url, self.pin)
         except OSError as exc:
@@ -340,6 +347,8 @@ class Agent:
     def follow_step(self, wait: int | None = None) -> str:
         """One long-poll round. Returns 'unchanged', 'applied', 'refused' or 'offline'."""
         wait = wait if wait is not None else int((self.doc.get("agent") or {}).get("wait_seconds") or DEFAULT_WAIT)
+        if self.url is not None and self.fell_back and time.monotonic() - self.located_at >= self._relocate_seconds():
+            self.url = self.locate() or self.url  # the first server that answers now: the preferred one if back
         if self.url is None or self.machine_id is None:
             self.url = self.locate()
             if self.url is None:
@@ -380,6 +389,12 @@ class Agent:
         self.health = health.run_all(self.doc.get("health_checks") or [])
         self.report("configured", {}, res["changes"])
         return "applied"
+
+    def _relocate_seconds(self) -> float:
+        try:
+            return max(1.0, float((self.doc.get("agent") or {}).get("relocate_seconds") or DEFAULT_RELOCATE))
+        except (TypeError, ValueError):
+            return float(DEFAULT_RELOCATE)
 
     def follow(self, max_rounds: int | None = None, stop=None, wait: int | None = None) -> None:
         backoff = 1.0

@@ -91,6 +91,8 @@ class Mount(_Strict):
 
 class AgentSettings(_Strict):
     wait_seconds: int | None = Field(None, ge=0, le=300, description="long-poll wait for the next generation")
+    relocate_seconds: int | None = Field(None, ge=1, le=86400, description="how often a machine that fell back to a "
+                                         "later server looks for the preferred one again (default 300)")
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     cache_last_known_good: bool | None = None
     report: bool | None = None
