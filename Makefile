@@ -16,7 +16,7 @@ demo-sites: deps
 # Two workers: the VM tests (tests/conftest.py VM_PATHS or @pytest.mark.vm) run one after another on
 # one of them while the other takes everything else; the 30 slowest tests are listed at the end.
 test: deps
-	uv run --frozen pytest -q -n 2 --dist loadgroup --durations=30 tests
+	uv run --frozen pytest -q -n 2 --dist loadfile --durations=30 tests
 
 # Every benchmark in turn (figures appended to bench/results/*.json); about an hour on 2 cores.
 bench: deps

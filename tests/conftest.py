@@ -12,9 +12,13 @@ from nstest import CliResult, LiveServer, free_port, run_cli, start_server  # no
 from webworld import browser, page  # noqa: F401  (the shared headless Chromium of the web tests)
 from ldapworld import ldap_world  # noqa: F401  (the shared slapd of the identity and web tests)
 
-# Tests that boot QEMU guests (TCG: one busy core each) or share the one libvirtd. `make test` runs
-# the suite on two pytest-xdist workers with --dist loadgroup: these go to one worker, one at a
-# time, while the other worker runs everything else. Mark a new VM test with @pytest.mark.vm.
+# Tests that boot QEMU guests (TCG: one busy core each) or share the one libvirtd, marked `vm` so
+# that `pytest -m vm` / `-m "not vm"` select them. `make test` runs the suite on two pytest-xdist
+# workers with --dist loadfile: a file's tests run on one worker, in order, so a module-scoped world
+# (one VM world per module) is built once and its tests see each other's steps; two VM files may
+# run at once (two TCG guests, one per core). Not --dist loadgroup: pytest 9 keeps a node's id in
+# `item._id`, and xdist 3.8 marks a group by rewriting `item._nodeid`, so groups were ignored and a
+# module's tests could land on both workers, each building its own world.
 VM_PATHS = (
     "tests/boot_e2e/", "tests/e2e/", "tests/desktops/", "tests/test_demo.py",
     "tests/initramfs/test_initramfs_vm.py", "tests/images_build/test_images_build_real.py",
@@ -28,8 +32,6 @@ def pytest_collection_modifyitems(config, items):
         where = Path(str(item.path)).relative_to(root).as_posix()
         if item.get_closest_marker("vm") or where.startswith(VM_PATHS):
             item.add_marker(pytest.mark.vm)
-            item.add_marker(pytest.mark.xdist_group("vm"))
-
 
 @pytest.fixture
 def data_dir(tmp_path) -> Path:

@@ -8,14 +8,12 @@ import datetime as dt
 import dns.message
 import dns.rdatatype
 import httpx
-import pytest
 
 from netslate.discovery import store
 from netslate.discovery.dns import Responder
 from netslate.store.db import utcnow
 from netslate.store.outbox import ServerStatus
 
-pytestmark = pytest.mark.xdist_group("sites")  # the second test builds a SitesLab (namespaces, PostgreSQL)
 
 DOMAIN = "sites.example"
 

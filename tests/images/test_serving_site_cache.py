@@ -113,11 +113,12 @@ def test_second_pull_through_the_cache_costs_the_origin_no_chunk_bytes(site, tmp
     assert chunk_bytes(second) == 0, second
 
 
-def _cached_file(cache_dir: Path, key_prefix: bytes) -> Path:
-    for p in (cache_dir / "cache").rglob("*"):
-        if p.is_file() and b"\nKEY: " + key_prefix in p.read_bytes()[:4096]:
-            return p
-    raise AssertionError(f"nothing cached under {key_prefix!r}")
+def _cached_files(cache_dir: Path, key_prefix: bytes) -> list[Path]:
+    """Every cache entry whose key starts with key_prefix (a URL is cached once per encoding variant:
+    `$uri|zstd` and `$uri|`)."""
+    found = [p for p in (cache_dir / "cache").rglob("*") if p.is_file() and b"\nKEY: " + key_prefix in p.read_bytes()[:4096]]
+    assert found, f"nothing cached under {key_prefix!r}"
+    return found
 
 
 def test_tampered_chunk_from_the_cache_is_refused(site, tmp_path):
@@ -127,10 +128,10 @@ def test_tampered_chunk_from_the_cache_is_refused(site, tmp_path):
     pullmod.pull(site["cache_url"], "lab", "1", tmp_path / "warm", tmp_path / "warm.img")  # the cache holds every pack
     # 1. corrupt the last chunk of pack 0 inside the cached pack: the client refuses it, fetches that
     #    one chunk alone (through the cache, from the origin), and the image is still right
-    pack0 = _cached_file(site["cache_dir"], pullmod.pack_path("lab", 1, "rootfs", digest, 0).encode() + b"|")
-    data = bytearray(pack0.read_bytes())
-    data[-1] ^= 0xFF
-    pack0.write_bytes(bytes(data))
+    for pack0 in _cached_files(site["cache_dir"], pullmod.pack_path("lab", 1, "rootfs", digest, 0).encode() + b"|"):
+        data = bytearray(pack0.read_bytes())
+        data[-1] ^= 0xFF
+        pack0.write_bytes(bytes(data))
     victim = plan[0][-1]
     before = len(origin_rows(site))
     s = pullmod.pull(site["cache_url"], "lab", "1", tmp_path / "c1", tmp_path / "c1.img")
@@ -139,10 +140,10 @@ def test_tampered_chunk_from_the_cache_is_refused(site, tmp_path):
     assert any(r["uri"] == f"/chunks/{victim}" for r in origin_rows(site)[before:])
     # 2. now corrupt that chunk's own cache entry too: nothing verifiable is left, the pull fails
     #    with no output (and never writes the tampered bytes)
-    single = _cached_file(site["cache_dir"], f"/chunks/{victim}|".encode())
-    data = bytearray(single.read_bytes())
-    data[-1] ^= 0xFF
-    single.write_bytes(bytes(data))
+    for single in _cached_files(site["cache_dir"], f"/chunks/{victim}|".encode()):  # each encoding variant
+        data = bytearray(single.read_bytes())
+        data[-1] ^= 0xFF
+        single.write_bytes(bytes(data))
     with pytest.raises(pullmod.PullError, match="failed verification"):
         pullmod.pull(site["cache_url"], "lab", "1", tmp_path / "c2", tmp_path / "c2.img", retries=1)
     assert not (tmp_path / "c2.img").exists()

@@ -6,12 +6,10 @@ import signal
 import time
 
 import httpx
-import pytest
 
 from netslate.context import Context
 from netslate.sites.lab import CENTRAL_ADDR, NsWorker, SitesLab
 
-pytestmark = pytest.mark.xdist_group("sites")
 
 PORTS = {"central1": 8080, "central2": 8081}
 MAC = "52:54:00:15:01:01"

@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from netslate.context import Context
 from nstest import free_port
 
-pytestmark = pytest.mark.xdist_group("sites")
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1] if Path("/usr/lib/postgresql").exists() else None
 N_MACHINES = 30

@@ -27,7 +27,6 @@ import pytest
 from netslate.context import Context
 from netslate.sites.lab import BRANCH_ADDR, CENTRAL_ADDR, PG_PORT, NsWorker, SitesLab, _run
 
-pytestmark = pytest.mark.xdist_group("sites")
 
 PORT = 8080  # inside each lab namespace
 # the second branch's links: to central (10.77.1.0/30) and to branch B (10.77.2.0/30)

@@ -16,7 +16,6 @@ from netslate.context import Context
 from netslate.errors import UserError
 from netslate.sites.lab import BRANCH_ADDR, NsWorker, SitesLab
 
-pytestmark = pytest.mark.xdist_group("sites")
 
 MAC1 = "52:54:00:15:00:01"
 MAC_NEW = "52:54:00:15:00:99"
