@@ -14,11 +14,25 @@ from ldapworld import ldap_world  # noqa: F401  (the shared slapd of the identit
 
 # Tests that boot QEMU guests (TCG: one busy core each) or share the one libvirtd, marked `vm` so
 # that `pytest -m vm` / `-m "not vm"` select them. `make test` runs the suite on two pytest-xdist
-# workers with --dist loadfile: a file's tests run on one worker, in order, so a module-scoped world
-# (one VM world per module) is built once and its tests see each other's steps; two VM files may
-# run at once (two TCG guests, one per core). Not --dist loadgroup: pytest 9 keeps a node's id in
-# `item._id`, and xdist 3.8 marks a group by rewriting `item._nodeid`, so groups were ignored and a
-# module's tests could land on both workers, each building its own world.
+# workers with --dist loadfile and the scheduling below: a file's tests run on one worker, in order,
+# so a module-scoped world (one VM world per module) is built once and its tests see each other's
+# steps; the files under tests/desktops/ (one libvirtd, its networks and VNC ports) run on one
+# worker, one after the other; two other VM files may run at once (two TCG guests, one per core).
+# Not --dist loadgroup: pytest 9 keeps a node's id in `item._id`, and xdist 3.8 marks a group by
+# rewriting `item._nodeid`, so groups were ignored and a module's tests could land on both workers.
+SERIAL_DIRS = ("tests/desktops/",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, except that each of SERIAL_DIRS is one unit of work (one worker, in order)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndSerialDirs(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((d for d in SERIAL_DIRS if path.startswith(d)), path)
+
+    return FilesAndSerialDirs(config, log)
 VM_PATHS = (
     "tests/boot_e2e/", "tests/e2e/", "tests/desktops/", "tests/test_demo.py",
     "tests/initramfs/test_initramfs_vm.py", "tests/images_build/test_images_build_real.py",
