@@ -38,6 +38,7 @@ from sqlalchemy.orm import object_session
 
 from netslate import audit, inventory
 from netslate.config import machines
+from netslate.config.generation_cache import per_database
 from netslate.config.models import MachineCredential
 from netslate.crypto import atrest
 from netslate.errors import UserError
@@ -129,11 +130,7 @@ def _revoked(ctx, machine_id: int) -> None:
 
 def cache_for(ctx) -> CredentialCache:
     """This process's credential cache for ctx's database."""
-    key = str(ctx.db.url)
-    c = _caches.get(key)
-    if c is None:
-        c = _caches.setdefault(key, CredentialCache())
-    return c
+    return per_database(_caches, ctx, CredentialCache)
 
 
 def credential_hash(token: str) -> str:

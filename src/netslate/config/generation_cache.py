@@ -46,12 +46,17 @@ class GenerationCache:
 _caches: dict[str, GenerationCache] = {}
 
 
-def cache_for(ctx) -> GenerationCache:
+def per_database(registry: dict, ctx, factory):
+    """This process's one `factory()` object for ctx's database, kept in `registry` (a module's dict)."""
     key = str(ctx.db.url)
-    c = _caches.get(key)
+    c = registry.get(key)
     if c is None:
-        c = _caches.setdefault(key, GenerationCache())
+        c = registry.setdefault(key, factory())
     return c
+
+
+def cache_for(ctx) -> GenerationCache:
+    return per_database(_caches, ctx, GenerationCache)
 
 
 def warm(ctx, number: int, paths: list[str]) -> int:
