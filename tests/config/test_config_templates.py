@@ -43,6 +43,18 @@ def test_runaway_templates_are_stopped(src, reason):
     assert time.monotonic() - t0 < templates.TIME_LIMIT + 1.5
 
 
+def test_recursion_is_stopped_by_counting_nested_calls_not_by_the_clock():
+    """On a busy machine deep recursion can outlast the time limit; the depth count stops it first
+    and says why, whatever the clock does. Nesting within the limit still renders."""
+    with pytest.raises(UserError, match=f"more than {templates.CALL_DEPTH_LIMIT} nested calls"):
+        templates.render("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", VARS, time_limit=60)
+    nested = "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% else %}ok{% endif %}{% endmacro %}"
+    limit = templates.CALL_DEPTH_LIMIT  # f(n) nests n + 1 calls
+    assert templates.render(nested + "{{ f(%d) }}" % (limit - 1), VARS, time_limit=60) == "ok"
+    with pytest.raises(UserError, match="recursed"):
+        templates.render(nested + "{{ f(%d) }}" % limit, VARS, time_limit=60)
+
+
 def test_missing_facts_chain_to_a_default_but_never_print_silently():
     """A machine that has not reported (or reported without its credential) has no facts: a template
     that gives a default still renders; one that prints a missing fact without a default fails."""

@@ -21,6 +21,7 @@ from netslate.errors import UserError
 TIME_LIMIT = 0.5  # seconds per render
 OUTPUT_LIMIT = 256 * 1024  # characters per render
 VALUE_LIMIT = 64 * 1024  # longest string/list an operator may build
+CALL_DEPTH_LIMIT = 50  # nested calls (macros calling macros); counted, so a busy machine stops it the same way
 
 _local = threading.local()
 
@@ -66,7 +67,14 @@ class LimitedEnvironment(SandboxedEnvironment):
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
         _tick()
-        return super().call(__context, __obj, *args, **kwargs)
+        depth = getattr(_local, "depth", 0)
+        if depth >= CALL_DEPTH_LIMIT:
+            raise TemplateLimit(f"template recursed too deeply (more than {CALL_DEPTH_LIMIT} nested calls) and was stopped")
+        _local.depth = depth + 1
+        try:
+            return super().call(__context, __obj, *args, **kwargs)
+        finally:
+            _local.depth = depth
 
     def _parse(self, source, name, filename):
         tree = super()._parse(source, name, filename)
