@@ -1,8 +1,11 @@
 """The library against a real data directory and a real server on loopback."""
 
 import hashlib
+import io
 import json
+import os
 import subprocess
+import tarfile
 import threading
 import urllib.request
 
@@ -200,6 +203,22 @@ def test_tarball_and_image_file_sources(ctx, tree, tmp_path):
     v = ctx.library.import_files("file", rootfs=img)
     assert v["artifacts"]["rootfs"]["format"] == "erofs"
     assert v["artifacts"]["rootfs"]["sha256"] == hashlib.sha256(img.read_bytes()).hexdigest()
+
+
+def test_a_raw_image_that_starts_with_zeros_is_imported_as_it_is(ctx, tmp_path):
+    """512 zero bytes read as an empty tar archive's end to `tarfile.is_tarfile`; a raw image with a
+    zeroed head (btrfs's first 64 KiB, a partition table's gap) became an empty squashfs."""
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(65536) + os.urandom(1 << 20))
+    v = ctx.library.import_files("zeros", rootfs=img)
+    assert v["artifacts"]["rootfs"]["format"] == "raw"
+    assert v["artifacts"]["rootfs"]["sha256"] == hashlib.sha256(img.read_bytes()).hexdigest()
+    gz = tmp_path / "root.tar.gz"
+    with tarfile.open(gz, "w:gz") as t:  # a compressed tarball is still unpacked
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 5
+        t.addfile(info, io.BytesIO(b"node\n"))
+    assert ctx.library.import_files("gz", rootfs=gz)["artifacts"]["rootfs"]["format"] == "squashfs"
 
 
 def test_bad_input_errors(ctx, tree, tmp_path):

@@ -37,9 +37,20 @@ def build_squashfs(source_dir: Path, output: Path) -> None:
         raise UserError(f"mksquashfs failed: {tail[0]}")
 
 
+def is_tarball(path: Path) -> bool:
+    """A tar archive (plain or compressed) with at least one member. `tarfile.is_tarfile` alone
+    also says yes to any file that starts with 512 zero bytes (an empty archive's end): a raw disk
+    or filesystem image (btrfs, XFS, a partition table's gap) would become an empty squashfs."""
+    try:
+        with tarfile.open(path) as archive:
+            return archive.next() is not None
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
 def extract_tarball(tarball: Path, dest: Path) -> None:
     """Extract with GNU tar, keeping owners, modes, devices and xattrs (as root)."""
-    if not tarfile.is_tarfile(tarball):
+    if not is_tarball(tarball):
         raise UserError(f"{tarball} is not a tar archive")
     cmd = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tarball), "-C", str(dest)]
     proc = children.run(cmd, capture_output=True, text=True)  # dies with us (issue 11 #6)
@@ -59,7 +70,7 @@ def prepare_rootfs(source: Path, work_dir: Path, image_name: str, warn=print) ->
     fmt = detect_format(source)
     if fmt in ("erofs", "ext4"):
         return source, fmt
-    if fmt == "raw" and not tarfile.is_tarfile(source):
+    if fmt == "raw" and not is_tarball(source):
         return source, fmt
     if fmt == "squashfs":
         if squashfs_is_compressed(source):
