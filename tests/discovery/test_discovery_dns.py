@@ -257,3 +257,42 @@ def test_edns_client_subnet_decides_the_site(responder):
         r = dns.query.udp(q, "127.0.0.1", port=responder.port, source=NORTH, timeout=5)
         zero = {x.target.to_text() for x in r.answer[0] if x.priority == 0}
         assert zero == ({first} if first else {"n1.fleet.test.", "n2.fleet.test."})
+
+
+def test_port_0_picks_again_when_the_udp_ports_number_is_taken_for_tcp(ctx, monkeypatch):
+    """Port 0: the kernel picks a free UDP port; the same number may be in use for TCP by someone
+    else (a CI run: another worker's listener). Then the server picks again instead of failing."""
+    import netslate.discovery.dns as dnsmod
+
+    _world(ctx)
+    real_socket, blockers, taken = dnsmod._socket, [], []
+
+    def socket_with_tcp_taken_once(host, port, kind, reuse_port=False):
+        if kind == socket.SOCK_STREAM and not blockers:  # someone else listens on that TCP port first
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            blocker.bind((host, port))
+            blocker.listen(1)
+            blockers.append(blocker)
+            taken.append(port)
+        return real_socket(host, port, kind, reuse_port)
+
+    monkeypatch.setattr(dnsmod, "_socket", socket_with_tcp_taken_once)
+    view = CachedView(lambda: store.load_view(ctx), refresh=0.2)
+    server = DnsServer(Responder(view, DOMAIN), "127.0.0.1", 0).start()
+    try:
+        assert taken and server.port != taken[0]
+        assert srv_lines(dig(server.port, "+short", "+tcp", "SRV", SRV))  # TCP answers on the new port
+        assert srv_lines(dig(server.port, "+short", "SRV", SRV))  # and UDP
+    finally:
+        server.stop()
+        view.stop()
+        for b in blockers:
+            b.close()
+    with pytest.raises(OSError):  # a fixed port in use still fails at start, loudly
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        try:
+            DnsServer(Responder(view, DOMAIN), "127.0.0.1", busy.getsockname()[1]).start()
+        finally:
+            busy.close()

@@ -9,6 +9,7 @@ server and the responder never block each other's event loops. Bad packets never
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import random
@@ -371,12 +372,7 @@ class DnsServer:
 
     def start(self) -> "DnsServer":
         # Bind here so "address in use" fails `netslate serve` at startup, loudly.
-        udp = _socket(self.host, self.port, socket.SOCK_DGRAM, self.reuse_port)
-        try:
-            tcp = _socket(self.host, self.port if self.port else udp.getsockname()[1], socket.SOCK_STREAM, self.reuse_port)
-        except OSError:
-            udp.close()
-            raise
+        udp, tcp = self._bind_pair()
         self.port = udp.getsockname()[1]
         tcp.listen(128)
         self._loop = asyncio.new_event_loop()
@@ -386,6 +382,19 @@ class DnsServer:
             raise RuntimeError("DNS responder did not start")
         self.started_at = time.time()
         return self
+
+    def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
+        """UDP and TCP on the same port. Port 0: the kernel picks a free UDP port, whose number
+        may be taken for TCP by someone else; then another pick (bounded), never a wrong answer."""
+        for attempt in range(1 if self.port else 32):
+            udp = _socket(self.host, self.port, socket.SOCK_DGRAM, self.reuse_port)
+            try:
+                return udp, _socket(self.host, udp.getsockname()[1], socket.SOCK_STREAM, self.reuse_port)
+            except OSError as exc:
+                udp.close()
+                if self.port or exc.errno != errno.EADDRINUSE or attempt == 31:
+                    raise
+        raise AssertionError("unreachable")
 
     def _run(self, udp: socket.socket, tcp: socket.socket) -> None:
         loop = self._loop
