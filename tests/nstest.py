@@ -5,6 +5,7 @@ Import with `from nstest import start_server, run_cli, free_port` (tests/ is on 
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,29 @@ import uvicorn
 from netslate.context import Context
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free for TCP and UDP now, below the kernel's ephemeral range: a port the
+    kernel hands out (bind to 0) is also what outgoing connections and other workers' port-0 binds
+    get next, so it could be taken again before the caller's server binds it."""
+    low = _ephemeral_low()
+    rnd = random.SystemRandom()
+    for _ in range(200):
+        port = rnd.randrange(max(1024, low - 12000), low)
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @dataclass

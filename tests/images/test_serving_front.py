@@ -14,15 +14,9 @@ import zstandard
 
 from netslate.images import pull as pullmod
 from netslate.images.frontend import FrontSettings, NginxFront, read_access_log, render_front_conf
-from nstest import start_server
+from nstest import free_port, start_server
 
 IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

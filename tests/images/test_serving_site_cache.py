@@ -14,13 +14,7 @@ import pytest
 
 from netslate.images import pull as pullmod
 from netslate.images.frontend import FrontSettings, NginxFront, nginx_binary, read_access_log
-from nstest import start_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nstest import free_port, start_server
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
