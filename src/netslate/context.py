@@ -5,14 +5,18 @@ Both the server and the local CLI build one `Context`; nothing else opens the da
 
 import fcntl
 import os
+import threading
 import time
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from netslate.crypto.keys import SigningKey, load_or_create
 from netslate.errors import UserError
 from netslate.settings import make_private_dir, resolve_data_dir, tighten
-from netslate.store.db import Database
+
+if TYPE_CHECKING:
+    from netslate.crypto.keys import SigningKey
+    from netslate.store.db import Database
 
 
 class Context:
@@ -23,26 +27,49 @@ class Context:
         # A branch server's local standby (issue 15, docs/sites.md); writes go to database_url.
         self.database_read_url = database_read_url or os.environ.get("NETSLATE_DATABASE_READ_URL") or None
         self._initialised = False
+        self._open_on_first_use = False
+        self._open_lock = threading.Lock()
 
-    def init(self) -> "Context":
-        """Create the data directory, migrate the database and create the signing key, once."""
+    def init(self, lazily: bool = False) -> "Context":
+        """Create the data directory, migrate the database and create the signing key, once.
+
+        `lazily` (the local CLI): the data directory now, the rest on the first use of `db` or
+        `signing_key` (a new data directory is opened at once all the same). Opening the database imports SQLAlchemy (~0.15 s), which `image import` does
+        on another thread while it chunks its file (images/ingest.py)."""
         if self._initialised:
             return self
         try:
             make_private_dir(self.data_dir)  # 0700: the database and keys are nobody else's (issue 11 #5)
         except PermissionError:
             raise UserError(f"cannot create data directory {self.data_dir}: permission denied (set --data-dir or NETSLATE_DATA_DIR)") from None
-        lock_path = self.data_dir / ".init.lock"
-        tighten(lock_path)
-        with open(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.db.migrate()
-            _ = self.signing_key
-        self._initialised = True
+        if lazily and (self.database_url or (self.data_dir / "netslate.db").exists()):
+            self._open_on_first_use = True
+            return self
+        return self._open()  # a new data directory: its database first, before an import can fill the disk
+
+    def _open(self) -> "Context":
+        with self._open_lock:  # two threads' first uses: one migrates, the other waits for it
+            if not self._initialised:
+                lock_path = self.data_dir / ".init.lock"
+                tighten(lock_path)
+                with open(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # and other processes' (`serve` workers, CLIs)
+                    self._database.migrate()
+                    _ = self._signing_key
+                self._initialised = True
+                self._open_on_first_use = False
         return self
 
+    @property
+    def db(self) -> "Database":
+        if self._open_on_first_use:
+            self._open()
+        return self._database
+
     @cached_property
-    def db(self) -> Database:
+    def _database(self) -> "Database":
+        from netslate.store.db import Database
+
         return Database.for_data_dir(self.data_dir, self.database_url, self.database_read_url)
 
     @cached_property
@@ -52,8 +79,16 @@ class Context:
 
         return Outbox(self.data_dir / "outbox.db") if self.db.has_replica else None
 
+    @property
+    def signing_key(self) -> "SigningKey":
+        if self._open_on_first_use:
+            self._open()
+        return self._signing_key
+
     @cached_property
-    def signing_key(self) -> SigningKey:
+    def _signing_key(self) -> "SigningKey":
+        from netslate.crypto.keys import load_or_create
+
         key = load_or_create(self.data_dir / "keys")
         key.revocations = self.latest_revocations  # attached to bundles and locate answers (issue 15 §3)
         return key

@@ -107,3 +107,62 @@ def test_killed_import_leaves_the_store_consistent(tmp_path, ctx):
     result = ctx.library.gc(grace_seconds=0)
     assert not list(store.iter_ids()) and not list(store.temp_files()), result
     assert not [p for p in (ctx.data_dir / "imports").iterdir() if p.suffix == ".lease"]
+
+
+def test_a_local_import_opens_the_database_on_another_thread_while_it_chunks(tmp_path, ctx):
+    """`image import` on an existing data directory: SQLAlchemy is imported and the database
+    opened on the `netslate-open-catalog` thread, not before the chunking starts; the version is
+    published all the same."""
+    src = _file(tmp_path, size=3_000_000, seed=1)
+    spy = tmp_path / "spy.py"
+    spy.write_text(
+        "import runpy, sys, threading\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sqlalchemy':\n"
+        "            sys.stderr.write('SQLALCHEMY-IMPORTED-ON ' + threading.current_thread().name + '\\n')\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "sys.argv = ['netslate'] + sys.argv[1:]\n"
+        "runpy.run_module('netslate', run_name='__main__')\n")
+    env = dict(os.environ, NETSLATE_DATA_DIR=str(ctx.data_dir))
+    env.pop("NETSLATE_SERVER", None)
+    r = subprocess.run([sys.executable, str(spy), "image", "import", "beside", "--rootfs", str(src), "--json"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "SQLALCHEMY-IMPORTED-ON netslate-open-catalog" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["version"] == 1
+    assert ctx.library.resolve("beside", 1).artifacts["rootfs"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_an_import_without_its_database_stops_early_with_one_line(tmp_path, ctx):
+    """The catalog fails to open while the file is chunked: the import stops at its next batch
+    (not at the end of the file) and says why; nothing is published."""
+    from netslate.errors import Unavailable
+    from netslate.images.library import Library
+
+    class Unreachable(Library):
+        def open_catalog(self):
+            raise Unavailable("cannot reach the database: connection refused")
+
+    src = _file(tmp_path, size=48_000_000, name="big.img")
+    seen: list[int] = []
+    try:
+        Unreachable(ctx).import_files("nodb", rootfs=src, progress=lambda _a, done, _t: seen.append(done))
+    except Unavailable as exc:
+        assert "cannot reach the database" in str(exc)
+    else:
+        raise AssertionError("the import published without a database")
+    assert not seen or max(seen) < src.stat().st_size // 2, seen[-3:]
+    assert ctx.library.list_images() == []
+
+
+def test_cli_import_with_an_unreachable_database_is_one_line_exit_2(tmp_path):
+    src = _file(tmp_path, size=2_000_000)
+    env = dict(os.environ, NETSLATE_DATA_DIR=str(tmp_path / "data"),
+               NETSLATE_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:9/none")  # port 9: nothing listens
+    env.pop("NETSLATE_SERVER", None)
+    r = subprocess.run([sys.executable, "-m", "netslate", "image", "import", "x", "--rootfs", str(src)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: cannot reach the database:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -10,7 +10,7 @@ import mmap
 import os
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -172,6 +172,10 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
                  parent: int | None = None, progress: ArtifactProgress | None = None, warn: Warn = print) -> dict:
     """Chunk and store the given files under an import lease, then publish them as the next
     version in one transaction (`library`: store, catalog, imports_dir, tmp_dir, data_dir)."""
+    # The catalog opens on another thread while this one chunks: in a CLI that is SQLAlchemy's
+    # import, the migration check and the signing key (~0.2 s of GIL-holding work), and the
+    # chunking leaves room for it (hashing, compression and writes release the GIL; issue 14 goal 3).
+    opening = _open_beside(library.open_catalog)
     workdirs.sweep(library.tmp_dir)  # what killed imports and builds left behind (issue 11 #6)
     workdir = workdirs.WorkDir(library.tmp_dir, "import")  # leased: gc spares it while we run
     work = workdir.path
@@ -181,13 +185,21 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
         records: dict[str, mf.ArtifactRecord] = {}
         bytes_new = 0
         for art, (path, fmt) in files.items():
-            record, new = store_file(library.store, path, fmt, lease, lambda done, total, a=art: progress and progress(a, done, total))
+
+            def report(done: int, total: int, a: str = art) -> None:
+                if opening.done() and opening.exception() is not None:  # no database: stop now, not after the file
+                    raise opening.exception()
+                if progress:
+                    progress(a, done, total)
+
+            record, new = store_file(library.store, path, fmt, lease, report)
             records[art] = record
             bytes_new += new
         lease.flush()
         library.store.sync()
-        return library.catalog.register_version(name, records, tag=tag, note=note, source=source or source_of(files),
-                                                actor=actor, parent=parent, bytes_new=bytes_new)
+        catalog = opening.result()
+        return catalog.register_version(name, records, tag=tag, note=note, source=source or source_of(files),
+                                        actor=actor, parent=parent, bytes_new=bytes_new)
     except OSError as exc:
         if disk_full(exc):
             raise UserError(f"disk full while importing {name!r} into {library.data_dir}; no version was created") from None
@@ -195,6 +207,22 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
     finally:
         lease.close()
         workdir.close()
+        wait([opening])  # an error above: the opening thread still ends before we return
+
+
+def _open_beside(fn: Callable[[], object]) -> Future:
+    """Run fn on its own thread now; its result (or error) is the future's."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+
+    future.set_running_or_notify_cancel()
+    threading.Thread(target=run, name="netslate-open-catalog", daemon=True).start()
+    return future
 
 
 # ---------- the server side of a remote import: lease, missing chunks, uploads, publish ----------

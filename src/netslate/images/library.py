@@ -13,26 +13,46 @@ the images part's knowledge: callers pass checks in (`Library(ctx, in_use=[...])
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from netslate.images import delta, ingest, maintenance, ranges
-from netslate.images.catalog import Catalog, InUseCheck
 from netslate.images.frontend_files import ServedFiles
 from netslate.images.leases import ImportLease  # noqa: F401  (older imports)
 from netslate.images.versioning import Resolved  # noqa: F401  (older imports)
 
+if TYPE_CHECKING:
+    from netslate.images.catalog import Catalog, InUseCheck
+
 
 class Library:
-    def __init__(self, ctx, in_use: Iterable[InUseCheck] = ()):
+    def __init__(self, ctx, in_use: Iterable["InUseCheck"] = ()):
         self.ctx = ctx
         self.data_dir: Path = ctx.data_dir
         self.store = ctx.chunks
         self.imports_dir = ctx.data_dir / "imports"
         self.tmp_dir = ctx.data_dir / "tmp"
-        self.catalog = Catalog(ctx, self.store)
         self.in_use: list[InUseCheck] = list(in_use)
+        self._catalog: Catalog | None = None
+        self._catalog_lock = threading.Lock()
+
+    @property
+    def catalog(self) -> "Catalog":
+        """Built on first use: it imports SQLAlchemy, which an import loads beside its chunking."""
+        if self._catalog is None:
+            with self._catalog_lock:
+                if self._catalog is None:
+                    from netslate.images.catalog import Catalog
+
+                    self._catalog = Catalog(self.ctx, self.store)
+        return self._catalog
+
+    def open_catalog(self) -> "Catalog":
+        """The catalog over an open database (migrated, signing key loaded): everything a publish needs."""
+        _ = self.ctx.db, self.ctx.signing_key
+        return self.catalog
 
     # ---------- reading ----------
 

@@ -19,7 +19,6 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from netslate.boot.store import versions_in_use
 from netslate.errors import UserError
 from netslate.images import ingest, manifest as mf, workdirs
 from netslate.images.leases import UPLOAD_TTL
@@ -277,6 +276,8 @@ class LocalImages(ImagesService):
 
     def _in_use(self) -> list:
         """What else uses a version: the boot part's profiles and pins."""
+        from netslate.boot.store import versions_in_use  # SQLAlchemy: not at import (CLI start-up)
+
         ctx = self.parts.ctx
         return [lambda name, version: versions_in_use(ctx, name, version)]
 

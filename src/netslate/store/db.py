@@ -257,17 +257,18 @@ class Database:
         With a standby (a branch server): migrations run only on the primary; then, or when the
         primary is out of reach, the server waits (SCHEMA_WAIT seconds) until the standby has
         replayed the schema this version needs, and refuses to start with one clear line if not."""
-        if self.read_engine is None and _stamped(self.engine) == _file_heads():
-            return  # current, known without importing Alembic (~0.3 s of every command's start, issue 14)
+        if self.read_engine is None:
+            try:
+                self._migrate_primary()
+            except sa_exc.OperationalError as exc:
+                if _is_disconnect(exc):  # one line, not SQLAlchemy's paragraph
+                    raise Unavailable(f"cannot reach the database: {_first_line(exc)}") from None
+                raise
+            return
         from alembic import command
         from alembic.config import Config
 
         heads = self._heads()
-        if self.read_engine is None:
-            if self._current(self.engine) == heads:
-                return  # already current: skip loading every model and migration
-            self._upgrade(command, Config)
-            return
         try:
             if self._current(self.engine) != heads:
                 self._upgrade(command, Config)
@@ -277,6 +278,16 @@ class Database:
             self._mark_down(exc)
             log.warning("central primary out of reach at start: %s", _first_line(exc))
         self.wait_for_schema(heads)
+
+    def _migrate_primary(self) -> None:
+        if _stamped(self.engine) == _file_heads():
+            return  # current, known without importing Alembic (~0.3 s of every command's start, issue 14)
+        from alembic import command
+        from alembic.config import Config
+
+        if self._current(self.engine) == self._heads():
+            return  # already current: skip loading every model and migration
+        self._upgrade(command, Config)
 
     def _upgrade(self, command, config_cls) -> None:
         cfg = config_cls()
