@@ -1,5 +1,6 @@
 """Shared CLI plumbing: global options, local-or-remote selection, JSON/table output, progress."""
 
+import gc
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ class CliState:
         return bool(self.server)
 
     def context(self):
-        """The local installation (data dir + database), initialised on first use."""
+        """The local installation (data dir + database); the database opens on first use."""
         if self.remote:
             raise UserError("this command works on the local data directory only; drop --server")
         return self.own_context()
@@ -42,7 +43,7 @@ class CliState:
         if self._ctx is None:
             from netslate.context import Context
 
-            self._ctx = Context(self.data_dir, self.database_url).init()
+            self._ctx = Context(self.data_dir, self.database_url).init(lazily=True)
         return self._ctx
 
     def api(self):
@@ -66,6 +67,13 @@ class CliState:
 
                 self._services = Services.local(Parts(self.context()), local_principal())
         return self._services
+
+
+def long_running() -> None:
+    """This command runs for good (`serve`): what start-up made leaves the collector's view
+    (gc.freeze) and cyclic garbage collection is back on (cli/main.py turns it off)."""
+    gc.freeze()
+    gc.enable()
 
 
 def state(ctx: typer.Context) -> CliState:

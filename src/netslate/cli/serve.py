@@ -4,7 +4,7 @@ from typing import Optional
 
 import typer
 
-from netslate.cli.common import err_console, state
+from netslate.cli.common import err_console, long_running, state
 from netslate.errors import UserError
 
 
@@ -141,6 +141,7 @@ def serve(
                                    "credential_required": [lim.path.pattern for lim in LIMITS if lim.path.pattern.startswith("/api/v1/")]}
         err_console.print(f"static front: nginx on {host}:{port}, the app on 127.0.0.1:{upstream_port}", soft_wrap=True)
         host, port = "127.0.0.1", upstream_port
+    long_running()
     if workers > 1:
         # Several processes: each worker builds the app from the same settings (stateless over the store).
         import json
