@@ -183,8 +183,12 @@ class Catalog:
         actor: str | None = None,
         parent: int | None = None,
         bytes_new: int | None = None,
+        chunks_known_stored: bool = False,
     ) -> dict:
-        """Publish stored chunks as a new version: one transaction, retried if another import won the number."""
+        """Publish stored chunks as a new version: one transaction, retried if another import won the number.
+
+        `chunks_known_stored`: the caller stored or found every chunk under its import lease (a
+        local import), so the per-chunk presence check (~17 ms per 3 000 chunks) is skipped."""
         check_name(name, "image name")
         if tag:
             check_tag_name(tag)
@@ -196,7 +200,7 @@ class Catalog:
                 mf.check_chunk_list(rec.chunks, rec.size)
             except ValueError as exc:
                 raise UserError(f"{art}: {exc}") from None
-            missing = [c for _o, _s, c in rec.chunks if not self.store.has(c)]
+            missing = [] if chunks_known_stored else [c for _o, _s, c in rec.chunks if not self.store.has(c)]
             if missing:
                 raise UserError(f"{art}: {len(missing)} chunks are not in the store (first {missing[0]})")
         bytes_total = sum(r.size for r in records.values())

@@ -199,7 +199,8 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
         library.store.sync()
         catalog = opening.result()
         return catalog.register_version(name, records, tag=tag, note=note, source=source or source_of(files),
-                                        actor=actor, parent=parent, bytes_new=bytes_new)
+                                        actor=actor, parent=parent, bytes_new=bytes_new,
+                                        chunks_known_stored=True)  # written or found by store_file, under the lease
     except OSError as exc:
         if disk_full(exc):
             raise UserError(f"disk full while importing {name!r} into {library.data_dir}; no version was created") from None
