@@ -168,3 +168,11 @@ def test_boot_cli_site_loader(cli, tmp_path):
         assert r.code == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not bad.exists()
+
+
+def test_an_error_line_keeps_its_brackets(cli):
+    """Error lines are text, not Rich markup: "http[s]://" and a name like "[bold]x" print as given."""
+    r = cli("boot", "site-loader", "--server", "http://a b")
+    assert r.code == 2 and "want http[s]://HOST[:PORT]" in r.stderr, r.stderr
+    r = cli("image", "show", "[bold]x")
+    assert r.code == 2 and "'[bold]x'" in r.stderr, r.stderr

@@ -100,11 +100,19 @@ def _register(argv: list[str] | None = None) -> None:
 _register()
 
 
+def _error(message: str) -> None:
+    """One line on stderr. The message is text, not Rich markup: "http[s]://" or a name with
+    brackets in it would otherwise lose the bracketed part."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         sys.exit(exc.exit_code)
     except Exception as exc:  # usage errors and anything unexpected: one line, no traceback
         import errno
@@ -115,14 +123,14 @@ def main() -> None:
         if "Abort" in kinds:
             sys.exit(130)
         if "ClickException" in kinds:
-            err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            _error(exc.format_message())
             sys.exit(2)
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            err_console.print(f"[red]error:[/red] disk full: {exc.filename or exc.strerror}; nothing was committed", highlight=False, soft_wrap=True)
+            _error(f"disk full: {exc.filename or exc.strerror}; nothing was committed")
             sys.exit(2)
         if os.environ.get("NETSLATE_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        _error(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
