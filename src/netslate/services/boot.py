@@ -415,14 +415,14 @@ class LocalBoot(BootService):
         return BootFiles(**tftp.listing(Path(root)))
 
     def site_loader(self, servers: str, attempts: int = 6) -> SiteLoader:
-        urls = []
-        for u in (u.strip() for u in servers.split(",")):
-            try:
-                urls.append(ipxe.base_url(u))
-            except ipxe.UnsafeValue as exc:
-                raise UserError(f"servers: {exc} (want http[s]://HOST[:PORT] in plain characters)") from None
-        if not urls:
+        if not servers.strip():
             raise UserError("servers: give at least one boot server URL (http[s]://HOST[:PORT])")
+        urls = []
+        for u in servers.split(","):
+            url = _base_url(u.strip(), "servers")
+            if url is None:
+                raise UserError("servers: an empty entry (want http[s]://HOST[:PORT], comma-separated)")
+            urls.append(url)
         if len(set(urls)) != len(urls):
             raise UserError("servers: a URL is listed twice")
         try:
@@ -432,14 +432,14 @@ class LocalBoot(BootService):
         return SiteLoader(servers=urls, attempts=attempts, script=script)
 
 
-def _base_url(value: str | None) -> str | None:
+def _base_url(value: str | None, label: str = "base_url") -> str | None:
     """A caller's base URL for scripts: refused in one line (400) when a script could not carry it."""
     if not value:
         return None
     try:
         return ipxe.base_url(value)
     except ipxe.UnsafeValue as exc:
-        raise UserError(f"base_url: {exc} (want http[s]://HOST[:PORT] in plain characters)") from None
+        raise UserError(f"{label}: {exc} (want http[s]://HOST[:PORT] in plain characters)") from None
 
 
 class HttpBoot(http_client(BootService)):
