@@ -34,8 +34,9 @@ class Context:
         """Create the data directory, migrate the database and create the signing key, once.
 
         `lazily` (the local CLI): the data directory now, the rest on the first use of `db` or
-        `signing_key` (a new data directory is opened at once all the same). Opening the database imports SQLAlchemy (~0.15 s), which `image import` does
-        on another thread while it chunks its file (images/ingest.py)."""
+        `signing_key` (a new data directory is opened at once all the same). Opening the database
+        imports SQLAlchemy (~0.15 s), which `image import` does on another thread while it chunks
+        its file (images/ingest.py)."""
         if self._initialised:
             return self
         try:
