@@ -10,7 +10,7 @@ import mmap
 import os
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -175,7 +175,8 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
     # The catalog opens on another thread while this one chunks: in a CLI that is SQLAlchemy's
     # import, the migration check and the signing key (~0.2 s of GIL-holding work), and the
     # chunking leaves room for it (hashing, compression and writes release the GIL; issue 14 goal 3).
-    opening = _open_beside(library.open_catalog)
+    opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netslate-open-catalog")
+    opening = opener.submit(library.open_catalog)
     workdirs.sweep(library.tmp_dir)  # what killed imports and builds left behind (issue 11 #6)
     workdir = workdirs.WorkDir(library.tmp_dir, "import")  # leased: gc spares it while we run
     work = workdir.path
@@ -199,8 +200,7 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
         library.store.sync()
         catalog = opening.result()
         return catalog.register_version(name, records, tag=tag, note=note, source=source or source_of(files),
-                                        actor=actor, parent=parent, bytes_new=bytes_new,
-                                        chunks_known_stored=True)  # written or found by store_file, under the lease
+                                        actor=actor, parent=parent, bytes_new=bytes_new)
     except OSError as exc:
         if disk_full(exc):
             raise UserError(f"disk full while importing {name!r} into {library.data_dir}; no version was created") from None
@@ -208,22 +208,7 @@ def import_files(library, name: str, rootfs: Path | None = None, kernel: Path | 
     finally:
         lease.close()
         workdir.close()
-        wait([opening])  # an error above: the opening thread still ends before we return
-
-
-def _open_beside(fn: Callable[[], object]) -> Future:
-    """Run fn on its own thread now; its result (or error) is the future's."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-            future.set_exception(exc)
-
-    future.set_running_or_notify_cancel()
-    threading.Thread(target=run, name="netslate-open-catalog", daemon=True).start()
-    return future
+        opener.shutdown(wait=True)  # an error above: the opening still ends before we return
 
 
 # ---------- the server side of a remote import: lease, missing chunks, uploads, publish ----------
