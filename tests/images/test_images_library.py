@@ -221,6 +221,22 @@ def test_a_raw_image_that_starts_with_zeros_is_imported_as_it_is(ctx, tmp_path):
     assert ctx.library.import_files("gz", rootfs=gz)["artifacts"]["rootfs"]["format"] == "squashfs"
 
 
+def test_register_version_refuses_chunks_that_are_not_stored(ctx, tree):
+    """Publishing records put together elsewhere (not a local import, not a verified upload): a
+    chunk missing from the store is refused in one line and nothing is published."""
+    from netslate.images import manifest as mf
+
+    v = ctx.library.import_files("base", rootfs=tree)
+    art = v["artifacts"]["rootfs"]
+    rec = ctx.library.resolve("base", v["version"]).artifacts["rootfs"]
+    chunks = [list(c) for c in rec["chunks"]]
+    chunks[0][2] = "0" * 64  # a chunk id the store lacks
+    records = {"rootfs": mf.ArtifactRecord(size=art["size"], sha256=art["sha256"], chunks=chunks, format=rec.get("format"))}
+    with pytest.raises(UserError, match="1 chunks are not in the store"):
+        ctx.library.register_version("copy", records)
+    assert [i["name"] for i in ctx.library.list_images()] == ["base"]
+
+
 def test_bad_input_errors(ctx, tree, tmp_path):
     for bad in ["../etc", "a/b", "x\x00y"]:
         with pytest.raises(UserError):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from netslate.errors import UserError
 from netslate.images import delta, ingest, maintenance, ranges
 from netslate.images.frontend_files import ServedFiles
 from netslate.images.leases import ImportLease  # noqa: F401  (older imports)
@@ -91,6 +92,11 @@ class Library:
                                    actor=actor, parent=parent, progress=progress, warn=warn)
 
     def register_version(self, name: str, records: dict, **kw) -> dict:
+        """Publish chunks some other way put in the store; refused when one is missing."""
+        for art, rec in records.items():
+            missing = [c for _o, _s, c in rec.chunks if not self.store.has(c)]
+            if missing:
+                raise UserError(f"{art}: {len(missing)} chunks are not in the store (first {missing[0]})")
         return self.catalog.register_version(name, records, **kw)
 
     def set_tag(self, name: str, version: int | str, tag: str, actor: str | None = None, reason: str = "") -> dict:
