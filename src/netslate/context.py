@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netslate.errors import UserError
-from netslate.settings import make_private_dir, resolve_data_dir, tighten
+from netslate.settings import DATABASE_FILE, make_private_dir, resolve_data_dir, tighten
 
 if TYPE_CHECKING:
     from netslate.crypto.keys import SigningKey
@@ -43,7 +43,7 @@ class Context:
             make_private_dir(self.data_dir)  # 0700: the database and keys are nobody else's (issue 11 #5)
         except PermissionError:
             raise UserError(f"cannot create data directory {self.data_dir}: permission denied (set --data-dir or NETSLATE_DATA_DIR)") from None
-        if lazily and (self.database_url or (self.data_dir / "netslate.db").exists()):
+        if lazily and (self.database_url or (self.data_dir / DATABASE_FILE).exists()):
             self._open_on_first_use = True
             return self
         return self._open()  # a new data directory: its database first, before an import can fill the disk

@@ -7,6 +7,7 @@ from pathlib import Path
 SYSTEM_DATA_DIR = Path("/var/lib/netslate")
 DATA_DIR_MODE = 0o700  # the database, keys and tokens live here: nobody else reads them
 PRIVATE_FILE_MODE = 0o600
+DATABASE_FILE = "netslate.db"  # the embedded SQLite database inside the data directory
 
 
 def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:

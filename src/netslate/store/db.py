@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from netslate.errors import Conflict, Unavailable, UserError
-from netslate.settings import make_private_file, tighten
+from netslate.settings import DATABASE_FILE, make_private_file, tighten
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 log = logging.getLogger("netslate.store")
@@ -228,7 +228,7 @@ class Database:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, url: str | None = None, read_url: str | None = None) -> "Database":
-        return cls(url or f"sqlite:///{Path(data_dir) / 'netslate.db'}", read_url)
+        return cls(url or f"sqlite:///{Path(data_dir) / DATABASE_FILE}", read_url)
 
     @property
     def has_replica(self) -> bool:
