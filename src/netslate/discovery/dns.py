@@ -357,6 +357,9 @@ class _Udp(asyncio.DatagramProtocol):
         pass
 
 
+PORT_0_ATTEMPTS = 32  # port 0: fresh picks when the UDP port's number is taken for TCP
+
+
 class DnsServer:
     """UDP + TCP on one address, in a thread with its own asyncio loop."""
 
@@ -386,15 +389,16 @@ class DnsServer:
     def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
         """UDP and TCP on the same port. Port 0: the kernel picks a free UDP port, whose number
         may be taken for TCP by someone else; then another pick (bounded), never a wrong answer."""
-        for attempt in range(1 if self.port else 32):
+        attempt = 0
+        while True:
+            attempt += 1
             udp = _socket(self.host, self.port, socket.SOCK_DGRAM, self.reuse_port)
             try:
                 return udp, _socket(self.host, udp.getsockname()[1], socket.SOCK_STREAM, self.reuse_port)
             except OSError as exc:
                 udp.close()
-                if self.port or exc.errno != errno.EADDRINUSE or attempt == 31:
+                if self.port or exc.errno != errno.EADDRINUSE or attempt == PORT_0_ATTEMPTS:
                     raise
-        raise AssertionError("unreachable")
 
     def _run(self, udp: socket.socket, tcp: socket.socket) -> None:
         loop = self._loop
