@@ -13,8 +13,8 @@ demo: deps
 demo-sites: deps
 	uv run --frozen python -m netslate.demo_sites
 
-# Two workers: the VM tests (tests/conftest.py VM_PATHS or @pytest.mark.vm) run one after another on
-# one of them while the other takes everything else; the 30 slowest tests are listed at the end.
+# Two workers, a file's tests on one worker in order (tests/conftest.py: the files under
+# tests/desktops/ share one libvirtd and run one after another); the 30 slowest are listed at the end.
 test: deps
 	uv run --frozen pytest -q -n 2 --dist loadfile --durations=30 tests
 

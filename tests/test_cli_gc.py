@@ -3,6 +3,7 @@ passes at exit (cli/main.py); `serve`, which runs for good, turns collection bac
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _run(code: str) -> str:
@@ -25,5 +26,7 @@ def test_serve_turns_collection_back_on():
                "long_running()\n"
                "print(gc.isenabled(), gc.get_freeze_count() > 0)")
     assert out == "True True"
-    source = open("src/netslate/cli/serve.py").read()
+    import netslate.cli.serve
+
+    source = Path(netslate.cli.serve.__file__).read_text()
     assert source.index("long_running()") < source.index("uvicorn.run(")
